@@ -1,0 +1,1 @@
+"""Shared by every other package: wire models, request signing, resource slots, the domain error tree."""

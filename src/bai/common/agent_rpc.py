@@ -1,0 +1,82 @@
+"""Manager ↔ agent models. Every call between the two carries one of these,
+in process (embedded mode) or over the agent RPC (HTTP + WebSocket, authenticated
+with the cluster secret)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ConsoleEntry = tuple[str, str]
+
+
+class AgentInfo(BaseModel):
+    """What an agent tells the manager when it registers and on every heartbeat."""
+
+    agent_id: str
+    rpc_url: str  # "inproc://<id>" in embedded mode, else http://host:port
+    backend: str  # "local" | "docker"
+    capacity: dict[str, str]  # slot name → decimal string (cpu cores, mem bytes, cuda.device count)
+    environments: list[str]
+    version: str
+    sessions: list[str] = Field(default_factory=list)  # ids of the sessions it runs now
+
+
+class SandboxSpec(BaseModel):
+    """Everything the agent needs to start one session's sandbox."""
+
+    session_id: str
+    session_name: str
+    environment: str  # e.g. "python" or "python:3.11"
+    resources: dict[str, str]  # normalised slots: cpu (cores), mem (bytes), ...
+    environ: dict[str, str] = Field(default_factory=dict)
+    exec_timeout_s: float | None = None  # wall-time limit per execution; None: none
+
+
+class ExecRequest(BaseModel):
+    session_id: str
+    mode: Literal["query", "continue", "input"]
+    run_id: str | None = None
+    code: str = ""
+    flush_timeout_s: float = 2.0  # return what there is after this long
+
+
+class ExecResult(BaseModel):
+    run_id: str
+    status: Literal["continued", "waiting-input", "finished", "exec-timeout", "build-finished", "clean-finished"]
+    exit_code: int | None = None
+    console: list[ConsoleEntry] = Field(default_factory=list)
+    is_password: bool = False
+
+
+class CompleteRequest(BaseModel):
+    session_id: str
+    code: str
+    line: str = ""
+    row: int = 0
+    col: int = 0
+
+
+class SessionStats(BaseModel):
+    """Measured usage of one session; cgroup figures, zero where the host cannot tell."""
+
+    cpu_used_ms: int = 0
+    mem_current: int = 0
+    mem_max: int = 0
+    mem_limit: int | None = None
+    cpu_limit: str | None = None  # cores, decimal string
+    io_read: int = 0
+    io_write: int = 0
+    net_rx: int = 0
+    net_tx: int = 0
+    io_scratch_size: int = 0
+    oom_kills: int = 0
+
+
+class SessionGone(BaseModel):
+    """Agent → manager: a session's sandbox ended without being asked to (crash, OOM of the runner)."""
+
+    session_id: str
+    reason: str
+    exit_code: int | None = None
