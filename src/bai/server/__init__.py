@@ -1,1 +1,1 @@
-"""bai.server"""
+"""Embedded mode: one manager and one agent in one process, zero configuration."""

@@ -1,1 +1,1 @@
-"""bai.manager.store"""
+"""The manager's durable store (SQLAlchemy 2 async; SQLite by default)."""

@@ -1,0 +1,488 @@
+"""Per-session cgroups: limits, accounting, joining and killing.
+
+One interface (``CgroupDriver``), two drivers chosen by ``detect_driver``:
+
+- ``CgroupV1``: one hierarchy per controller (memory, cpu, cpuacct, pids, blkio),
+  found in /proc/self/mounts; memory and memory+swap are both limited so swap
+  cannot dodge the limit.
+- ``CgroupV2``: the unified hierarchy (memory.max, memory.swap.max, cpu.max,
+  pids.max; memory.peak, cpu.stat, io.stat, memory.events; cgroup.kill).
+
+A session's cgroup is ``bai/<agent_id>/<session_id>`` under each hierarchy.
+Processes join it from the child side, before exec: ``SessionCgroup.procs_fds``
+are opened by the agent (root) and the sandbox's first process writes ``b"0"``
+to each (``join_from_child``), which moves the writer itself on v1 and v2 alike.
+So no process of a sandbox ever runs outside its cgroup.
+
+Every method here does blocking file I/O on cgroupfs (in-memory, microseconds);
+callers keep them off the execute path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+CPU_PERIOD_US = 100_000
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
+V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
+
+
+class CgroupError(Exception):
+    """A cgroup could not be created, limited, read or removed."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one session may use. ``cpu`` in cores (0.5 = half a core)."""
+
+    cpu: Decimal
+    mem: int
+    pids: int
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    cpu_used_ms: int = 0
+    mem_current: int = 0
+    mem_peak: int = 0
+    oom_kills: int = 0
+    io_read: int = 0
+    io_write: int = 0
+
+
+@dataclass
+class SessionCgroup:
+    """One session's cgroup: one directory per hierarchy (one on v2)."""
+
+    name: str  # relative path, "bai/<agent_id>/<session_id>"
+    dirs: list[Path]
+    limits: Limits
+    procs_fds: list[int] = field(default_factory=list)
+
+    def open_procs(self) -> list[int]:
+        """Open each ``cgroup.procs`` for writing, to be handed to ``join_from_child``.
+
+        The caller closes them (``close_procs``) once the child has started."""
+        self.close_procs()
+        self.procs_fds = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs]
+        return self.procs_fds
+
+    def close_procs(self) -> None:
+        for fd in self.procs_fds:
+            os.close(fd)
+        self.procs_fds = []
+
+
+def join_from_child(procs_fds: Iterable[int]) -> None:
+    """Move the calling process into the cgroups; run in a ``preexec_fn``, as root."""
+    for fd in procs_fds:
+        os.write(fd, b"0")
+
+
+class CgroupDriver(ABC):
+    """The cgroup operations the local backend needs; one instance per agent."""
+
+    version: str
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+
+    def _name(self, session_id: str) -> str:
+        return f"bai/{self.agent_id}/{session_id}"
+
+    @abstractmethod
+    def roots(self) -> list[Path]:
+        """The mount points of the hierarchies this driver uses."""
+
+    def create(self, session_id: str, limits: Limits) -> SessionCgroup:
+        """Create (or reuse) a session's cgroup and apply ``limits``. Called by backend create."""
+        name = self._name(session_id)
+        dirs = []
+        try:
+            for root in self.roots():
+                self._prepare_parents(root)
+                path = root / name
+                path.mkdir(exist_ok=True)
+                dirs.append(path)
+            cgroup = SessionCgroup(name=name, dirs=dirs, limits=limits)
+            self.apply_limits(cgroup, limits)
+        except OSError as exc:
+            for path in dirs:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            raise CgroupError(f"cannot set up cgroup {name}: {exc}") from exc
+        return cgroup
+
+    def _prepare_parents(self, root: Path) -> None:
+        (root / "bai" / self.agent_id).mkdir(parents=True, exist_ok=True)
+
+    def leftovers(self) -> list[str]:
+        """Session ids that have a cgroup under this agent (after a crash of a previous agent)."""
+        found: set[str] = set()
+        for root in self.roots():
+            base = root / "bai" / self.agent_id
+            if base.is_dir():
+                found.update(entry.name for entry in base.iterdir() if entry.is_dir())
+        return sorted(found)
+
+    def attach(self, session_id: str, limits: Limits) -> SessionCgroup:
+        """A handle on an existing cgroup, for cleaning up leftovers."""
+        name = self._name(session_id)
+        return SessionCgroup(name=name, dirs=[root / name for root in self.roots()], limits=limits)
+
+    @abstractmethod
+    def apply_limits(self, cgroup: SessionCgroup, limits: Limits) -> None:
+        """Set memory (without swap), CPU quota and PID limits."""
+
+    @abstractmethod
+    def stats(self, cgroup: SessionCgroup) -> CgroupStats:
+        """Usage so far. Called by the backend's stats and destroy (before ``remove``)."""
+
+    @abstractmethod
+    def oom_kills(self, cgroup: SessionCgroup) -> int:
+        """How many processes the OOM killer has killed in this cgroup."""
+
+    @abstractmethod
+    def reset_peak(self, cgroup: SessionCgroup) -> None:
+        """Restart the memory peak from the current usage (for a sandbox handed to a new user)."""
+
+    @abstractmethod
+    def oom_watch(self, cgroup: SessionCgroup) -> int | None:
+        """A file descriptor that turns readable when an OOM kill happens, or None.
+
+        The caller registers it with its event loop, reads it when readable
+        (``drain_oom_watch``) and closes it."""
+
+    def drain_oom_watch(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(fd, 4096)
+
+    def pids(self, cgroup: SessionCgroup) -> list[int]:
+        """Host pids of the processes in the cgroup."""
+        try:
+            text = (cgroup.dirs[0] / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(line) for line in text.split()]
+
+    def kill_round(self, cgroup: SessionCgroup) -> bool:
+        """Send SIGKILL to every process in the cgroup once; True when it was already empty.
+
+        Each pid is pinned with a pidfd and signalled only if it is still listed
+        after the pidfd was opened, so a pid reused outside the cgroup is never hit."""
+        listed = self.pids(cgroup)
+        if not listed:
+            return True
+        pinned: dict[int, int] = {}
+        try:
+            for pid in listed:
+                with contextlib.suppress(ProcessLookupError):
+                    pinned[pid] = os.pidfd_open(pid)
+            still = set(self.pids(cgroup))
+            for pid, pidfd in pinned.items():
+                if pid in still:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            for pidfd in pinned.values():
+                os.close(pidfd)
+        return False
+
+    def remove(self, cgroup: SessionCgroup) -> None:
+        """Remove the (empty) cgroup directories. Raises CgroupError if busy for over a second."""
+        cgroup.close_procs()
+        deadline = time.monotonic() + 1.0
+        for path in cgroup.dirs:
+            while True:
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise CgroupError(f"cannot remove {path}: {exc}") from exc
+                    self.kill_round(cgroup)
+                    time.sleep(0.005)
+
+    def remove_agent_dirs(self) -> None:
+        """Remove ``bai/<agent_id>`` when no session is left. Called by backend stop."""
+        for root in self.roots():
+            with contextlib.suppress(OSError):
+                (root / "bai" / self.agent_id).rmdir()
+
+
+def _read_int(path: Path, default: int = 0) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return default
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    """``key value`` lines (memory.events, cpu.stat, memory.oom_control)."""
+    out: dict[str, int] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_blkio(text: str) -> tuple[int, int]:
+    """v1 ``blkio.throttle.io_service_bytes``: ``MAJ:MIN Read N`` lines → (read, write)."""
+    read = write = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            if parts[1] == "Read":
+                read += int(parts[2])
+            elif parts[1] == "Write":
+                write += int(parts[2])
+    return read, write
+
+
+def parse_io_stat(text: str) -> tuple[int, int]:
+    """v2 ``io.stat``: ``MAJ:MIN rbytes=N wbytes=N ...`` lines → (read, write)."""
+    read = write = 0
+    for line in text.splitlines():
+        for item in line.split()[1:]:
+            key, _, value = item.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                write += int(value)
+    return read, write
+
+
+def find_v1_mounts(mounts_text: str) -> dict[str, Path]:
+    """Controller name → mount point, from /proc/self/mounts."""
+    found: dict[str, Path] = {}
+    for line in mounts_text.splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[2] != "cgroup":
+            continue
+        for option in parts[3].split(","):
+            if option in V1_CONTROLLERS and option not in found:
+                found[option] = Path(parts[1])
+    return found
+
+
+class CgroupV1(CgroupDriver):
+    version = "v1"
+
+    def __init__(self, agent_id: str, mounts: dict[str, Path]) -> None:
+        super().__init__(agent_id)
+        missing = [c for c in V1_CONTROLLERS if c not in mounts]
+        if missing:
+            raise CgroupError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
+        self.mounts = mounts
+        unique: list[Path] = []
+        # memory first: its cgroup.procs is the one pids() reads
+        for controller in V1_CONTROLLERS:
+            if mounts[controller] not in unique:
+                unique.append(mounts[controller])
+        self._roots = unique
+
+    def roots(self) -> list[Path]:
+        return self._roots
+
+    def _dir(self, cgroup: SessionCgroup, controller: str) -> Path:
+        return self.mounts[controller] / cgroup.name
+
+    def apply_limits(self, cgroup: SessionCgroup, limits: Limits) -> None:
+        memory = self._dir(cgroup, "memory")
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        current_memsw = _read_int(memsw, default=-1)
+        if memsw.exists() and 0 <= current_memsw < limits.mem:
+            memsw.write_text(str(limits.mem))  # memsw must stay >= the plain limit
+            (memory / "memory.limit_in_bytes").write_text(str(limits.mem))
+        else:
+            (memory / "memory.limit_in_bytes").write_text(str(limits.mem))
+            if memsw.exists():
+                memsw.write_text(str(limits.mem))
+        cpu = self._dir(cgroup, "cpu")
+        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu > 0 else -1
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        (self._dir(cgroup, "pids") / "pids.max").write_text(str(limits.pids))
+        cgroup.limits = limits
+
+    def stats(self, cgroup: SessionCgroup) -> CgroupStats:
+        memory = self._dir(cgroup, "memory")
+        blkio = self._dir(cgroup, "blkio")
+        io_path = blkio / "blkio.throttle.io_service_bytes_recursive"
+        if not io_path.exists():
+            io_path = blkio / "blkio.throttle.io_service_bytes"
+        try:
+            io_read, io_write = parse_blkio(io_path.read_text())
+        except FileNotFoundError:
+            io_read = io_write = 0
+        return CgroupStats(
+            cpu_used_ms=_read_int(self._dir(cgroup, "cpuacct") / "cpuacct.usage") // 1_000_000,
+            mem_current=_read_int(memory / "memory.usage_in_bytes"),
+            mem_peak=_read_int(memory / "memory.max_usage_in_bytes"),
+            oom_kills=self.oom_kills(cgroup),
+            io_read=io_read,
+            io_write=io_write,
+        )
+
+    def oom_kills(self, cgroup: SessionCgroup) -> int:
+        return _read_keyed(self._dir(cgroup, "memory") / "memory.oom_control").get("oom_kill", 0)
+
+    def reset_peak(self, cgroup: SessionCgroup) -> None:
+        (self._dir(cgroup, "memory") / "memory.max_usage_in_bytes").write_text("0")
+
+    def oom_watch(self, cgroup: SessionCgroup) -> int | None:
+        memory = self._dir(cgroup, "memory")
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            control = os.open(memory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                (memory / "cgroup.event_control").write_text(f"{efd} {control}")
+            finally:
+                os.close(control)
+        except OSError:
+            os.close(efd)
+            return None
+        return efd
+
+
+class CgroupV2(CgroupDriver):
+    version = "v2"
+
+    def __init__(self, agent_id: str, root: Path) -> None:
+        super().__init__(agent_id)
+        self.root = root
+        available = set((root / "cgroup.controllers").read_text().split())
+        missing = [c for c in V2_CONTROLLERS if c not in available]
+        if missing:
+            raise CgroupError(f"cgroup v2 controllers not available at {root}: {', '.join(missing)}")
+
+    def roots(self) -> list[Path]:
+        return [self.root]
+
+    def _prepare_parents(self, root: Path) -> None:
+        enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+        path = root
+        for part in ("bai", self.agent_id):
+            wanted = set(V2_CONTROLLERS)
+            if not wanted <= set((path / "cgroup.subtree_control").read_text().split()):
+                (path / "cgroup.subtree_control").write_text(enable)
+            path = path / part
+            path.mkdir(exist_ok=True)
+        if not set(V2_CONTROLLERS) <= set((path / "cgroup.subtree_control").read_text().split()):
+            (path / "cgroup.subtree_control").write_text(enable)
+
+    def apply_limits(self, cgroup: SessionCgroup, limits: Limits) -> None:
+        path = cgroup.dirs[0]
+        (path / "memory.max").write_text(str(limits.mem))
+        swap = path / "memory.swap.max"
+        if swap.exists():
+            swap.write_text("0")
+        quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu > 0 else None
+        (path / "cpu.max").write_text(f"{quota if quota else 'max'} {CPU_PERIOD_US}")
+        (path / "pids.max").write_text(str(limits.pids))
+        cgroup.limits = limits
+
+    def stats(self, cgroup: SessionCgroup) -> CgroupStats:
+        path = cgroup.dirs[0]
+        try:
+            io_read, io_write = parse_io_stat((path / "io.stat").read_text())
+        except FileNotFoundError:
+            io_read = io_write = 0
+        return CgroupStats(
+            cpu_used_ms=_read_keyed(path / "cpu.stat").get("usage_usec", 0) // 1000,
+            mem_current=_read_int(path / "memory.current"),
+            mem_peak=_read_int(path / "memory.peak"),
+            oom_kills=self.oom_kills(cgroup),
+            io_read=io_read,
+            io_write=io_write,
+        )
+
+    def oom_kills(self, cgroup: SessionCgroup) -> int:
+        return _read_keyed(cgroup.dirs[0] / "memory.events").get("oom_kill", 0)
+
+    def reset_peak(self, cgroup: SessionCgroup) -> None:
+        # Linux >= 6.12: any write resets the peak as seen through later reads
+        with contextlib.suppress(OSError):
+            (cgroup.dirs[0] / "memory.peak").write_text("reset")
+
+    def oom_watch(self, cgroup: SessionCgroup) -> int | None:
+        return inotify_modify_watch(cgroup.dirs[0] / "memory.events")
+
+    def kill_round(self, cgroup: SessionCgroup) -> bool:
+        if not self.pids(cgroup):
+            return True
+        kill = cgroup.dirs[0] / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")
+            return False
+        return super().kill_round(cgroup)
+
+
+_IN_MODIFY = 0x00000002
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_modify_watch(path: Path) -> int | None:
+    """An inotify fd that turns readable when ``path`` is modified (cgroupfs notifies
+    on memory.events changes); None where inotify is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+    if fd < 0:
+        return None
+    if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def detect_driver(agent_id: str, choice: str = "auto", base: Path = Path("/sys/fs/cgroup")) -> CgroupDriver | None:
+    """Pick the driver: v2 when the unified hierarchy at ``base`` has our controllers,
+    else v1 when its controllers are mounted; None when ``choice`` is "none".
+    Raises CgroupError when the chosen (or any, for "auto") driver is unusable."""
+    if choice == "none":
+        return None
+    errors: list[str] = []
+    if choice in ("auto", "v2"):
+        if (base / "cgroup.controllers").exists():
+            try:
+                return CgroupV2(agent_id, base)
+            except (CgroupError, OSError) as exc:
+                errors.append(str(exc))
+        else:
+            errors.append(f"no cgroup v2 hierarchy at {base}")
+    if choice in ("auto", "v1"):
+        try:
+            mounts = find_v1_mounts(Path("/proc/self/mounts").read_text())
+            return CgroupV1(agent_id, mounts)
+        except (CgroupError, OSError) as exc:
+            errors.append(str(exc))
+    raise CgroupError("no usable cgroup hierarchy: " + "; ".join(errors))
+
+
+def check_writable(driver: CgroupDriver) -> None:
+    """Raise CgroupError unless the agent may create cgroups under every root."""
+    for root in driver.roots():
+        if not os.access(root, os.W_OK):
+            raise CgroupError(f"cgroup hierarchy {root} is not writable (run the agent as root)")

@@ -1,0 +1,211 @@
+"""The async SDK's entry point: ``AsyncSession`` holds the HTTP client and the keys.
+
+    async with AsyncSession() as api:                  # config from BACKEND_* variables
+        sess = await api.ComputeSession.get_or_create("python", name="demo")
+        result = await sess.execute(None, "print(6 * 7)")
+        stats = await sess.destroy()
+
+Every request goes through ``request`` (HTTP, signed by HMACAuth, one
+keep-alive connection pool) or ``open_websocket`` (signed like a GET with no
+content type); both turn httpx/websockets failures and problem+json answers
+into the errors of bai.client.errors, so nothing below them leaks.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.headers import build_host
+from websockets.uri import parse_uri
+
+from bai.client.admin import AdminAPI
+from bai.client.auth import HMACAuth, signed_headers, utc_now
+from bai.client.compute import ComputeSessionFactory
+from bai.client.config import APIConfig
+from bai.client.errors import ConnectionFailed, ProtocolError, error_from_problem
+from bai.client.models import AuthTestResult, ServerVersion, SessionList
+from bai.client.base import AsyncAPI
+from bai.common.wire import SessionInfo
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+#: Streamed output is capped at 512 KiB a stream per frame; leave room for JSON escaping.
+WEBSOCKET_MAX_FRAME = 16 * 1024 * 1024
+
+
+def client_version() -> str:
+    try:
+        return version("bai")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class AsyncSession(AsyncAPI):
+    """A connection to one manager with one keypair.
+
+    Attributes ``ComputeSession`` (create or address compute sessions) and
+    ``Admin`` (keypair administration) are bound to this session. Close it,
+    or use it as an async context manager, to release the connections.
+    """
+
+    def __init__(
+        self,
+        config: APIConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config if config is not None else APIConfig.from_env()
+        self._auth = HMACAuth(self.config.access_key, self.config.secret_key, self.config.api_version)
+        self._http = httpx.AsyncClient(
+            base_url=self.config.endpoint,
+            auth=self._auth,
+            timeout=httpx.Timeout(None, connect=self.config.connection_timeout, read=self.config.read_timeout),
+            verify=not self.config.skip_sslcert_validation,
+            headers={"User-Agent": f"bai-client/{client_version()}"},
+            transport=transport,
+        )
+        self.ComputeSession = ComputeSessionFactory(self)
+        self.Admin = AdminAPI(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- the calls that belong to no compute session ------------------------------------
+
+    async def server_version(self) -> ServerVersion:
+        """``GET /``: the API version and the manager's version."""
+        return await self.request_model(ServerVersion, "GET", "/")
+
+    async def auth_test(self, echo: str) -> AuthTestResult:
+        """``POST /auth/test``: checks the keypair; the server echoes ``echo`` back."""
+        return await self.request_model(AuthTestResult, "POST", "/auth/test", json={"echo": echo})
+
+    async def list_sessions(self, *, all_: bool = False) -> list[SessionInfo]:
+        """``GET /session``: this keypair's sessions (every keypair's with ``all_``, admins only)."""
+        params = {"all": "true"} if all_ else None
+        answer = await self.request_model(SessionList, "GET", "/session", params=params)
+        return answer.items
+
+    # -- transport, for the API objects bound to this session ----------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one signed request; raise the mapped error for a non-2xx answer."""
+        try:
+            response = await self._http.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise ConnectionFailed(self._timeout_message(exc)) from exc
+        except httpx.ConnectError as exc:
+            raise ConnectionFailed(describe_network_error(self.config.endpoint, exc)) from exc
+        except httpx.HTTPError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ConnectionFailed(f"lost the connection to {self.config.endpoint}: {reason}") from exc
+        if response.is_error:
+            raise error_from_problem(response.status_code, response.content, reason=response.reason_phrase)
+        return response
+
+    async def request_model(
+        self,
+        model: type[Answer],
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """``request``, then parse the answer's JSON body as ``model``."""
+        response = await self.request(method, path, json=json, params=params)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ProtocolError(
+                f"unexpected answer to {method} {path} from {self.config.endpoint}: {exc}"
+            ) from exc
+
+    def websocket_url(self, path: str) -> str:
+        return "ws" + self.config.endpoint.removeprefix("http") + path
+
+    def websocket_headers(self, url: str) -> dict[str, str]:
+        """The signed handshake headers, with the Host header websockets itself will send."""
+        uri = parse_uri(url)
+        return signed_headers(
+            access_key=self.config.access_key,
+            secret_key=self.config.secret_key,
+            api_version=self.config.api_version,
+            method="GET",
+            path_with_query=uri.resource_name,
+            host=build_host(uri.host, uri.port, uri.secure),
+            content_type=None,
+            now=utc_now(),
+        )
+
+    async def open_websocket(self, path: str) -> ClientConnection:
+        """Open a signed WebSocket to ``path``; the caller closes it."""
+        url = self.websocket_url(path)
+        options: dict[str, Any] = {}
+        if url.startswith("wss:") and self.config.skip_sslcert_validation:
+            options["ssl"] = _unverified_tls()
+        try:
+            return await connect(
+                url,
+                additional_headers=self.websocket_headers(url),
+                user_agent_header=f"bai-client/{client_version()}",
+                open_timeout=self.config.connection_timeout,
+                max_size=WEBSOCKET_MAX_FRAME,
+                **options,
+            )
+        except InvalidStatus as exc:
+            answer = exc.response
+            raise error_from_problem(answer.status_code, answer.body or b"", reason=answer.reason_phrase) from exc
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionFailed(describe_network_error(self.config.endpoint, exc)) from exc
+        except WebSocketException as exc:
+            raise ProtocolError(f"WebSocket handshake with {url} failed: {exc}") from exc
+
+    def _timeout_message(self, exc: httpx.TimeoutException) -> str:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"timed out connecting to {self.config.endpoint}"
+        return f"{self.config.endpoint} did not answer within {self.config.read_timeout} s (BACKEND_READ_TIMEOUT)"
+
+
+def describe_network_error(endpoint: str, exc: BaseException) -> str:
+    """One line for a failed connection: the OS's reason where there is one."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
+            return f"cannot connect to {endpoint}: connection refused"
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect to {endpoint}: {cause.strerror.lower()}"
+        cause = cause.__cause__ or cause.__context__
+    reason = str(exc) or type(exc).__name__
+    return f"cannot connect to {endpoint}: {reason[:1].lower()}{reason[1:]}"
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,147 @@
+"""The agent registry: which agents exist, what they offer, whether they are
+alive; and ``AgentLink``, the interface through which the manager calls one.
+
+Links are chosen by the agent's ``rpc_url`` scheme from ``LINK_FACTORIES``:
+``inproc://`` links are registered by the embedded server, ``http://`` ones use
+the agent RPC (bai.manager.agent_http).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from bai.common.agent_rpc import (
+    AgentInfo,
+    CompleteRequest,
+    ExecRequest,
+    ExecResult,
+    SandboxSpec,
+    SessionStats,
+)
+from bai.common.errors import ServiceUnavailable
+from bai.common.resources import Slots
+from bai.manager.scheduler import AgentCapacity
+
+
+class AgentLink(ABC):
+    """How the manager reaches one agent. Called by SessionRegistry only."""
+
+    @abstractmethod
+    async def create_session(self, spec: SandboxSpec) -> None:
+        """Start a sandbox; returns when it is ready to execute. Raises SessionCreationFailed."""
+
+    @abstractmethod
+    async def destroy_session(self, session_id: str) -> SessionStats:
+        """Stop a sandbox and return its final usage."""
+
+    @abstractmethod
+    async def restart_session(self, session_id: str) -> None:
+        """Replace the sandbox with a fresh one on the same scratch dir."""
+
+    @abstractmethod
+    async def execute(self, request: ExecRequest) -> ExecResult:
+        """Start, continue or feed input to a run; answers within the request's flush timeout."""
+
+    @abstractmethod
+    async def interrupt(self, session_id: str) -> None: ...
+
+    @abstractmethod
+    async def complete(self, request: CompleteRequest) -> list[str]: ...
+
+    @abstractmethod
+    async def session_stats(self, session_id: str) -> SessionStats: ...
+
+    async def close(self) -> None:
+        """Release connections; the agent itself keeps running."""
+
+
+LinkFactory = Callable[[AgentInfo], AgentLink]
+
+
+@dataclass
+class AgentState:
+    info: AgentInfo
+    link: AgentLink
+    last_seen: float
+    alive: bool = True
+
+    @property
+    def capacity(self) -> Slots:
+        return {name: Decimal(value) for name, value in self.info.capacity.items()}
+
+
+class AgentRegistry:
+    def __init__(self, lost_after_s: float) -> None:
+        self.lost_after_s = lost_after_s
+        self._agents: dict[str, AgentState] = {}
+        self._factories: dict[str, LinkFactory] = {}
+
+    def register_link_factory(self, scheme: str, factory: LinkFactory) -> None:
+        self._factories[scheme] = factory
+
+    def heartbeat(self, info: AgentInfo, now: float | None = None) -> tuple[AgentState, bool]:
+        """Record a heartbeat; returns the agent and whether it is new (or back from LOST)."""
+        now = time.monotonic() if now is None else now
+        state = self._agents.get(info.agent_id)
+        if state is not None and state.info.rpc_url == info.rpc_url:
+            revived = not state.alive
+            state.info, state.last_seen, state.alive = info, now, True
+            return state, revived
+        scheme = info.rpc_url.split("://", 1)[0]
+        factory = self._factories.get(scheme)
+        if factory is None:
+            raise ServiceUnavailable(f"agent {info.agent_id}: no link for {scheme}:// addresses")
+        state = AgentState(info=info, link=factory(info), last_seen=now)
+        self._agents[info.agent_id] = state
+        return state, True
+
+    def find_lost(self, now: float | None = None) -> list[AgentState]:
+        """Mark agents silent for too long as lost and return the newly lost ones."""
+        now = time.monotonic() if now is None else now
+        lost = [a for a in self._agents.values() if a.alive and now - a.last_seen > self.lost_after_s]
+        for agent in lost:
+            agent.alive = False
+        return lost
+
+    def get(self, agent_id: str) -> AgentState | None:
+        return self._agents.get(agent_id)
+
+    def link(self, agent_id: str | None) -> AgentLink:
+        state = self._agents.get(agent_id or "")
+        if state is None or not state.alive:
+            raise ServiceUnavailable(f"agent {agent_id} is not available")
+        return state.link
+
+    def alive(self) -> list[AgentState]:
+        return [a for a in self._agents.values() if a.alive]
+
+    def all(self) -> list[AgentState]:
+        return list(self._agents.values())
+
+    def capacities(self, occupied: dict[str, Slots]) -> list[AgentCapacity]:
+        """Free slots of each live agent, given what its sessions occupy."""
+        out = []
+        for agent in self.alive():
+            used = occupied.get(agent.info.agent_id, {})
+            free = {name: total - used.get(name, Decimal(0)) for name, total in agent.capacity.items()}
+            out.append(AgentCapacity(agent.info.agent_id, free, frozenset(agent.info.environments)))
+        return out
+
+    def max_capacity(self) -> Slots:
+        """The largest amount of each slot any single agent has: a request above it can never run."""
+        best: Slots = {}
+        for agent in self.alive():
+            for name, total in agent.capacity.items():
+                best[name] = max(best.get(name, Decimal(0)), total)
+        return best
+
+    def environments(self) -> set[str]:
+        return {env for agent in self.alive() for env in agent.info.environments}
+
+    async def close(self) -> None:
+        for agent in self._agents.values():
+            await agent.link.close()

@@ -1,0 +1,84 @@
+"""Execution: ``POST /session/{id}`` (query / continue / input / complete),
+interrupt and complete (API.md section 6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult
+from bai.common.errors import InvalidRequest, NotImplementedFeature
+from bai.common.wire import CompleteOptions, ExecuteRequest, RunResult
+from bai.manager.api.deps import body_as, caller, manager_of, owner_key, validate
+from bai.manager.sessions import LiveSession
+
+
+def run_result(result: ExecResult, *, with_run_id: bool = True) -> dict[str, Any]:
+    options: dict[str, Any] = {"is_password": result.is_password} if result.status == "waiting-input" else {}
+    body = RunResult(
+        runId=result.run_id if with_run_id else None,
+        status=result.status,
+        exitCode=result.exit_code,
+        options=options,
+        console=list(result.console),
+    ).model_dump()
+    if not with_run_id:
+        del body["runId"]
+    return body
+
+
+def exec_request(session: LiveSession, req: ExecuteRequest, flush_timeout_s: float) -> ExecRequest:
+    """Check a run request's fields against its mode."""
+    if req.mode == "batch":
+        raise NotImplementedFeature("mode: batch execution is not supported yet; use query")
+    if req.mode in ("continue", "input") and not req.run_id:
+        raise InvalidRequest(f"runId: mode {req.mode!r} needs the runId of the run in progress", field="runId")
+    assert req.mode in ("query", "continue", "input")
+    return ExecRequest(
+        session_id=session.id,
+        mode=req.mode,
+        run_id=req.run_id,
+        code=req.code,
+        flush_timeout_s=flush_timeout_s,
+    )
+
+
+async def _complete(request: Request, session: LiveSession, code: str, raw_options: Any) -> Response:
+    manager = manager_of(request)
+    options = validate(CompleteOptions, raw_options or {})
+    completions = await manager.sessions.complete(
+        session,
+        CompleteRequest(session_id=session.id, code=code, line=options.line, row=options.row, col=options.col),
+    )
+    return JSONResponse({"result": {"status": "finished", "completions": completions}})
+
+
+async def execute(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    req = await body_as(request, ExecuteRequest)
+    if req.mode == "complete":
+        return await _complete(request, session, req.code, req.options)
+    result = await manager.sessions.execute(
+        session, exec_request(session, req, manager.config.flush_timeout_s)
+    )
+    return JSONResponse({"result": run_result(result)})
+
+
+async def interrupt(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    await manager.sessions.interrupt(session)
+    return Response(status_code=204)
+
+
+async def complete(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    body = await body_as(request, ExecuteRequest, required=False)
+    return await _complete(request, session, body.code, body.options)

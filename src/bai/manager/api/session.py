@@ -1,0 +1,170 @@
+"""Session resources: create, list, info, destroy, restart, match (API.md section 5)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCreationFailed
+from bai.common.resources import Slots, parse_slots, parse_amount, parse_size
+from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
+from bai.manager import lifecycle as st
+from bai.manager.api.deps import api_version, body_as, caller, manager_of, owner_key
+from bai.manager.config import ManagerConfig
+from bai.manager.sessions import CreateParams, LiveSession
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _requested_slots(config: SessionConfig | None, defaults: ManagerConfig) -> Slots:
+    slots: Slots = dict(defaults.default_resources)
+    if config is None:
+        return slots
+    try:
+        if config.instance_cores is not None:
+            slots["cpu"] = parse_amount(config.instance_cores)
+        if config.instance_memory is not None:
+            slots["mem"] = parse_amount(parse_size(config.instance_memory))
+        slots.update(parse_slots(config.resources or {}))
+    except ValueError as exc:
+        raise InvalidRequest(f"config.{exc}", field="config.resources") from None
+    if slots.get("cpu", 1) <= 0:
+        raise InvalidRequest("config.resources.cpu: must be more than 0", field="config.resources.cpu")
+    if slots.get("mem", 1) < 16 * 2**20:
+        raise InvalidRequest("config.resources.mem: must be at least 16m", field="config.resources.mem")
+    return slots
+
+
+def _environ(config: SessionConfig | None) -> dict[str, str]:
+    environ = dict((config.environ if config else None) or {})
+    for name in environ:
+        if not _ENV_NAME.match(name):
+            raise InvalidRequest(f"config.environ: {name!r} is not a valid variable name",
+                                 field="config.environ")
+    return environ
+
+
+def _create_params(req: CreateSessionRequest, defaults: ManagerConfig) -> CreateParams:
+    if not req.image:
+        raise InvalidRequest("image: the environment to run is required (e.g. \"python\")", field="image")
+    if req.type == "batch":
+        raise NotImplementedFeature("type: batch sessions are not supported yet; use interactive")
+    if (req.cluster_size or 1) > 1:
+        raise NotImplementedFeature("clusterSize: multi-container sessions are not supported yet")
+    if req.config is not None and req.config.mounts:
+        raise NotImplementedFeature("config.mounts: virtual folders are not supported yet")
+    return CreateParams(
+        name=req.name,
+        image=req.image,
+        type=req.type or "interactive",
+        tag=req.tag,
+        requested=_requested_slots(req.config, defaults),
+        environ=_environ(req.config),
+        reuse=True if req.reuse_if_exists is None else req.reuse_if_exists,
+    )
+
+
+async def create(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    req = await body_as(request, CreateSessionRequest)
+    if req.owner_access_key and req.owner_access_key != keypair.access_key:
+        raise NotImplementedFeature("owner_access_key: creating sessions for another keypair is not supported")
+    session, created = await manager.sessions.create(keypair, _create_params(req, manager.config))
+    status = session.status
+    if not req.enqueue_only:
+        timeout = float(req.max_wait_seconds) if req.max_wait_seconds else None
+        settled = await manager.sessions.wait_settled(session, timeout)
+        status = session.status if settled else "TIMEOUT"
+        if session.status == st.ERROR:
+            raise SessionCreationFailed(f"session {session.name} could not start: {session.status_info}")
+    legacy = api_version(request).uses_kernel_paths
+    body = CreateSessionResponse(
+        sessionId=session.id,
+        sessionName=session.name,
+        kernelId=session.name if legacy else session.id,
+        status=status,
+        servicePorts=[],
+        created=created,
+    )
+    return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def session_info(session: LiveSession, last_stat: dict[str, Any] | None) -> SessionInfo:
+    end = session.terminated_at or datetime.now(UTC)
+    occupied = {} if session.status in st.TERMINAL or session.agent_id is None else session.requested
+    return SessionInfo(
+        sessionId=session.id,
+        sessionName=session.name,
+        image=session.image,
+        lang=session.image,
+        type=session.type,
+        tag=session.tag,
+        status=session.status,
+        statusInfo=session.status_info,
+        age=int((end - session.created_at).total_seconds() * 1000),
+        creationTime=session.created_at.isoformat(),
+        terminationTime=_iso(session.terminated_at),
+        agent=session.agent_id,
+        occupiedSlots={k: format(v.normalize(), "f") for k, v in occupied.items()},
+        requestedSlots={k: format(v.normalize(), "f") for k, v in session.requested.items()},
+        environ=session.environ,
+        numQueriesExecuted=session.num_queries,
+        lastStat=last_stat,
+    )
+
+
+async def info(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = await manager.sessions.find(owner_key(request, keypair), request.path_params["id"])
+    stat = await manager.sessions.live_stats(session)
+    return JSONResponse(session_info(session, stat).model_dump())
+
+
+async def list_sessions(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    everyone = request.query_params.get("all", "").lower() in ("1", "true", "yes")
+    if everyone and keypair.is_admin:
+        sessions = manager.sessions.live_sessions()
+    else:
+        sessions = manager.sessions.live_sessions(owner_key(request, keypair))
+    items = [session_info(s, s.last_stat).model_dump() for s in sessions]
+    return JSONResponse({"items": items})
+
+
+async def destroy(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    await manager.sessions.destroy(session)
+    return JSONResponse({"stats": session.last_stat or {"version": 2, "status": "terminated"}})
+
+
+async def restart(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    await manager.sessions.restart(session)
+    return Response(status_code=204)
+
+
+async def match(request: Request) -> Response:
+    manager = manager_of(request)
+    keypair = await caller(request)
+    prefix = request.query_params.get("id", "")
+    if not prefix:
+        raise InvalidRequest("id: a session id or name prefix is required", field="id")
+    found = await manager.sessions.match(owner_key(request, keypair), prefix)
+    return JSONResponse(
+        {"matches": [{"id": s.id, "name": s.name, "status": s.status} for s in found]}
+    )

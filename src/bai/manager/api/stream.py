@@ -1,0 +1,82 @@
+"""The streaming execute WebSocket (API.md section 6): one run per connection,
+output pushed about every ``stream_flush_s``; a client that goes away
+interrupts its run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from bai.common.agent_rpc import ExecRequest, ExecResult
+from bai.common.errors import BaiError, InvalidRequest
+from bai.common.wire import ExecuteRequest
+from bai.manager.api.deps import caller, manager_of, owner_key, validate
+from bai.manager.api.execute import exec_request, run_result
+from bai.manager.api.problems import problem_for
+from bai.manager.core import Manager
+from bai.manager.sessions import LiveSession
+
+log = logging.getLogger(__name__)
+
+
+async def _deny(ws: WebSocket, exc: BaiError) -> None:
+    """Refuse the upgrade with the problem's HTTP status where the server supports it."""
+    try:
+        await ws.send_denial_response(problem_for(exc))
+    except RuntimeError:
+        await ws.close(code=1008, reason=exc.message[:120])
+
+
+async def _first_request(ws: WebSocket, session: LiveSession, flush_s: float) -> ExecRequest:
+    text = await ws.receive_text()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InvalidRequest("the first frame must be a JSON object {code, mode, options}") from None
+    req = validate(ExecuteRequest, data if isinstance(data, dict) else None)
+    if req.mode not in ("query", "batch"):
+        raise InvalidRequest("mode: must be query or batch", field="mode")
+    return exec_request(session, req, flush_s)
+
+
+async def _relay(ws: WebSocket, manager: Manager, session: LiveSession, first: ExecRequest) -> None:
+    request = first
+    while True:
+        result: ExecResult = await manager.sessions.execute(session, request)
+        if result.console or result.status != "continued":
+            await ws.send_text(json.dumps(run_result(result, with_run_id=False)))
+        if result.status == "waiting-input":
+            text = await ws.receive_text()
+            request = ExecRequest(session_id=session.id, mode="input", run_id=result.run_id, code=text,
+                                  flush_timeout_s=first.flush_timeout_s)
+        elif result.status == "continued":
+            request = ExecRequest(session_id=session.id, mode="continue", run_id=result.run_id,
+                                  flush_timeout_s=first.flush_timeout_s)
+        else:
+            return
+
+
+async def stream_execute(ws: WebSocket) -> None:
+    manager = manager_of(ws)
+    try:
+        keypair = await caller(ws)
+        session = manager.sessions.find_live(owner_key(ws, keypair), ws.path_params["id"])
+    except BaiError as exc:
+        await _deny(ws, exc)
+        return
+    await ws.accept()
+    try:
+        first = await _first_request(ws, session, manager.config.stream_flush_s)
+        await _relay(ws, manager, session, first)
+    except WebSocketDisconnect:
+        with contextlib.suppress(BaiError):
+            await manager.sessions.interrupt(session)
+        return
+    except BaiError as exc:
+        if ws.client_state == WebSocketState.CONNECTED:
+            await ws.send_text(json.dumps({"status": "error", "msg": exc.message}))
+    if ws.client_state == WebSocketState.CONNECTED:
+        await ws.close()

@@ -1,0 +1,76 @@
+"""``Manager``: the manager's parts wired together, started and stopped as one.
+Built by ``bai.server`` (embedded) or a standalone manager command, then handed to
+``bai.manager.api.app.create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bai.common.agent_rpc import AgentInfo
+from bai.manager.agents import AgentRegistry
+from bai.manager.config import ManagerConfig
+from bai.manager.events import EventBus
+from bai.manager.keypairs import Keypair, KeypairRegistry
+from bai.manager.ratelimit import RateLimiter
+from bai.manager.sessions import SessionRegistry
+from bai.manager.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class Manager:
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.db = Database(config.resolved_database_url())
+        self.keypairs = KeypairRegistry(self.db)
+        self.agents = AgentRegistry(config.agent_lost_after_s)
+        self.events = EventBus()
+        self.sessions = SessionRegistry(config, self.db, self.agents, self.events)
+        self.rate_limiter = RateLimiter(config.rate_limit_window_s)
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.db.migrate()
+        await self.keypairs.load()
+        await self.sessions.recover()
+        self._monitor = asyncio.get_running_loop().create_task(self._watch_agents())
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self.sessions.shutdown()
+        await self.agents.close()
+        await self.db.close()
+
+    async def ensure_admin_keypair(self) -> tuple[Keypair, bool]:
+        """The first admin keypair, created on first start; returns it and whether it is new."""
+        admins = [k for k in self.keypairs.all() if k.is_admin and k.is_active]
+        if admins:
+            return admins[0], False
+        keypair = await self.keypairs.create(
+            user_id="admin",
+            is_admin=True,
+            concurrency_limit=self.config.default_concurrency_limit,
+            rate_limit=self.config.default_rate_limit,
+        )
+        return keypair, True
+
+    def agent_heartbeat(self, info: AgentInfo) -> None:
+        _, joined = self.agents.heartbeat(info)
+        if joined:
+            log.info("agent %s joined (%s)", info.agent_id, info.rpc_url)
+            self.sessions.agent_joined()
+
+    async def _watch_agents(self) -> None:
+        interval = max(0.05, self.config.agent_lost_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            for agent in self.agents.find_lost():
+                log.warning("agent %s is lost: no heartbeat for %.1f s", agent.info.agent_id,
+                            self.config.agent_lost_after_s)
+                await self.sessions.agent_lost(agent.info.agent_id)

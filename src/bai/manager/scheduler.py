@@ -1,0 +1,58 @@
+"""Placement of pending sessions on agents: a pure function, FIFO.
+
+Strict FIFO: the oldest pending session is placed first; when it fits no agent,
+later ones wait behind it (no starvation of large requests). Among agents that
+fit, the one with the most free CPU wins (spreads load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from bai.common.resources import Slots, fits, subtract
+
+
+@dataclass(frozen=True)
+class PendingSession:
+    session_id: str
+    image: str
+    requested: Mapping[str, Decimal]
+
+
+@dataclass(frozen=True)
+class AgentCapacity:
+    agent_id: str
+    free: Mapping[str, Decimal]
+    environments: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    session_id: str
+    agent_id: str
+
+
+def environment_name(image: str) -> str:
+    """``python:3.11`` and ``python`` are served by an agent offering ``python``."""
+    return image.split(":", 1)[0]
+
+
+def schedule_fifo(pending: Sequence[PendingSession], agents: Sequence[AgentCapacity]) -> list[Assignment]:
+    free: dict[str, Slots] = {a.agent_id: dict(a.free) for a in agents}
+    envs = {a.agent_id: a.environments for a in agents}
+    out: list[Assignment] = []
+    for request in pending:
+        env = environment_name(request.image)
+        candidates = [
+            agent_id
+            for agent_id, slots in free.items()
+            if env in envs[agent_id] and fits(request.requested, slots)
+        ]
+        if not candidates:
+            break
+        best = max(candidates, key=lambda agent_id: (free[agent_id].get("cpu", Decimal(0)), agent_id))
+        free[best] = subtract(free[best], request.requested)
+        out.append(Assignment(request.session_id, best))
+    return out

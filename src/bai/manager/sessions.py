@@ -1,0 +1,443 @@
+"""The session registry: lifecycle (create, reuse, destroy, restart), the
+pending queue, and the relay of executions to agents.
+
+Live sessions are held in memory (the hot path reads no rows); every status
+change is written through to the ``sessions`` table. The registry is driven by
+the API edge and by the agent registry (heartbeats, lost agents, sandboxes that
+died); it never touches HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec, SessionGone, SessionStats
+from bai.common.errors import (
+    BaiError,
+    InvalidRequest,
+    QuotaExceeded,
+    SessionAlreadyExists,
+    SessionCreationFailed,
+    SessionNotFound,
+    SessionRestartFailed,
+    TooManySessionsMatched,
+)
+from bai.common.resources import Slots, format_slots
+from bai.manager import lifecycle as st
+from bai.manager.agents import AgentRegistry
+from bai.manager.config import ManagerConfig
+from bai.manager.events import EventBus, SessionEvent
+from bai.manager.keypairs import Keypair
+from bai.manager.scheduler import PendingSession, environment_name, schedule_fifo
+from bai.manager.store.db import Database
+from bai.manager.store.tables import SessionRow
+from bai.manager.usage import stats_payload
+
+log = logging.getLogger(__name__)
+
+_EVENT_OF_STATUS = {
+    st.PENDING: "session_enqueued",
+    st.SCHEDULED: "session_scheduled",
+    st.PREPARING: "session_preparing",
+    st.RUNNING: "session_started",
+    st.TERMINATING: "session_terminating",
+    st.TERMINATED: "session_terminated",
+    st.CANCELLED: "session_cancelled",
+    st.ERROR: "session_failure",
+}
+
+
+@dataclass
+class CreateParams:
+    """A validated create request, in our terms."""
+
+    name: str | None
+    image: str
+    type: str
+    tag: str | None
+    requested: Slots
+    environ: dict[str, str]
+    reuse: bool
+
+
+@dataclass
+class LiveSession:
+    id: str
+    name: str
+    access_key: str
+    image: str
+    type: str
+    tag: str | None
+    requested: Slots
+    environ: dict[str, str]
+    created_at: datetime
+    status: str = st.PENDING
+    status_info: str | None = None
+    agent_id: str | None = None
+    terminated_at: datetime | None = None
+    num_queries: int = 0
+    last_stat: dict[str, Any] | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _row_to_session(row: SessionRow) -> LiveSession:
+    def aware(value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    created = aware(row.created_at)
+    assert created is not None
+    return LiveSession(
+        id=row.id,
+        name=row.name,
+        access_key=row.access_key,
+        image=row.image,
+        type=row.type,
+        tag=row.tag,
+        requested={k: Decimal(v) for k, v in row.requested_slots.items()},
+        environ=dict(row.environ),
+        created_at=created,
+        status=row.status,
+        status_info=row.status_info,
+        agent_id=row.agent_id,
+        terminated_at=aware(row.terminated_at),
+        num_queries=row.num_queries,
+        last_stat=row.last_stat,
+    )
+
+
+class SessionRegistry:
+    def __init__(self, config: ManagerConfig, db: Database, agents: AgentRegistry, events: EventBus) -> None:
+        self._config = config
+        self._db = db
+        self._agents = agents
+        self._events = events
+        self._live: dict[str, LiveSession] = {}
+        self._names: dict[tuple[str, str], str] = {}
+        self._pending: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start and stop ----------------------------------------------------
+
+    async def recover(self) -> None:
+        """Sessions left live by an earlier run of the manager lost their sandboxes with it."""
+        async with self._db.sessionmaker() as s, s.begin():
+            rows = (await s.scalars(select(SessionRow).where(SessionRow.status.not_in(st.TERMINAL)))).all()
+            now = datetime.now(UTC)
+            for row in rows:
+                row.status, row.status_info, row.terminated_at = st.ERROR, "manager-restarted", now
+
+    async def shutdown(self) -> None:
+        """Destroy every live session (embedded mode stops its agent next)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for session in list(self._live.values()):
+            try:
+                await self.destroy(session, reason="server-shutdown")
+            except BaiError as exc:
+                log.warning("session %s: %s", session.name, exc)
+
+    # -- lookups -------------------------------------------------------------
+
+    def live_sessions(self, access_key: str | None = None) -> list[LiveSession]:
+        return [s for s in self._live.values() if access_key is None or s.access_key == access_key]
+
+    def find_live(self, access_key: str, id_or_name: str) -> LiveSession:
+        """A live session of ``access_key`` by id or name; SessionNotFound otherwise."""
+        session = self._live.get(id_or_name)
+        if session is not None and session.access_key == access_key:
+            return session
+        session_id = self._names.get((access_key, id_or_name))
+        if session_id is not None:
+            return self._live[session_id]
+        raise SessionNotFound(f"no such session: {id_or_name}")
+
+    async def find(self, access_key: str, id_or_name: str) -> LiveSession:
+        """Like find_live, but also finds ended sessions in the store."""
+        try:
+            return self.find_live(access_key, id_or_name)
+        except SessionNotFound:
+            pass
+        async with self._db.sessionmaker() as s:
+            rows = (
+                await s.scalars(
+                    select(SessionRow)
+                    .where(SessionRow.access_key == access_key)
+                    .where((SessionRow.id == id_or_name) | (SessionRow.name == id_or_name))
+                    .order_by(SessionRow.created_at.desc())
+                    .limit(2)
+                )
+            ).all()
+        exact = [row for row in rows if row.id == id_or_name]
+        if exact:
+            return _row_to_session(exact[0])
+        if not rows:
+            raise SessionNotFound(f"no such session: {id_or_name}")
+        return _row_to_session(rows[0])
+
+    async def match(self, access_key: str, prefix: str) -> list[LiveSession]:
+        found = [
+            s for s in self._live.values() if s.access_key == access_key and (
+                s.id.startswith(prefix) or s.name.startswith(prefix))
+        ]
+        if len(found) > 30:
+            raise TooManySessionsMatched(f"more than 30 sessions match {prefix!r}")
+        return found
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, keypair: Keypair, params: CreateParams) -> tuple[LiveSession, bool]:
+        """Create (or reuse) a session; returns it and whether it is new. Does not wait for it."""
+        if params.name is not None:
+            existing_id = self._names.get((keypair.access_key, params.name))
+            if existing_id is not None:
+                existing = self._live[existing_id]
+                if params.reuse and existing.image == params.image:
+                    return existing, False
+                raise SessionAlreadyExists(
+                    f"a session named {params.name!r} already exists"
+                    + ("" if existing.image == params.image else f" with image {existing.image!r}"),
+                    existing_session_id=existing.id,
+                )
+        self._check_schedulable(params)
+        live = sum(1 for s in self._live.values() if s.access_key == keypair.access_key)
+        if live >= keypair.concurrency_limit:
+            raise QuotaExceeded(
+                f"the keypair runs {live} sessions, its concurrency limit is {keypair.concurrency_limit}"
+            )
+        name = params.name or self._generate_name(keypair.access_key)
+        session = LiveSession(
+            id=str(uuid.uuid4()),
+            name=name,
+            access_key=keypair.access_key,
+            image=params.image,
+            type=params.type,
+            tag=params.tag,
+            requested=params.requested,
+            environ=params.environ,
+            created_at=datetime.now(UTC),
+        )
+        self._live[session.id] = session
+        self._names[(session.access_key, name)] = session.id
+        self._pending.append(session.id)
+        await self._persist(session)
+        self._publish(session)
+        self._schedule()
+        return session, True
+
+    def _generate_name(self, access_key: str) -> str:
+        while True:
+            name = f"sess-{secrets.token_hex(4)}"
+            if (access_key, name) not in self._names:
+                return name
+
+    def _check_schedulable(self, params: CreateParams) -> None:
+        environments = self._agents.environments()
+        if environment_name(params.image) not in environments:
+            known = ", ".join(sorted(environments)) or "none: no agent is connected"
+            raise InvalidRequest(f"image: unknown environment {params.image!r} (available: {known})",
+                                 field="image")
+        largest = self._agents.max_capacity()
+        for slot, amount in params.requested.items():
+            if amount > largest.get(slot, Decimal(0)):
+                raise InvalidRequest(
+                    f"config.resources.{slot}: {amount} is more than any agent has "
+                    f"({largest.get(slot, Decimal(0))})",
+                    field=f"config.resources.{slot}",
+                )
+
+    async def wait_settled(self, session: LiveSession, timeout_s: float | None) -> bool:
+        """Wait until the session runs or ended; False when the timeout passed first."""
+        try:
+            await asyncio.wait_for(session.settled.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- scheduling and start ----------------------------------------------------
+
+    def _occupied(self) -> dict[str, Slots]:
+        occupied: dict[str, Slots] = {}
+        for s in self._live.values():
+            if s.agent_id is not None:
+                slots = occupied.setdefault(s.agent_id, {})
+                for name, amount in s.requested.items():
+                    slots[name] = slots.get(name, Decimal(0)) + amount
+        return occupied
+
+    def _schedule(self) -> None:
+        """Place what is pending; each placement starts in its own task."""
+        pending = [
+            PendingSession(sid, self._live[sid].image, self._live[sid].requested) for sid in self._pending
+        ]
+        for assignment in schedule_fifo(pending, self._agents.capacities(self._occupied())):
+            self._pending.remove(assignment.session_id)
+            session = self._live[assignment.session_id]
+            session.agent_id = assignment.agent_id
+            self._spawn(self._start(session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, session: LiveSession) -> None:
+        async with session.lock:
+            await self._transition(session, st.SCHEDULED)
+            await self._transition(session, st.PREPARING)
+            spec = SandboxSpec(
+                session_id=session.id,
+                session_name=session.name,
+                environment=session.image,
+                resources=format_slots(session.requested),
+                environ=session.environ,
+                exec_timeout_s=self._config.exec_timeout_s,
+            )
+            try:
+                await self._agents.link(session.agent_id).create_session(spec)
+            except BaiError as exc:
+                log.warning("session %s failed to start: %s", session.name, exc)
+                await self._end(session, st.ERROR, f"creation-failed: {exc.message}")
+                return
+            if session.status == st.PREPARING:
+                await self._transition(session, st.RUNNING)
+
+    # -- the lifecycle after start ------------------------------------------------
+
+    async def destroy(self, session: LiveSession, reason: str = "user-requested") -> SessionStats:
+        async with session.lock:
+            if session.status in st.TERMINAL:
+                raise SessionNotFound(f"no such session: {session.name} (it has ended)")
+            if session.status in (st.PENDING, st.SCHEDULED):
+                if session.id in self._pending:
+                    self._pending.remove(session.id)
+                await self._end(session, st.CANCELLED, reason)
+                return SessionStats()
+            await self._transition(session, st.TERMINATING, reason)
+            try:
+                stats = await self._agents.link(session.agent_id).destroy_session(session.id)
+            except BaiError as exc:
+                log.warning("session %s: destroy on its agent failed: %s", session.name, exc)
+                stats = SessionStats()
+            session.last_stat = stats_payload(stats, "terminated")
+            await self._end(session, st.TERMINATED, reason)
+            return stats
+
+    async def restart(self, session: LiveSession) -> None:
+        async with session.lock:
+            self._require_running(session)
+            await self._transition(session, st.RESTARTING)
+            try:
+                await self._agents.link(session.agent_id).restart_session(session.id)
+            except BaiError as exc:
+                await self._end(session, st.ERROR, f"restart-failed: {exc.message}")
+                raise SessionRestartFailed(f"session {session.name} could not restart: {exc.message}") from exc
+            await self._transition(session, st.RUNNING)
+
+    async def _transition(self, session: LiveSession, status: str, info: str | None = None) -> None:
+        st.check_transition(session.status, status)
+        session.status, session.status_info = status, info
+        if status in st.SETTLED:
+            session.settled.set()
+        await self._persist(session)
+        self._publish(session)
+
+    async def _end(self, session: LiveSession, status: str, reason: str, exit_code: int | None = None) -> None:
+        """Move to a terminal status, release the name and the slots, and place what waits."""
+        session.terminated_at = datetime.now(UTC)
+        self._live.pop(session.id, None)
+        self._names.pop((session.access_key, session.name), None)
+        await self._transition(session, status, reason)
+        if status == st.TERMINATED:
+            self._events.publish(self._event("session_success", session, reason, exit_code))
+        self._schedule()
+
+    def _event(self, name: str, s: LiveSession, reason: str, exit_code: int | None = None) -> SessionEvent:
+        return SessionEvent(name, s.id, s.name, s.access_key, reason, exit_code)
+
+    def _publish(self, session: LiveSession) -> None:
+        name = _EVENT_OF_STATUS.get(session.status)
+        if name is not None:
+            self._events.publish(self._event(name, session, session.status_info or ""))
+
+    async def _persist(self, session: LiveSession) -> None:
+        row = SessionRow(
+            id=session.id,
+            name=session.name,
+            access_key=session.access_key,
+            image=session.image,
+            type=session.type,
+            tag=session.tag,
+            status=session.status,
+            status_info=session.status_info,
+            agent_id=session.agent_id,
+            requested_slots=format_slots(session.requested),
+            occupied_slots=format_slots(session.requested) if session.agent_id else {},
+            environ=session.environ,
+            num_queries=session.num_queries,
+            last_stat=session.last_stat,
+            created_at=session.created_at,
+            terminated_at=session.terminated_at,
+        )
+        async with self._db.sessionmaker() as s, s.begin():
+            await s.merge(row)
+
+    # -- agents come and go -----------------------------------------------------------
+
+    def agent_joined(self) -> None:
+        self._schedule()
+
+    async def agent_lost(self, agent_id: str) -> None:
+        for session in [s for s in self._live.values() if s.agent_id == agent_id]:
+            await self._end(session, st.ERROR, "agent-lost")
+
+    async def sandbox_gone(self, gone: SessionGone) -> None:
+        session = self._live.get(gone.session_id)
+        if session is None or session.status in (st.TERMINATING, st.RESTARTING):
+            return
+        await self._end(session, st.ERROR, f"sandbox-died: {gone.reason}", gone.exit_code)
+
+    # -- execution -----------------------------------------------------------------
+
+    def _require_running(self, session: LiveSession) -> None:
+        if session.status != st.RUNNING:
+            detail = f" ({session.status_info})" if session.status_info else ""
+            raise InvalidRequest(
+                f"session {session.name} is {session.status}{detail}, not RUNNING", field="sessionId"
+            )
+
+    async def execute(self, session: LiveSession, request: ExecRequest) -> ExecResult:
+        self._require_running(session)
+        if request.mode == "query":
+            session.num_queries += 1
+        return await self._agents.link(session.agent_id).execute(request)
+
+    async def interrupt(self, session: LiveSession) -> None:
+        self._require_running(session)
+        await self._agents.link(session.agent_id).interrupt(session.id)
+
+    async def complete(self, session: LiveSession, request: CompleteRequest) -> list[str]:
+        self._require_running(session)
+        return await self._agents.link(session.agent_id).complete(request)
+
+    async def live_stats(self, session: LiveSession) -> dict[str, Any] | None:
+        if session.status != st.RUNNING:
+            return session.last_stat
+        try:
+            stats = await self._agents.link(session.agent_id).session_stats(session.id)
+        except BaiError:
+            return session.last_stat
+        return stats_payload(stats, "live")
+
+
+def creation_failure(session: LiveSession) -> SessionCreationFailed:
+    return SessionCreationFailed(f"session {session.name} could not start: {session.status_info}")

@@ -1,0 +1,34 @@
+"""The in-process agent link: the manager calls the embedded agent's methods
+directly, with no serialisation and no socket in between."""
+
+from __future__ import annotations
+
+from bai.agent.agent import Agent
+from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec, SessionStats
+from bai.manager.agents import AgentLink
+
+
+class InProcessAgentLink(AgentLink):
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    async def create_session(self, spec: SandboxSpec) -> None:
+        await self._agent.create_session(spec)
+
+    async def destroy_session(self, session_id: str) -> SessionStats:
+        return await self._agent.destroy_session(session_id)
+
+    async def restart_session(self, session_id: str) -> None:
+        await self._agent.restart_session(session_id)
+
+    async def execute(self, request: ExecRequest) -> ExecResult:
+        return await self._agent.execute(request)
+
+    async def interrupt(self, session_id: str) -> None:
+        await self._agent.interrupt(session_id)
+
+    async def complete(self, request: CompleteRequest) -> list[str]:
+        return await self._agent.complete(request)
+
+    async def session_stats(self, session_id: str) -> SessionStats:
+        return await self._agent.session_stats(session_id)

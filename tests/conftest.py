@@ -1,0 +1,93 @@
+"""Shared fixtures: a real embedded server (manager + local agent + HTTP on an
+ephemeral port) running in a thread with its own event loop, so that sync tests,
+async tests and subprocesses can all talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bai.server.embedded import EmbeddedServer
+
+
+def sandbox_unavailable() -> str | None:
+    """Why real sandboxes cannot run here, or None when they can."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    if os.geteuid() != 0:
+        return "the local backend needs root to set up cgroups and sandbox uids"
+    if not (Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cgroup.controllers").exists()):
+        return "no writable memory cgroup"
+    return None
+
+
+@dataclass
+class RunningServer:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    data_dir: Path
+    server: EmbeddedServer
+    loop: asyncio.AbstractEventLoop
+    env: dict[str, str] = field(default_factory=dict)
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop (e.g. to poke at the manager)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+class ServerThread:
+    def __init__(self, data_dir: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bai-server", daemon=True)
+        self.server = EmbeddedServer(data_dir, "127.0.0.1", 0)
+
+    def start(self) -> RunningServer:
+        self.thread.start()
+        creds = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
+        env = dict(os.environ)
+        env.update(
+            BACKEND_ENDPOINT=creds.endpoint,
+            BACKEND_ACCESS_KEY=creds.access_key,
+            BACKEND_SECRET_KEY=creds.secret_key,
+        )
+        return RunningServer(creds.endpoint, creds.access_key, creds.secret_key, self.server.data_dir,
+                             self.server, self.loop, env)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _serve(data_dir: Path) -> Iterator[RunningServer]:
+    reason = sandbox_unavailable()
+    if reason:
+        pytest.skip(f"needs real sandboxes: {reason}")
+    thread = ServerThread(data_dir)
+    running = thread.start()
+    try:
+        yield running
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def bai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One embedded server for the whole run; tests isolate by session names and keypairs."""
+    yield from _serve(tmp_path_factory.mktemp("bai-data"))
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of the test's own, for tests that change global state (limits, agents)."""
+    yield from _serve(tmp_path / "data")
