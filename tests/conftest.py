@@ -11,11 +11,12 @@ import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bai.server.embedded import EmbeddedServer
+if TYPE_CHECKING:
+    from bai.server.embedded import EmbeddedServer
 
 
 def sandbox_unavailable() -> str | None:
@@ -46,6 +47,8 @@ class RunningServer:
 
 class ServerThread:
     def __init__(self, data_dir: Path) -> None:
+        from bai.server.embedded import EmbeddedServer
+
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bai-server", daemon=True)
         self.server = EmbeddedServer(data_dir, "127.0.0.1", 0)

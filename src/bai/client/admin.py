@@ -34,7 +34,10 @@ class AdminAPI(AsyncAPI):
         """Create a keypair; the answer is the only place its secret key is ever shown."""
         body = request_body(
             KeypairCreateRequest,
-            user_id=user_id, is_admin=is_admin, concurrency_limit=concurrency_limit, rate_limit=rate_limit
+            user_id=user_id,
+            is_admin=is_admin,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
         )
         return await self._api.request_model(
             KeypairCreated, "POST", "/admin/keypairs", json=body.model_dump(mode="json")

@@ -120,7 +120,9 @@ def error_from_problem(status: int, body: bytes, *, reason: str = "") -> ServerE
         problem = Problem.model_validate_json(body)
     except ValidationError:
         return ServerError(fallback, status=status, slug="", title=reason)
-    slug = problem.type.removeprefix(PROBLEM_TYPE_PREFIX) if problem.type.startswith(PROBLEM_TYPE_PREFIX) else ""
+    slug = (
+        problem.type.removeprefix(PROBLEM_TYPE_PREFIX) if problem.type.startswith(PROBLEM_TYPE_PREFIX) else ""
+    )
     message = problem.msg or problem.detail or problem.title or fallback
     error_class = PROBLEM_CLASSES.get(slug, ServerError)
     return error_class(message, status=status, slug=slug, title=problem.title, data=problem.data)

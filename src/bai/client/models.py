@@ -138,4 +138,5 @@ def request_body(model: type[Body], **fields: Any) -> Body:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         where = f"{field}: " if field else ""
-        raise InvalidRequest(f"{where}{first['msg']}", field=field) from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"{where}{message}", field=field) from exc

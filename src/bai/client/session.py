@@ -29,11 +29,11 @@ from websockets.uri import parse_uri
 
 from bai.client.admin import AdminAPI
 from bai.client.auth import HMACAuth, signed_headers, utc_now
+from bai.client.base import AsyncAPI
 from bai.client.compute import ComputeSessionFactory
 from bai.client.config import APIConfig
 from bai.client.errors import ConnectionFailed, ProtocolError, error_from_problem
 from bai.client.models import AuthTestResult, ServerVersion, SessionList
-from bai.client.base import AsyncAPI
 from bai.common.wire import SessionInfo
 
 Answer = TypeVar("Answer", bound=BaseModel)
@@ -68,7 +68,9 @@ class AsyncSession(AsyncAPI):
         self._http = httpx.AsyncClient(
             base_url=self.config.endpoint,
             auth=self._auth,
-            timeout=httpx.Timeout(None, connect=self.config.connection_timeout, read=self.config.read_timeout),
+            timeout=httpx.Timeout(
+                None, connect=self.config.connection_timeout, read=self.config.read_timeout
+            ),
             verify=not self.config.skip_sslcert_validation,
             headers={"User-Agent": f"bai-client/{client_version()}"},
             transport=transport,
@@ -179,7 +181,8 @@ class AsyncSession(AsyncAPI):
             )
         except InvalidStatus as exc:
             answer = exc.response
-            raise error_from_problem(answer.status_code, answer.body or b"", reason=answer.reason_phrase) from exc
+            body = bytes(answer.body or b"")
+            raise error_from_problem(answer.status_code, body, reason=answer.reason_phrase) from exc
         except (OSError, TimeoutError) as exc:
             raise ConnectionFailed(describe_network_error(self.config.endpoint, exc)) from exc
         except WebSocketException as exc:
@@ -188,7 +191,8 @@ class AsyncSession(AsyncAPI):
     def _timeout_message(self, exc: httpx.TimeoutException) -> str:
         if isinstance(exc, httpx.ConnectTimeout):
             return f"timed out connecting to {self.config.endpoint}"
-        return f"{self.config.endpoint} did not answer within {self.config.read_timeout} s (BACKEND_READ_TIMEOUT)"
+        limit = self.config.read_timeout
+        return f"{self.config.endpoint} did not answer within {limit} s (BACKEND_READ_TIMEOUT)"
 
 
 def describe_network_error(endpoint: str, exc: BaseException) -> str:

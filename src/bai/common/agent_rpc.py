@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ConsoleEntry = tuple[str, str]
+# [type, data]: data is text, or [mime, content] for "media" (API.md section 6)
+ConsoleEntry = tuple[str, str | list[str]]
 
 
 class AgentInfo(BaseModel):

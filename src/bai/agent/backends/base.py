@@ -1,0 +1,115 @@
+"""The backend interface: how the agent gets sandboxes, and a registry by name.
+
+A ``Backend`` (one per agent) makes ``Sandbox`` es (one per session). A sandbox
+starts the runner as its first process and hands the agent a connected stream
+socket to it; everything above the socket (frames, runs, flush timeouts) is the
+agent's (bai.agent.session), so every backend speaks to the same runner.
+
+The registry (name → class) is ``bai.agent.backends.BACKENDS``.
+
+Callers: ``Agent`` (bai.agent.agent) is the only caller of everything here.
+Errors: backends raise ``SessionCreationFailed`` / ``SessionRestartFailed`` /
+``SessionDestructionFailed`` from bai.common.errors, lower-level ones chained.
+"""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from decimal import Decimal
+from typing import ClassVar
+
+from bai.agent.cgroups import Limits
+from bai.agent.config import AgentConfig
+from bai.common.agent_rpc import SandboxSpec, SessionStats
+
+
+class Sandbox(ABC):
+    """One session's sandbox, from its start to its destruction."""
+
+    session_id: str
+    limits: Limits
+
+    @property
+    @abstractmethod
+    def runner_socket(self) -> socket.socket:
+        """The agent's end of the runner's socket; a fresh one after each ``restart``.
+        Agent.create_session / restart_session wrap it into a RunnerLink."""
+
+    @abstractmethod
+    def runner_started(self) -> None:
+        """The runner sent Ready. Called by the agent once per start: the backend
+        protects the runner (not the user's code) from the OOM killer."""
+
+    @abstractmethod
+    def oom_watch_fd(self) -> int | None:
+        """A file descriptor that turns readable when the OOM killer kills in this
+        sandbox, or None. The agent watches it with its event loop, calls
+        ``drain_oom_watch`` when readable, then ``oom_kills``. The sandbox closes it."""
+
+    @abstractmethod
+    def drain_oom_watch(self) -> None:
+        """Consume the readiness of ``oom_watch_fd``."""
+
+    @abstractmethod
+    def oom_kills(self) -> int:
+        """OOM kills so far in this sandbox (a cgroup read: not for the execute path).
+        Called by the agent after an OOM notification or an abnormal end of a run."""
+
+    @abstractmethod
+    async def wait_exit(self) -> int:
+        """Wait until the sandbox's first process has exited and return its status.
+        Called by the agent to tell why a runner disappeared."""
+
+    @abstractmethod
+    def diagnostics(self) -> str:
+        """The last lines the sandbox wrote outside the protocol (bwrap errors, a
+        runner's crash); for SessionCreationFailed and SessionGone reasons."""
+
+    @abstractmethod
+    async def stats(self) -> SessionStats:
+        """Live usage. Called by Agent.session_stats."""
+
+    @abstractmethod
+    async def restart(self) -> None:
+        """Kill every process of the sandbox and start a fresh one on the same scratch
+        dir, with a new runner socket. Called by Agent.restart_session, after the agent
+        stopped listening to the old socket. Raises SessionRestartFailed."""
+
+    @abstractmethod
+    async def destroy(self, grace_s: float) -> SessionStats:
+        """Give the processes ``grace_s`` to exit (the agent has sent Shutdown), kill
+        what is left, measure the final usage, then release everything (cgroup,
+        scratch dir, uid). Called by Agent.destroy_session and Agent.stop; idempotent."""
+
+
+class Backend(ABC):
+    """Makes sandboxes on one node. Chosen by ``AgentConfig.backend`` through BACKENDS."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Check the host (tools, permissions), prepare directories and clean what a
+        previous agent with the same id left behind. Called by Agent.start."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release node-wide resources, after every sandbox was destroyed. Called by Agent.stop."""
+
+    @abstractmethod
+    def capacity(self) -> dict[str, Decimal]:
+        """Slots this node offers (cpu cores, mem bytes...). Called by Agent.info."""
+
+    @abstractmethod
+    def environments(self) -> list[str]:
+        """Names of the environments it can start. Called by Agent.info and create_session."""
+
+    @abstractmethod
+    async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
+        """Start a sandbox whose runner is connected to ``runner_socket`` (it may not
+        be Ready yet: the agent waits for that). Called by Agent.create_session, which
+        has validated ``spec``. Raises SessionCreationFailed and leaves nothing behind."""

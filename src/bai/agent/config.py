@@ -1,0 +1,62 @@
+"""The agent's settings: parsed once by the caller (``bai agent`` or the embedded
+server) from ``BAI_AGENT_*`` variables and flags, then passed in."""
+
+from __future__ import annotations
+
+import os
+import socket
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/bai/agent")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bai" / "agent"
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BAI_AGENT_", extra="ignore", frozen=True)
+
+    agent_id: str = Field(default_factory=lambda: f"agent-{socket.gethostname()}", pattern=r"^[\w.-]{1,64}$")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    backend: str = "local"
+
+    # -- local backend ------------------------------------------------------
+    bwrap_path: str = "/usr/bin/bwrap"
+    runner_python: str = "/usr/bin/python3"
+    runner_dir: Path | None = None  # None: the installed bai.runner package
+    cgroup_driver: Literal["auto", "v1", "v2", "none"] = "auto"
+    # host uids for sandboxes: uid_base + slot, one slot per live session
+    sandbox_uid_base: int = Field(default=1_000_000, ge=1000)
+    sandbox_uid_count: int = Field(default=65_536, ge=1)
+    tmp_size: int = 256 * 2**20  # the private /tmp's size cap, bytes
+
+    # -- sessions -----------------------------------------------------------
+    default_cpu: Decimal = Decimal(1)
+    default_mem: int = 2**30
+    default_pids: int = 512
+    startup_timeout_s: float = 15.0
+    shutdown_grace_s: float = 1.0
+    max_backlog_bytes: int = 4 * 2**20  # stop reading a runner while this much output is undelivered
+
+    # -- RPC and manager ----------------------------------------------------
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 6011
+    rpc_url: str | None = None  # advertised; None: inproc://<agent_id> (embedded) or http://host:port
+    manager_url: str | None = None
+    cluster_secret: SecretStr | None = None
+    heartbeat_interval_s: float = 10.0
+
+    @property
+    def advertised_url(self) -> str:
+        if self.rpc_url:
+            return self.rpc_url
+        if self.manager_url:
+            return f"http://{self.rpc_host}:{self.rpc_port}"
+        return f"inproc://{self.agent_id}"

@@ -1,0 +1,270 @@
+"""Run bookkeeping for one session: an I/O-free core (no event loop, no sockets).
+
+The session's async shell (bai.agent.session) feeds it the runner's messages and
+the manager's requests and acts on what it returns:
+
+- ``start`` / ``check_continue`` / ``check_input`` validate a request against the
+  current run (raising ``InvalidRequest(field="runId")``) and say what to send;
+- ``on_output``, ``on_media``, ``on_waiting_input``, ``on_finished`` record what
+  the runner said; ``on_exec_timeout`` and ``add_notice`` record the agent's own;
+- ``deliverable`` says whether a waiting ``execute`` should answer now;
+- ``take_response`` cuts the next response: consecutive chunks of one stream are
+  merged into one ``[type, data]`` pair and each stream is capped at
+  ``stream_cap`` UTF-8 bytes per response (the rest waits for the next ``continue``);
+- ``backlog_bytes`` is what is buffered and not yet delivered, for backpressure.
+
+Invariant: at most one run is current; a new query is refused while it is
+unfinished; output of any other run id is dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bai.common.agent_rpc import ConsoleEntry
+from bai.common.errors import InvalidRequest
+
+STREAM_CAP = 512 * 1024
+TEXT_STREAMS = ("stdout", "stderr")
+
+
+class RunPhase(Enum):
+    RUNNING = "running"
+    WAITING_INPUT = "waiting-input"
+    FINISHED = "finished"
+
+
+@dataclass
+class Response:
+    run_id: str
+    status: str  # continued | waiting-input | finished | exec-timeout
+    exit_code: int | None
+    console: list[ConsoleEntry]
+    is_password: bool = False
+
+
+@dataclass
+class _Chunk:
+    kind: str  # stdout | stderr | media | html
+    text: str = ""
+    size: int = 0  # UTF-8 bytes of text, for the per-stream cap
+    media: list[str] | None = None
+
+
+@dataclass
+class Run:
+    run_id: str
+    phase: RunPhase = RunPhase.RUNNING
+    exit_code: int | None = None
+    timed_out: bool = False
+    is_password: bool = False
+    engine_restarted: bool = False
+    pending: deque[_Chunk] = field(default_factory=deque)
+    pending_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TEXT_STREAMS, 0))
+    input_reported: bool = False  # the current waiting-input was answered to the manager
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RunBook:
+    """The runs of one session. See the module docstring."""
+
+    def __init__(self, stream_cap: int = STREAM_CAP) -> None:
+        self.stream_cap = stream_cap
+        self.current: Run | None = None
+        self.backlog_bytes = 0
+
+    # -- requests ----------------------------------------------------------
+
+    def start(self, run_id: str | None) -> Run:
+        """A ``query``: begin a new run. The caller sends ``Execute(run.run_id, code)``."""
+        if self.current is not None and self.current.phase is not RunPhase.FINISHED:
+            raise InvalidRequest(
+                f"run {self.current.run_id} is still in progress; continue it or interrupt it",
+                field="runId",
+            )
+        self.backlog_bytes = 0
+        self.current = Run(run_id=run_id or new_run_id())
+        return self.current
+
+    def check_continue(self, run_id: str | None) -> Run:
+        """A ``continue``: the run must be the current (or just finished) one."""
+        return self._matching(run_id)
+
+    def check_input(self, run_id: str | None) -> Run:
+        """An ``input``: the run must be waiting for input. The caller sends ``Input``."""
+        run = self._matching(run_id)
+        if run.phase is not RunPhase.WAITING_INPUT:
+            raise InvalidRequest(f"run {run.run_id} is not waiting for input", field="runId")
+        run.phase = RunPhase.RUNNING
+        run.input_reported = False
+        return run
+
+    def _matching(self, run_id: str | None) -> Run:
+        run = self.current
+        if run is None:
+            raise InvalidRequest("no run to continue; start one with a query", field="runId")
+        if run_id is not None and run_id != run.run_id:
+            raise InvalidRequest(f"unknown run {run_id}; the current run is {run.run_id}", field="runId")
+        return run
+
+    # -- runner messages ---------------------------------------------------
+
+    def _live(self, run_id: str) -> Run | None:
+        run = self.current
+        if run is None or run.run_id != run_id or run.phase is RunPhase.FINISHED:
+            return None
+        return run
+
+    def on_output(self, run_id: str, stream: str, data: str) -> None:
+        run = self._live(run_id)
+        if run is None or not data:
+            return
+        kind = stream if stream in TEXT_STREAMS else "stdout"
+        self._append_text(run, kind, data)
+
+    def _append_text(self, run: Run, kind: str, data: str) -> None:
+        size = len(data.encode("utf-8", "surrogatepass"))
+        last = run.pending[-1] if run.pending else None
+        if last is not None and last.kind == kind:
+            last.text += data
+            last.size += size
+        else:
+            run.pending.append(_Chunk(kind=kind, text=data, size=size))
+        run.pending_bytes[kind] += size
+        self.backlog_bytes += size
+
+    def on_media(self, run_id: str, mime: str, data: str) -> None:
+        run = self._live(run_id)
+        if run is None:
+            return
+        if mime == "text/html":
+            run.pending.append(_Chunk(kind="html", text=data, size=len(data)))
+        else:
+            run.pending.append(_Chunk(kind="media", media=[mime, data], size=len(data)))
+        self.backlog_bytes += len(data)
+
+    def on_waiting_input(self, run_id: str, prompt: str, password: bool) -> None:
+        run = self._live(run_id)
+        if run is None:
+            return
+        if prompt:
+            self._append_text(run, "stdout", prompt)
+        run.phase = RunPhase.WAITING_INPUT
+        run.is_password = password
+        run.input_reported = False
+
+    def on_finished(self, run_id: str, exit_code: int, engine_restarted: bool = False) -> bool:
+        """Record the end of a run; False when it was not the live run (stale)."""
+        run = self._live(run_id)
+        if run is None:
+            return False
+        run.phase = RunPhase.FINISHED
+        run.exit_code = exit_code
+        run.engine_restarted = engine_restarted
+        return True
+
+    def on_exec_timeout(self) -> Run | None:
+        """The run hit its time limit; the caller interrupts it. Returns the run, if one is live."""
+        run = self.current
+        if run is None or run.phase is RunPhase.FINISHED:
+            return None
+        run.timed_out = True
+        return run
+
+    def on_runner_gone(self, reason: str) -> None:
+        """The sandbox died: end the live run with the reason on stderr."""
+        run = self.current
+        if run is None or run.phase is RunPhase.FINISHED:
+            return
+        self._append_text(run, "stderr", reason.rstrip("\n") + "\n")
+        run.phase = RunPhase.FINISHED
+        run.exit_code = run.exit_code if run.exit_code is not None else 137
+
+    def add_notice(self, run_id: str, text: str) -> None:
+        """An agent-made stderr line (OOM...), also after the run finished."""
+        run = self.current
+        if run is None or run.run_id != run_id:
+            return
+        self._append_text(run, "stderr", text.rstrip("\n") + "\n")
+
+    # -- responses ---------------------------------------------------------
+
+    @property
+    def deliverable(self) -> bool:
+        """Whether a waiting execute should answer now rather than at its flush timeout."""
+        run = self.current
+        if run is None:
+            return True
+        if run.phase is RunPhase.FINISHED:
+            return True
+        if run.phase is RunPhase.WAITING_INPUT and not run.input_reported:
+            return True
+        return any(size >= self.stream_cap for size in run.pending_bytes.values())
+
+    def take_response(self) -> Response:
+        """Cut the next response for the current run. Raises InvalidRequest when there is none."""
+        run = self.current
+        if run is None:
+            raise InvalidRequest("no run to report on", field="runId")
+        console, complete = self._cut(run)
+        if complete and run.phase is RunPhase.FINISHED:
+            status = "exec-timeout" if run.timed_out else "finished"
+            return Response(run.run_id, status, run.exit_code, console)
+        if complete and run.phase is RunPhase.WAITING_INPUT:
+            run.input_reported = True
+            return Response(run.run_id, "waiting-input", None, console, is_password=run.is_password)
+        return Response(run.run_id, "continued", None, console)
+
+    def _cut(self, run: Run) -> tuple[list[ConsoleEntry], bool]:
+        """Take chunks in order until a stream's cap is reached; True when nothing is left."""
+        budget = dict.fromkeys(TEXT_STREAMS, self.stream_cap)
+        console: list[ConsoleEntry] = []
+        while run.pending:
+            chunk = run.pending[0]
+            if chunk.kind in TEXT_STREAMS:
+                room = budget[chunk.kind]
+                if chunk.size > room:
+                    head, rest = _split_utf8(chunk.text, room)
+                    if head:
+                        head_size = chunk.size - len(rest.encode("utf-8", "surrogatepass"))
+                        self._consume(run, chunk.kind, head_size)
+                        chunk.text, chunk.size = rest, chunk.size - head_size
+                        _merge_into(console, chunk.kind, head)
+                    return console, False
+                budget[chunk.kind] -= chunk.size
+                self._consume(run, chunk.kind, chunk.size)
+                _merge_into(console, chunk.kind, chunk.text)
+            else:
+                self.backlog_bytes -= chunk.size
+                console.append((chunk.kind, chunk.media if chunk.media is not None else chunk.text))
+            run.pending.popleft()
+        return console, True
+
+    def _consume(self, run: Run, kind: str, size: int) -> None:
+        run.pending_bytes[kind] -= size
+        self.backlog_bytes -= size
+
+
+def _merge_into(console: list[ConsoleEntry], kind: str, text: str) -> None:
+    if console and console[-1][0] == kind and isinstance(console[-1][1], str):
+        console[-1] = (kind, console[-1][1] + text)
+    else:
+        console.append((kind, text))
+
+
+def _split_utf8(text: str, limit: int) -> tuple[str, str]:
+    """Split ``text`` so the head is at most ``limit`` UTF-8 bytes, on a character boundary."""
+    cut = text.encode("utf-8", "surrogatepass")[:limit]
+    for trim in range(4):  # drop the bytes of a character cut in the middle
+        try:
+            head = cut[: len(cut) - trim].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            continue
+        return head, text[len(head) :]
+    return "", text

@@ -1,0 +1,127 @@
+"""Messages between the runner and its REPL child (never seen by the agent).
+
+Two socketpairs connect them, so that no reader ever takes a reply meant for another:
+
+* the **command** channel, read by the child only while it is idle:
+  runner → child ``RunCode`` / ``CompleteCode``; child → runner ``RunDone`` / ``CompleteDone``.
+* the **request** channel, used by whichever thread of the user's code writes output or
+  reads input: child → runner ``Fence`` / ``AskInput``; runner → child ``FenceDone`` /
+  ``InputGiven``, each carrying the ``seq`` of the request it answers.
+
+Frames are those of protocol.py (length + JSON with a ``type``). The child runs the
+user's code, so the runner treats a control frame that does not decode as a broken
+REPL, never as its own failure.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar, Deque, Dict, List, Optional, Type
+
+from bai.runner.frames import FrameSplitter
+from bai.runner.protocol import Message, ProtocolError, encode
+
+__all__ = ["encode"]
+
+
+@dataclass
+class RunCode(Message):
+    TYPE: ClassVar[str] = "run"
+    code: str
+
+
+@dataclass
+class RunDone(Message):
+    TYPE: ClassVar[str] = "run-done"
+    exit_code: int
+
+
+@dataclass
+class CompleteCode(Message):
+    TYPE: ClassVar[str] = "complete"
+    text: str
+
+
+@dataclass
+class CompleteDone(Message):
+    TYPE: ClassVar[str] = "complete-done"
+    items: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Fence(Message):
+    """Read both output pipes empty, then answer: what was written before is forwarded."""
+
+    TYPE: ClassVar[str] = "fence"
+    seq: int
+
+
+@dataclass
+class FenceDone(Message):
+    TYPE: ClassVar[str] = "fence-done"
+    seq: int
+
+
+@dataclass
+class AskInput(Message):
+    TYPE: ClassVar[str] = "ask-input"
+    seq: int
+    prompt: str = ""
+    password: bool = False
+
+
+@dataclass
+class InputGiven(Message):
+    """The line the user typed; ``eof`` when there is nobody to ask (no run is active)."""
+
+    TYPE: ClassVar[str] = "input-given"
+    seq: int
+    text: str = ""
+    eof: bool = False
+
+
+CONTROL_TYPES: Dict[str, Type[Message]] = {
+    cls.TYPE: cls
+    for cls in (RunCode, RunDone, CompleteCode, CompleteDone, Fence, FenceDone, AskInput, InputGiven)
+}
+
+
+def decode_control(payload: bytes) -> Message:
+    try:
+        body = json.loads(payload.decode("utf-8"))
+        cls = CONTROL_TYPES[body.pop("type")]
+        message: Message = cls(**body)
+    except (UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ProtocolError("bad control frame: %r" % (exc,)) from None
+    return message
+
+
+class Channel:
+    """One end of a control socketpair, read blocking: the REPL child's side.
+
+    The partial frame lives in the object, so a KeyboardInterrupt raised while
+    ``recv`` waits loses nothing of the stream.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._splitter = FrameSplitter()
+        self._ready: Deque[bytes] = deque()
+
+    def send(self, message: Message) -> None:
+        self.sock.sendall(encode(message))
+
+    def recv(self) -> Optional[Message]:
+        """The next message, or None once the runner has gone."""
+        while not self._ready:
+            data = self.sock.recv(262144)
+            if not data:
+                return None
+            payloads, error = self._splitter.feed(data)
+            if error is not None:
+                raise ProtocolError(error)
+            self._ready.extend(payloads)
+        return decode_control(self._ready.popleft())

@@ -1,0 +1,83 @@
+"""What an engine is, to the runner's dispatcher (main.Runner).
+
+An engine owns the user's process(es) for one language and turns agent messages
+into runs. It registers its own fds and timers with the loop and sends its output
+through ``EngineContext.emit``. Each handler is called by ``Runner`` for one message
+type; a request it refuses raises a ``RunnerError``, which the runner answers with
+a ``Failure`` frame:
+
+    RunnerError            a request the runner refuses (→ Failure)
+     ├── Busy              Execute while a run is in progress
+     ├── NotWaiting        Input while no run waits for input
+     └── Unsupported       a mode this engine does not offer
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional
+
+from bai.runner.loop import Loop
+from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message, Ready
+
+
+class RunnerError(Exception):
+    def __init__(self, message: str, run_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+
+
+class Busy(RunnerError):
+    pass
+
+
+class NotWaiting(RunnerError):
+    pass
+
+
+class Unsupported(RunnerError):
+    pass
+
+
+@dataclass
+class EngineContext:
+    loop: Loop
+    emit: Callable[[Message], None]
+    # Called first thing in any child the engine forks: closes the runner's own
+    # fds (agent socket, epoll, signal wakeup) so the user's code never holds them.
+    after_fork: Callable[[], None]
+    # Seconds a run may go on after an Interrupt before its process is killed.
+    interrupt_grace: float = 2.0
+
+
+class Engine(abc.ABC):
+    name: ClassVar[str] = ""
+
+    def __init__(self, context: EngineContext) -> None:
+        self.context = context
+
+    @abc.abstractmethod
+    def start(self) -> Ready:
+        """Start the user's process; the returned Ready is sent to the agent."""
+
+    @abc.abstractmethod
+    def execute(self, message: Execute) -> None: ...
+
+    @abc.abstractmethod
+    def provide_input(self, message: Input) -> None: ...
+
+    @abc.abstractmethod
+    def interrupt(self, message: Interrupt) -> None: ...
+
+    @abc.abstractmethod
+    def complete(self, message: Complete) -> None: ...
+
+    @abc.abstractmethod
+    def child_exited(self, pid: int, status: int) -> None:
+        """The loop reaped ``pid``; it may be none of this engine's."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Kill the user's processes; the runner is exiting."""

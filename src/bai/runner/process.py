@@ -1,0 +1,40 @@
+"""Process-level facts the runner needs from Linux: the dumpable flag and wait statuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Optional, Tuple
+
+PR_SET_DUMPABLE = 4
+_libc: Optional[Any] = None
+
+
+def set_dumpable(dumpable: bool) -> bool:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable runner cannot be ptraced, nor its
+    /proc/<pid>/mem written, by the user's code running under the same uid.
+    Best effort: returns False where prctl is not reachable."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return bool(_libc.prctl(PR_SET_DUMPABLE, 1 if dumpable else 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def describe_exit(status: int) -> Tuple[int, str]:
+    """A wait status as (shell-style exit code, words): 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = " (%s)" % signal.Signals(number).name
+        except ValueError:
+            name = ""
+        return 128 + number, "killed by signal %d%s" % (number, name)
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return code, "exited with status %d" % code
+    return 1, "ended with wait status %d" % status
