@@ -1,0 +1,129 @@
+"""The bubblewrap command line of a local sandbox (pure: builds arguments, runs nothing).
+
+File descriptors the sandbox's first process receives (set up by
+``LocalSandbox`` before exec): 3 the runner's socket, 4 bwrap's --info-fd,
+5/6/7 the synthetic /etc/passwd, /etc/group and /etc/hosts. Inside, the
+runner keeps only fd 3: bwrap consumes and closes the others.
+
+What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
+the host has them, a trimmed /etc, fresh /proc and /dev, a private size-capped
+/tmp, the session's scratch dir at /home/work (the only writable host path),
+the runner's package read-only at /opt/bai/bai/runner. Nothing else of the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SOCKET_FD = 3
+INFO_FD = 4
+PASSWD_FD = 5
+GROUP_FD = 6
+HOSTS_FD = 7
+CHILD_FDS = (SOCKET_FD, INFO_FD, PASSWD_FD, GROUP_FD, HOSTS_FD)
+
+SANDBOX_UID = 1000
+SANDBOX_USER = "work"
+HOME = "/home/work"
+HOSTNAME = "sandbox"
+RUNNER_MOUNT = "/opt/bai/bai/runner"
+RUNNER_BOOT = "import sys; sys.path.insert(0, '/opt/bai'); from bai.runner.main import main; main()"
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_ENV = {"PATH": PATH, "HOME": HOME, "LANG": "C.UTF-8", "TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"}
+
+# What of /etc programs need (dynamic linker, certificates, time zone, MIME
+# types, Debian's python config...). Never shadow, pip.conf, npmrc, ssh, ssl/private.
+ETC_ENTRIES = (
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl/certs", "ssl/openssl.cnf",
+    "ca-certificates.conf", "localtime", "timezone", "mime.types", "magic", "magic.mime",
+    "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services", "os-release",
+    "debian_version", "locale.alias", "terminfo", "inputrc", "bash.bashrc", "fonts",
+    "python3", "python3.11", "python3.12", "python3.13", "java-17-openjdk", "matplotlibrc",
+)
+TOP_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def host_layout(root: Path = Path("/")) -> list[str]:
+    """The static part of the file-system arguments, from what this host has.
+
+    Computed once at backend start: a host symlink becomes a symlink (so
+    /lib -> usr/lib stays a link), a directory or file a read-only bind."""
+    args = ["--ro-bind", str(root / "usr"), "/usr"]
+    for name in TOP_LINKS:
+        args += _mirror(root / name, f"/{name}")
+    for name in ETC_ENTRIES:
+        args += _mirror(root / "etc" / name, f"/etc/{name}")
+    return args
+
+
+def _mirror(host: Path, dest: str) -> list[str]:
+    if host.is_symlink():
+        return ["--symlink", os.readlink(host), dest]
+    if host.exists():
+        return ["--ro-bind", str(host), dest]
+    return []
+
+
+def passwd_data() -> bytes:
+    return (
+        f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:{SANDBOX_USER}:{HOME}:/bin/bash\n"
+        f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ).encode()
+
+
+def group_data() -> bytes:
+    return f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_UID}:\nnogroup:x:65534:\n".encode()
+
+
+def hosts_data() -> bytes:
+    return f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n".encode()
+
+
+@dataclass(frozen=True)
+class SandboxCommand:
+    """Inputs of one sandbox's command line."""
+
+    bwrap: str
+    layout: list[str]  # from host_layout()
+    scratch: Path
+    runner_dir: Path
+    runner_python: str
+    engine: str
+    environ: Mapping[str, str]
+    tmp_size: int
+
+    def argv(self) -> list[str]:
+        args = [
+            self.bwrap,
+            "--unshare-all", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--new-session", "--as-pid-1",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", HOSTNAME,
+            *self.layout,
+            "--ro-bind-data", str(PASSWD_FD), "/etc/passwd",
+            "--ro-bind-data", str(GROUP_FD), "/etc/group",
+            "--ro-bind-data", str(HOSTS_FD), "/etc/hosts",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(self.tmp_size), "--tmpfs", "/tmp",
+            "--bind", str(self.scratch), HOME,
+            "--ro-bind", str(self.runner_dir), RUNNER_MOUNT,
+            "--chdir", HOME,
+            "--info-fd", str(INFO_FD),
+            "--clearenv",
+        ]  # fmt: skip
+        for name, value in {**BASE_ENV, **self.environ}.items():
+            args += ["--setenv", name, value]
+        args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT, "--fd", str(SOCKET_FD), "--engine", self.engine]
+        return args
+
+
+def invalid_env_names(environ: Mapping[str, str]) -> list[str]:
+    """Names that are not shell identifiers, or values bwrap cannot pass (NUL)."""
+    return [name for name, value in environ.items() if not ENV_NAME_RE.match(name) or "\0" in value]

@@ -1,0 +1,3 @@
+from bai.client.cli.main import main
+
+main()

@@ -1,0 +1,212 @@
+"""``bai run``: run code in a (new or reused) session, streaming its output live.
+
+Exit status: the run's exit code; 130 after Ctrl-C (the run is interrupted);
+1 with ``error: ...`` when the session or the stream fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import click
+
+from bai.client.cli.context import CliState, pass_state
+from bai.client.cli.output import print_error, print_note, print_stats, print_warning
+from bai.client.compute import AsyncComputeSession
+from bai.client.config import APIConfig
+from bai.client.errors import ProtocolError
+from bai.client.models import StreamFrame
+from bai.client.session import AsyncSession
+from bai.common.errors import BaiError
+
+EXIT_INTERRUPTED = 130
+#: The exit status of a run stopped by its time limit, as timeout(1) has it.
+EXIT_TIMED_OUT = 124
+INTERRUPT_GRACE_SECONDS = 5.0
+
+
+def parse_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` options into a dict; a malformed one is a usage error naming it."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        pairs[key.strip()] = value
+    return pairs
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    image: str
+    code: str
+    name: str | None
+    destroy: bool
+    show_stats: bool
+    envs: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, str] = field(default_factory=dict)
+
+
+@click.command()
+@click.argument("image")
+@click.argument("file", type=click.File("r"), required=False)
+@click.option("-c", "--code", help="The code to run (instead of a FILE).")
+@click.option("--name", help="Run in the session of this name, creating it when absent; it is kept.")
+@click.option("--rm", is_flag=True, help="Destroy the session after the run (always so without --name).")
+@click.option("--stats", is_flag=True, help="Print the session's resource usage when it is destroyed.")
+@click.option("-e", "--env", multiple=True, callback=parse_pairs, metavar="KEY=VALUE", help="Environment.")
+@click.option(
+    "-r",
+    "--resource",
+    multiple=True,
+    callback=parse_pairs,
+    metavar="SLOT=AMOUNT",
+    help="e.g. cpu=1, mem=512m.",
+)
+@pass_state
+@click.pass_context
+def run(
+    ctx: click.Context,
+    state: CliState,
+    image: str,
+    file: IO[str] | None,
+    code: str | None,
+    name: str | None,
+    rm: bool,
+    stats: bool,
+    env: dict[str, str],
+    resource: dict[str, str],
+) -> None:
+    """Run CODE (-c) or FILE in a session of IMAGE (e.g. python) and exit with its exit code.
+
+    Output is printed as it comes, stdout to stdout and stderr to stderr; what the
+    code reads from its stdin is read from this terminal.
+    """
+    if (code is None) == (file is None):
+        raise click.UsageError("give the code to run either with -c CODE or as a FILE")
+    source = code if code is not None else file.read() if file is not None else ""
+    plan = RunPlan(
+        image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource
+    )
+    if stats and not plan.destroy:
+        print_warning("--stats shows the usage when the session is destroyed: add --rm")
+    try:
+        exit_code = asyncio.run(run_once(state.config, plan, Terminal()))
+    except KeyboardInterrupt:
+        exit_code = EXIT_INTERRUPTED
+    ctx.exit(exit_code)
+
+
+async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
+    """Create (or reuse) the session, stream one run, destroy the session when the plan says so."""
+    async with AsyncSession(config) as api:
+        session = await api.ComputeSession.get_or_create(
+            plan.image, name=plan.name, envs=plan.envs, resources=plan.resources
+        )
+        try:
+            exit_code = await stream_run(session, plan.code, terminal)
+        except BaseException:
+            if plan.destroy:
+                with contextlib.suppress(BaiError):
+                    await session.destroy()
+            raise
+        if plan.destroy:
+            usage = await session.destroy()
+            if plan.show_stats:
+                print_stats(session.name, usage, stderr=True)
+        return exit_code
+
+
+async def stream_run(session: AsyncComputeSession, code: str, terminal: Terminal) -> int:
+    """Stream one query-mode run to the terminal; returns its exit code (130 when cancelled by Ctrl-C)."""
+    try:
+        async with session.stream_execute(code) as stream:
+            async for frame in stream:
+                terminal.show(frame)
+                if frame.status == "waiting-input":
+                    await stream.send_input(await terminal.read_line(password=frame.is_password))
+                elif frame.status == "exec-timeout":
+                    print_error("the run hit its time limit")
+                    return frame.exitCode or EXIT_TIMED_OUT
+                elif frame.status == "finished":
+                    return frame.exitCode or 0
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancelled us. Closing the socket interrupts the run on the
+        # server; say so explicitly too, in case the close is slow to be noticed.
+        with contextlib.suppress(BaiError, TimeoutError):
+            await asyncio.wait_for(session.interrupt(), INTERRUPT_GRACE_SECONDS)
+        print_note("interrupted")
+        return EXIT_INTERRUPTED
+    raise ProtocolError("the execute stream ended without a result")
+
+
+class Terminal:
+    """Where a run's output goes and its input comes from: this process's stdio."""
+
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self._renderers: dict[str, Callable[[Any], None]] = {
+            "stdout": self.stdout.write,
+            "stderr": self.stderr.write,
+            "log": self.stderr.write,
+            "media": self._describe_media,
+            "html": lambda data: self._note(f"[html output, {len(str(data))} characters]"),
+        }
+
+    def show(self, frame: StreamFrame) -> None:
+        for kind, data in frame.console:
+            self._renderers.get(kind, _ignore)(data)
+        self.stdout.flush()
+        self.stderr.flush()
+
+    async def read_line(self, *, password: bool) -> str:
+        """One line from stdin (no echo for a password on a terminal), read off the event loop.
+
+        A daemon thread rather than the loop's executor, so that Ctrl-C during the
+        read does not leave asyncio.run waiting on a blocked thread at exit.
+        """
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        reader = self._read_password if password and sys.stdin.isatty() else self._read_line
+
+        def read() -> None:
+            try:
+                text = reader()
+            except (OSError, EOFError, ValueError):
+                text = ""
+            loop.call_soon_threadsafe(_settle, answer, text)
+
+        threading.Thread(target=read, name="bai-run-stdin", daemon=True).start()
+        return await answer
+
+    @staticmethod
+    def _read_line() -> str:
+        return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+    @staticmethod
+    def _read_password() -> str:
+        return getpass.getpass(prompt="")
+
+    def _describe_media(self, data: Any) -> None:
+        mime = data[0] if isinstance(data, list | tuple) and data else "unknown"
+        self._note(f"[{mime} output not shown]")
+
+    def _note(self, text: str) -> None:
+        self.stderr.write(text + "\n")
+
+
+def _settle(future: asyncio.Future[str], text: str) -> None:
+    if not future.done():
+        future.set_result(text)
+
+
+def _ignore(data: Any) -> None:
+    pass

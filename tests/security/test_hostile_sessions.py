@@ -1,0 +1,123 @@
+"""Hostile code in one session, through the API: it is contained, reported, and
+the server and a neighbouring session keep working."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.apiclient import SignedClient, stderr_of, stdout_of
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture
+def api(bai_server) -> Iterator[SignedClient]:
+    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
+    yield client
+    client.close()
+
+
+def make_session(api: SignedClient, **resources: str) -> str:
+    name = f"h-{uuid.uuid4().hex[:8]}"
+    body: dict = {"image": "python", "name": name}
+    if resources:
+        body["config"] = {"resources": resources}
+    r = api.post("/session", body)
+    assert r.status_code == 201, r.text
+    return name
+
+
+@pytest.fixture
+def neighbour(api: SignedClient) -> Iterator[str]:
+    name = make_session(api)
+    api.run(name, "canary = 'alive'")
+    yield name
+    api.delete(f"/session/{name}")
+
+
+def assert_neighbour_fine(api: SignedClient, neighbour: str) -> None:
+    assert stdout_of(api.run(neighbour, "print(canary)")) == "alive\n"
+    assert api.post("/auth/test", {"echo": "ok"}).status_code == 200
+
+
+def test_memory_bomb_is_killed_and_reported(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api, mem="128m")
+    result = api.run(name, "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 2**20))\n")
+    assert result["exitCode"] != 0
+    assert "memory" in stderr_of(result).lower()
+    info = api.get(f"/session/{name}").json()
+    if info["status"] == "RUNNING":  # the REPL was restarted: the session is usable again
+        assert stdout_of(api.run(name, "print('back')")) == "back\n"
+    else:
+        assert info["status"] == "ERROR"
+    assert_neighbour_fine(api, neighbour)
+    api.delete(f"/session/{name}")
+
+
+def test_fork_bomb_is_contained(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api)
+    code = ("import os, time\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n"
+            "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n"
+            "    print('stopped after', n, 'forks:', e.strerror)\n")
+    result = api.run(name, code)
+    assert "stopped after" in stdout_of(result)
+    forks = int(stdout_of(result).split()[2])
+    assert forks < 2000
+    assert_neighbour_fine(api, neighbour)
+    stats = api.delete(f"/session/{name}").json()["stats"]
+    assert stats["status"] == "terminated"
+
+
+def test_infinite_loop_does_not_block_others(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api)
+    worker = threading.Thread(target=lambda: api.post(f"/session/{name}", {"mode": "query",
+                                                                           "code": "while True: pass"}))
+    worker.start()
+    time.sleep(0.3)
+    other = SignedClient(api.endpoint, api.access_key, api.secret_key)
+    start = time.monotonic()
+    assert stdout_of(other.run(neighbour, "print(canary)")) == "alive\n"
+    assert time.monotonic() - start < 2.0
+    other.post(f"/session/{name}/interrupt")
+    worker.join(10)
+    other.close()
+    api.delete(f"/session/{name}")
+
+
+def test_killing_everything_inside_is_reported(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api)
+    result = api.run(name, "import os, signal\nos.kill(-1, signal.SIGKILL)\n")
+    assert result["status"] == "finished"
+    assert result["exitCode"] != 0
+    status = api.get(f"/session/{name}").json()["status"]
+    assert status in ("RUNNING", "ERROR")
+    if status == "RUNNING":
+        assert stdout_of(api.run(name, "print('still here')")) == "still here\n"
+    assert_neighbour_fine(api, neighbour)
+    api.delete(f"/session/{name}")
+
+
+def test_the_runner_cannot_be_killed_from_inside(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api)
+    result = api.run(name, "import os, signal\nos.kill(1, signal.SIGKILL)\nprint('survived')")
+    assert stdout_of(result) == "survived\n"
+    assert stdout_of(api.run(name, "print(1 + 1)")) == "2\n"
+    assert_neighbour_fine(api, neighbour)
+    api.delete(f"/session/{name}")
+
+
+def test_no_server_secret_in_the_sandbox(api: SignedClient, bai_server) -> None:
+    name = make_session(api)
+    code = ("import os\nenv = '\\n'.join(f'{k}={v}' for k, v in os.environ.items())\n"
+            "print(env)\nprint(os.path.exists('/root'), os.path.exists('/work'), os.listdir('/home'))")
+    out = stdout_of(api.run(name, code))
+    assert bai_server.secret_key not in out
+    assert bai_server.access_key not in out
+    assert str(bai_server.data_dir) not in out
+    assert out.strip().endswith("False False ['work']")
+    api.delete(f"/session/{name}")
