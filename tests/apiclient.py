@@ -27,6 +27,12 @@ class SignedClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> SignedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def headers(self, method: str, path: str, body: bytes, content_type: str | None,
                 date: datetime | None = None, version: str | None = None) -> dict[str, str]:
         version = version or self.version

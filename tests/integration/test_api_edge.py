@@ -16,11 +16,23 @@ from tests.apiclient import SignedClient
 pytestmark = pytest.mark.sandbox
 
 
+_opened: list[SignedClient] = []
+
+
 @pytest.fixture
 def api(bai_server) -> Iterator[SignedClient]:
     client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
     yield client
     client.close()
+    while _opened:
+        _opened.pop().close()
+
+
+def client_for(api: SignedClient, access_key: str, secret_key: str) -> SignedClient:
+    """A client closed when the test ends."""
+    client = SignedClient(api.endpoint, access_key, secret_key)
+    _opened.append(client)
+    return client
 
 
 def new_keypair(api: SignedClient, **limits: object) -> SignedClient:
@@ -28,7 +40,7 @@ def new_keypair(api: SignedClient, **limits: object) -> SignedClient:
     created = api.post("/admin/keypairs", body)
     assert created.status_code == 201, created.text
     data = created.json()
-    return SignedClient(api.endpoint, data["access_key"], data["secret_key"])
+    return client_for(api, data["access_key"], data["secret_key"])
 
 
 def slug(response: httpx.Response) -> str:
@@ -52,9 +64,9 @@ def test_auth_test_echoes_and_reports_rate_headers(api: SignedClient) -> None:
 
 
 def test_wrong_secret_is_auth_failed(api: SignedClient) -> None:
-    bad = SignedClient(api.endpoint, api.access_key, "x" * 40)
+    bad = client_for(api, api.access_key, "x" * 40)
     assert bad.post("/auth/test", {"echo": "x"}).status_code == 401
-    unknown = SignedClient(api.endpoint, "AKIA" + "Z" * 16, api.secret_key)
+    unknown = client_for(api, "AKIA" + "Z" * 16, api.secret_key)
     r = unknown.post("/auth/test", {"echo": "x"})
     assert (r.status_code, slug(r)) == (401, "auth-failed")
 

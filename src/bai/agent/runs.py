@@ -23,12 +23,15 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 from bai.common.agent_rpc import ConsoleEntry
 from bai.common.errors import InvalidRequest
 
 STREAM_CAP = 512 * 1024
 TEXT_STREAMS = ("stdout", "stderr")
+
+Status = Literal["continued", "waiting-input", "finished", "exec-timeout"]
 
 
 class RunPhase(Enum):
@@ -40,7 +43,7 @@ class RunPhase(Enum):
 @dataclass
 class Response:
     run_id: str
-    status: str  # continued | waiting-input | finished | exec-timeout
+    status: Status
     exit_code: int | None
     console: list[ConsoleEntry]
     is_password: bool = False
@@ -149,12 +152,11 @@ class RunBook:
             run.pending.append(_Chunk(kind="media", media=[mime, data], size=len(data)))
         self.backlog_bytes += len(data)
 
-    def on_waiting_input(self, run_id: str, prompt: str, password: bool) -> None:
+    def on_waiting_input(self, run_id: str, password: bool) -> None:
         run = self._live(run_id)
         if run is None:
             return
-        if prompt:
-            self._append_text(run, "stdout", prompt)
+        # the runner has already written the prompt to stdout
         run.phase = RunPhase.WAITING_INPUT
         run.is_password = password
         run.input_reported = False
@@ -214,7 +216,7 @@ class RunBook:
             raise InvalidRequest("no run to report on", field="runId")
         console, complete = self._cut(run)
         if complete and run.phase is RunPhase.FINISHED:
-            status = "exec-timeout" if run.timed_out else "finished"
+            status: Status = "exec-timeout" if run.timed_out else "finished"
             return Response(run.run_id, status, run.exit_code, console)
         if complete and run.phase is RunPhase.WAITING_INPUT:
             run.input_reported = True

@@ -9,6 +9,7 @@ and does not follow links. Both do disk I/O: call them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -49,10 +50,8 @@ def remove_scratch(path: Path) -> None:
     """Delete the scratch dir and all in it, following no link the sandbox planted."""
     if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - Linux always has it
         raise RuntimeError("this platform cannot remove a directory tree safely")
-    try:
+    with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
 
 
 def reachable_by_others(path: Path) -> Path | None:

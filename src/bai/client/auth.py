@@ -1,20 +1,24 @@
 """Request signing as the client does it (API.md section 2).
 
-The HTTP requests are signed by ``HMACAuth``, an httpx auth flow, so it sees
-the request exactly as httpx will send it: the raw path with its query, the
-``Host`` header httpx computed (``host`` alone on a default port,
-``host:port`` otherwise) and the body's content type. WebSocket upgrades are
-signed through ``signed_headers`` too, with the Host header websockets sends.
+``RequestSigner`` signs a request exactly as it will be sent: for HTTP, the
+httpx request after it is built (its raw path with the query, the ``Host``
+header httpx computed, ``host`` alone on a default port and ``host:port``
+otherwise, and the body's content type); for a WebSocket upgrade, the path and
+the Host header websockets will send, signed like a GET with no content type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
+from websockets.headers import build_host
+from websockets.uri import parse_uri
 
 from bai.common.signing import authorization_header, sign
+
+Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
@@ -52,35 +56,49 @@ def signed_headers(
     }
 
 
-class HMACAuth(httpx.Auth):
-    """Signs every request of an httpx client with one keypair.
+class RequestSigner:
+    """Signs with one keypair at one API version; ``clock`` is injectable for tests."""
 
-    ``clock`` is injectable so that tests can sign at a fixed date.
-    """
-
-    # Pre-v4 versions hash the body, so the flow must see it.
-    requires_request_body = True
-
-    def __init__(
-        self, access_key: str, secret_key: str, api_version: str, clock: Callable[[], datetime] = utc_now
-    ) -> None:
-        self._access_key = access_key
+    def __init__(self, access_key: str, secret_key: str, api_version: str, clock: Clock = utc_now) -> None:
+        self.access_key = access_key
         self._secret_key = secret_key
-        self._api_version = api_version
+        self.api_version = api_version
         self._clock = clock
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def sign_request(self, request: httpx.Request) -> None:
+        """Add the signed headers to a built httpx request (its body already in memory)."""
         request.headers.update(
-            signed_headers(
-                access_key=self._access_key,
-                secret_key=self._secret_key,
-                api_version=self._api_version,
+            self._headers(
                 method=request.method,
                 path_with_query=request.url.raw_path.decode("ascii"),
                 host=request.headers["Host"],
                 content_type=request.headers.get("Content-Type"),
                 body=request.content,
-                now=self._clock(),
             )
         )
-        yield request
+
+    def websocket_headers(self, url: str) -> dict[str, str]:
+        """The signed handshake headers of a ``ws://`` or ``wss://`` URL."""
+        uri = parse_uri(url)
+        return self._headers(
+            method="GET",
+            path_with_query=uri.resource_name,
+            host=build_host(uri.host, uri.port, uri.secure),
+            content_type=None,
+            body=b"",
+        )
+
+    def _headers(
+        self, *, method: str, path_with_query: str, host: str, content_type: str | None, body: bytes
+    ) -> dict[str, str]:
+        return signed_headers(
+            access_key=self.access_key,
+            secret_key=self._secret_key,
+            api_version=self.api_version,
+            method=method,
+            path_with_query=path_with_query,
+            host=host,
+            content_type=content_type,
+            body=body,
+            now=self._clock(),
+        )

@@ -24,11 +24,9 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.headers import build_host
-from websockets.uri import parse_uri
 
 from bai.client.admin import AdminAPI
-from bai.client.auth import HMACAuth, signed_headers, utc_now
+from bai.client.auth import Clock, RequestSigner, utc_now
 from bai.client.base import AsyncAPI
 from bai.client.compute import ComputeSessionFactory
 from bai.client.config import APIConfig
@@ -62,12 +60,15 @@ class AsyncSession(AsyncAPI):
         config: APIConfig | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = utc_now,
     ) -> None:
+        """``transport`` replaces the network (httpx's MockTransport in tests); ``clock`` dates signatures."""
         self.config = config if config is not None else APIConfig.from_env()
-        self._auth = HMACAuth(self.config.access_key, self.config.secret_key, self.config.api_version)
+        self.signer = RequestSigner(
+            self.config.access_key, self.config.secret_key, self.config.api_version, clock
+        )
         self._http = httpx.AsyncClient(
             base_url=self.config.endpoint,
-            auth=self._auth,
             timeout=httpx.Timeout(
                 None, connect=self.config.connection_timeout, read=self.config.read_timeout
             ),
@@ -116,8 +117,9 @@ class AsyncSession(AsyncAPI):
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send one signed request; raise the mapped error for a non-2xx answer."""
+        request = self.build_request(method, path, json=json, params=params)
         try:
-            response = await self._http.request(method, path, json=json, params=params)
+            response = await self._http.send(request)
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(self._timeout_message(exc)) from exc
         except httpx.ConnectError as exc:
@@ -128,6 +130,19 @@ class AsyncSession(AsyncAPI):
         if response.is_error:
             raise error_from_problem(response.status_code, response.content, reason=response.reason_phrase)
         return response
+
+    def build_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """The signed request exactly as ``request`` sends it."""
+        request = self._http.build_request(method, path, json=json, params=params)
+        self.signer.sign_request(request)
+        return request
 
     async def request_model(
         self,
@@ -150,20 +165,6 @@ class AsyncSession(AsyncAPI):
     def websocket_url(self, path: str) -> str:
         return "ws" + self.config.endpoint.removeprefix("http") + path
 
-    def websocket_headers(self, url: str) -> dict[str, str]:
-        """The signed handshake headers, with the Host header websockets itself will send."""
-        uri = parse_uri(url)
-        return signed_headers(
-            access_key=self.config.access_key,
-            secret_key=self.config.secret_key,
-            api_version=self.config.api_version,
-            method="GET",
-            path_with_query=uri.resource_name,
-            host=build_host(uri.host, uri.port, uri.secure),
-            content_type=None,
-            now=utc_now(),
-        )
-
     async def open_websocket(self, path: str) -> ClientConnection:
         """Open a signed WebSocket to ``path``; the caller closes it."""
         url = self.websocket_url(path)
@@ -173,7 +174,7 @@ class AsyncSession(AsyncAPI):
         try:
             return await connect(
                 url,
-                additional_headers=self.websocket_headers(url),
+                additional_headers=self.signer.websocket_headers(url),
                 user_agent_header=f"bai-client/{client_version()}",
                 open_timeout=self.config.connection_timeout,
                 max_size=WEBSOCKET_MAX_FRAME,

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Deque, Dict, List, Optional, Type
 
-from bai.runner.frames import FrameSplitter
+from bai.runner.frames import RECV_SIZE, FrameSplitter
 from bai.runner.protocol import Message, ProtocolError, encode
 
 __all__ = ["encode"]
@@ -117,7 +117,7 @@ class Channel:
     def recv(self) -> Optional[Message]:
         """The next message, or None once the runner has gone."""
         while not self._ready:
-            data = self.sock.recv(262144)
+            data = self.sock.recv(RECV_SIZE)
             if not data:
                 return None
             payloads, error = self._splitter.feed(data)

@@ -11,6 +11,10 @@ from typing import List, Optional, Tuple
 
 from bai.runner.protocol import HEADER, MAX_FRAME
 
+# Bytes asked of each recv: under glibc's mmap threshold (128 KiB), so a recv costs
+# no mmap/mremap/munmap round; bigger frames just take several.
+RECV_SIZE = 65536
+
 
 class FrameSplitter:
     """Feed it what ``recv`` returns; it hands back each complete frame's payload."""
@@ -32,6 +36,6 @@ class FrameSplitter:
             end = HEADER.size + size
             if len(buf) < end:
                 break
-            payloads.append(bytes(buf[HEADER.size:end]))
+            payloads.append(bytes(buf[HEADER.size : end]))
             del buf[:end]
         return payloads, None

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Callable
 
-from bai.runner.frames import FrameSplitter
+from bai.runner.frames import RECV_SIZE, FrameSplitter
 from bai.runner.loop import Loop
 from bai.runner.protocol import Failure, Message, ProtocolError, decode, encode
 
@@ -48,7 +48,7 @@ class AgentLink:
 
     def _on_readable(self) -> None:
         try:
-            data = self._sock.recv(262144)
+            data = self._sock.recv(RECV_SIZE)
         except OSError:
             data = b""
         if not data:

@@ -8,6 +8,7 @@ which ignores pids it does not own.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import selectors
@@ -49,10 +50,8 @@ class Loop:
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
     def remove_reader(self, fd: int) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         self._timer_seq += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from typing import Any, Optional, Tuple
@@ -17,8 +18,6 @@ def set_dumpable(dumpable: bool) -> bool:
     global _libc
     try:
         if _libc is None:
-            import ctypes
-
             _libc = ctypes.CDLL(None, use_errno=True)
         return bool(_libc.prctl(PR_SET_DUMPABLE, 1 if dumpable else 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):

@@ -13,8 +13,8 @@ exception, a SyntaxError or an interrupt; ``n`` for ``SystemExit(n)``.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import builtins
 import getpass
@@ -49,10 +49,12 @@ def main(commands: socket.socket, requests: socket.socket) -> NoReturn:
     stdout = FdWriter(1, "<stdout>", switch)
     stderr = FdWriter(2, "<stderr>", switch)
     prompter = Prompter(requester)
-    sys.stdout = sys.__stdout__ = stdout
-    sys.stderr = sys.__stderr__ = stderr
-    sys.stdin = sys.__stdin__ = InputReader(prompter)
+    stdin = InputReader(prompter)
+    sys.stdout, sys.stderr, sys.stdin = stdout, stderr, stdin
+    for name, stream in (("__stdout__", stdout), ("__stderr__", stderr), ("__stdin__", stdin)):
+        setattr(sys, name, stream)  # typeshed has them Final; they are plain attributes
     builtins.input = prompter.input
+    sys.displayhook = display
     getpass.getpass = prompter.getpass
     repl = Repl(Channel(commands), switch, stderr)
 
@@ -75,12 +77,21 @@ def user_sys_path(path: List[str]) -> List[str]:
     interpreter's own; the user site too. The runner runs isolated (-I), the REPL not."""
     base = [entry for entry in path if entry and os.path.abspath(entry) != RUNNER_ROOT]
     extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    result = [""] + extra + base
+    result = ["", *extra, *base]
     user_site = site.getusersitepackages()
     if not os.environ.get("PYTHONNOUSERSITE") and os.path.isdir(user_site):
         at = next((i for i, e in enumerate(result) if e.endswith("-packages")), len(result))
         result.insert(at, user_site)
     return result
+
+
+def display(value: object) -> None:
+    """sys.displayhook, in one write where the default makes two (repr, then newline)."""
+    if value is None:
+        return
+    builtins._ = None  # type: ignore[attr-defined]
+    sys.stdout.write(repr(value) + "\n")
+    builtins._ = value  # type: ignore[attr-defined]
 
 
 def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]:
@@ -116,7 +127,7 @@ def _hide_our_frames(summary: Optional[traceback.TracebackException], seen: Set[
 def completions(namespace: Dict[str, Any], text: str) -> List[str]:
     if not text:
         return []
-    import rlcompleter  # on first use only: it imports readline
+    import rlcompleter  # noqa: PLC0415 (on first use only: it imports readline)
 
     completer = rlcompleter.Completer(namespace)
     items: List[str] = []

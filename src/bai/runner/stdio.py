@@ -74,7 +74,7 @@ def _write_all(fd: int, data: bytes) -> None:
     if written < len(data):
         view = memoryview(data)[written:]
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
 
 class FdBinaryWriter(io.RawIOBase):
@@ -124,13 +124,8 @@ class FdWriter(io.TextIOBase):
     def buffer(self) -> FdBinaryWriter:
         return self._buffer
 
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:
-        return "backslashreplace"
+    encoding = "utf-8"
+    errors = "backslashreplace"
 
     @property
     def name(self) -> str:
@@ -215,10 +210,10 @@ class InputReader(io.TextIOBase):
 
     def _take(self, size: int) -> str:
         text = self._pending if size < 0 else self._pending[:size]
-        self._pending = self._pending[len(text):]
+        self._pending = self._pending[len(text) :]
         return text
 
-    def readline(self, size: Optional[int] = -1) -> str:
+    def readline(self, size: Optional[int] = -1) -> str:  # type: ignore[override]
         if size == 0 or not self._fill():
             return ""
         end = self._pending.find("\n") + 1 or len(self._pending)
@@ -231,13 +226,11 @@ class InputReader(io.TextIOBase):
             return ""
         return self._take(-1 if size is None else size)
 
-    def readlines(self, hint: Optional[int] = -1) -> List[str]:
+    def readlines(self, hint: Optional[int] = -1) -> List[str]:  # type: ignore[override]
         """The lines of one answer: at a prompt, 'until end of file' means 'this line'."""
         return self.read().splitlines(True)
 
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
+    encoding = "utf-8"
 
     @property
     def name(self) -> str:

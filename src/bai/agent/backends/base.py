@@ -8,8 +8,9 @@ agent's (bai.agent.session), so every backend speaks to the same runner.
 The registry (name → class) is ``bai.agent.backends.BACKENDS``.
 
 Callers: ``Agent`` (bai.agent.agent) is the only caller of everything here.
-Errors: backends raise ``SessionCreationFailed`` / ``SessionRestartFailed`` /
-``SessionDestructionFailed`` from bai.common.errors, lower-level ones chained.
+Errors: ``BackendUnavailable`` from ``start``; otherwise ``SessionCreationFailed``,
+``SessionRestartFailed``, ``SessionDestructionFailed`` (bai.common.errors), with the
+lower-level exception chained.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from typing import ClassVar
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import SandboxSpec, SessionStats
+from bai.common.errors import ServiceUnavailable
+
+
+class BackendUnavailable(ServiceUnavailable):
+    """The backend cannot run on this host (a tool, a permission or a cgroup missing).
+    Raised by ``Backend.start``."""
 
 
 class Sandbox(ABC):

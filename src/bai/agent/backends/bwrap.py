@@ -8,6 +8,7 @@ runner keeps only fd 3: bwrap consumes and closes the others.
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
 the host has them, a trimmed /etc, fresh /proc and /dev, a private size-capped
 /tmp, the session's scratch dir at /home/work (the only writable host path),
+private tmpfs at /tmp and /dev/shm (memory, charged to the session's cgroup),
 the runner's package read-only at /opt/bai/bai/runner. Nothing else of the host.
 """
 
@@ -39,11 +40,36 @@ BASE_ENV = {"PATH": PATH, "HOME": HOME, "LANG": "C.UTF-8", "TERM": "xterm-256col
 # What of /etc programs need (dynamic linker, certificates, time zone, MIME
 # types, Debian's python config...). Never shadow, pip.conf, npmrc, ssh, ssl/private.
 ETC_ENTRIES = (
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl/certs", "ssl/openssl.cnf",
-    "ca-certificates.conf", "localtime", "timezone", "mime.types", "magic", "magic.mime",
-    "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services", "os-release",
-    "debian_version", "locale.alias", "terminfo", "inputrc", "bash.bashrc", "fonts",
-    "python3", "python3.11", "python3.12", "python3.13", "java-17-openjdk", "matplotlibrc",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "ca-certificates.conf",
+    "localtime",
+    "timezone",
+    "mime.types",
+    "magic",
+    "magic.mime",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "os-release",
+    "debian_version",
+    "locale.alias",
+    "terminfo",
+    "inputrc",
+    "bash.bashrc",
+    "fonts",
+    "python3",
+    "python3.11",
+    "python3.12",
+    "python3.13",
+    "java-17-openjdk",
+    "matplotlibrc",
 )
 TOP_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
 
@@ -111,16 +137,20 @@ class SandboxCommand:
             "--ro-bind-data", str(GROUP_FD), "/etc/group",
             "--ro-bind-data", str(HOSTS_FD), "/etc/hosts",
             "--proc", "/proc", "--dev", "/dev",
+            "--size", str(self.tmp_size), "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev",  # not recursive: /dev/shm and /dev/pts stay writable
             "--size", str(self.tmp_size), "--tmpfs", "/tmp",
             "--bind", str(self.scratch), HOME,
             "--ro-bind", str(self.runner_dir), RUNNER_MOUNT,
+            "--remount-ro", "/",  # the root tmpfs bwrap built (mount points, /etc) turns read-only
             "--chdir", HOME,
             "--info-fd", str(INFO_FD),
             "--clearenv",
         ]  # fmt: skip
         for name, value in {**BASE_ENV, **self.environ}.items():
             args += ["--setenv", name, value]
-        args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT, "--fd", str(SOCKET_FD), "--engine", self.engine]
+        args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT]
+        args += ["--fd", str(SOCKET_FD), "--engine", self.engine]
         return args
 
 

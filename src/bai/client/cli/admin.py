@@ -46,7 +46,7 @@ def keypair() -> None:
 @json_option
 @pass_state
 def create(
-    state: CliState, user_id: str, is_admin: bool, concurrency: int, rate_limit: int, as_json: bool
+    state: CliState, *, user_id: str, is_admin: bool, concurrency: int, rate_limit: int, as_json: bool
 ) -> None:
     """Create a keypair and print its secret key (shown this once only)."""
     created = _admin(

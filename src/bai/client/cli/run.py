@@ -61,7 +61,14 @@ class RunPlan:
 @click.option("--name", help="Run in the session of this name, creating it when absent; it is kept.")
 @click.option("--rm", is_flag=True, help="Destroy the session after the run (always so without --name).")
 @click.option("--stats", is_flag=True, help="Print the session's resource usage when it is destroyed.")
-@click.option("-e", "--env", multiple=True, callback=parse_pairs, metavar="KEY=VALUE", help="Environment.")
+@click.option(
+    "-e",
+    "--env",
+    multiple=True,
+    callback=parse_pairs,
+    metavar="KEY=VALUE",
+    help="An environment variable of the session.",
+)
 @click.option(
     "-r",
     "--resource",
@@ -75,6 +82,7 @@ class RunPlan:
 def run(
     ctx: click.Context,
     state: CliState,
+    *,
     image: str,
     file: IO[str] | None,
     code: str | None,
@@ -84,10 +92,11 @@ def run(
     env: dict[str, str],
     resource: dict[str, str],
 ) -> None:
-    """Run CODE (-c) or FILE in a session of IMAGE (e.g. python) and exit with its exit code.
+    """Run code in a session of IMAGE (e.g. python).
 
-    Output is printed as it comes, stdout to stdout and stderr to stderr; what the
-    code reads from its stdin is read from this terminal.
+    The code comes from -c CODE or from FILE; the exit status is the code's.
+    Output is printed as it comes, stdout to stdout and stderr to stderr; what
+    the code reads from its stdin is read from this terminal.
     """
     if (code is None) == (file is None):
         raise click.UsageError("give the code to run either with -c CODE or as a FILE")
@@ -154,9 +163,9 @@ class Terminal:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self._renderers: dict[str, Callable[[Any], None]] = {
-            "stdout": self.stdout.write,
-            "stderr": self.stderr.write,
-            "log": self.stderr.write,
+            "stdout": self._to_stdout,
+            "stderr": self._to_stderr,
+            "log": self._to_stderr,
             "media": self._describe_media,
             "html": lambda data: self._note(f"[html output, {len(str(data))} characters]"),
         }
@@ -194,6 +203,12 @@ class Terminal:
     @staticmethod
     def _read_password() -> str:
         return getpass.getpass(prompt="")
+
+    def _to_stdout(self, data: Any) -> None:
+        self.stdout.write(str(data))
+
+    def _to_stderr(self, data: Any) -> None:
+        self.stderr.write(str(data))
 
     def _describe_media(self, data: Any) -> None:
         mime = data[0] if isinstance(data, list | tuple) and data else "unknown"

@@ -83,7 +83,10 @@ def rm(ctx: click.Context, state: CliState, names: tuple[str, ...], as_json: boo
 @click.argument("name")
 @pass_state
 def restart(state: CliState, name: str) -> None:
-    """Restart a session's runtime (its state is lost, its files are kept)."""
+    """Restart a session's runtime.
+
+    Its in-memory state is lost; its files are kept.
+    """
     asyncio.run(_act(state.config, name, AsyncComputeSession.restart))
     click.echo(f"restarted {name}")
 

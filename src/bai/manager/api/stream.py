@@ -4,6 +4,7 @@ interrupts its run."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,8 +31,8 @@ async def _deny(ws: WebSocket, exc: BaiError) -> None:
         await ws.close(code=1008, reason=exc.message[:120])
 
 
-async def _first_request(ws: WebSocket, session: LiveSession, flush_s: float) -> ExecRequest:
-    text = await ws.receive_text()
+async def _first_request(inbox: _Inbox, session: LiveSession, flush_s: float) -> ExecRequest:
+    text = await inbox.next_text()
     try:
         data = json.loads(text)
     except ValueError:
@@ -42,14 +43,46 @@ async def _first_request(ws: WebSocket, session: LiveSession, flush_s: float) ->
     return exec_request(session, req, flush_s)
 
 
-async def _relay(ws: WebSocket, manager: Manager, session: LiveSession, first: ExecRequest) -> None:
+class _Inbox:
+    """Reads the client's frames in the background, so that a client that goes
+    away is noticed while its run is silent, not only at the next send."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.frames: asyncio.Queue[str | None] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._read(ws))
+
+    async def _read(self, ws: WebSocket) -> None:
+        try:
+            while True:
+                await self.frames.put(await ws.receive_text())
+        except (WebSocketDisconnect, RuntimeError):
+            await self.frames.put(None)
+
+    @property
+    def gone(self) -> bool:
+        return self._task.done()
+
+    async def next_text(self) -> str:
+        text = await self.frames.get()
+        if text is None:
+            raise WebSocketDisconnect(1001)
+        return text
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+async def _relay(ws: WebSocket, inbox: _Inbox, manager: Manager, session: LiveSession,
+                 first: ExecRequest) -> None:
     request = first
     while True:
         result: ExecResult = await manager.sessions.execute(session, request)
+        if inbox.gone:
+            raise WebSocketDisconnect(1001)
         if result.console or result.status != "continued":
             await ws.send_text(json.dumps(run_result(result, with_run_id=False)))
         if result.status == "waiting-input":
-            text = await ws.receive_text()
+            text = await inbox.next_text()
             request = ExecRequest(session_id=session.id, mode="input", run_id=result.run_id, code=text,
                                   flush_timeout_s=first.flush_timeout_s)
         elif result.status == "continued":
@@ -68,15 +101,19 @@ async def stream_execute(ws: WebSocket) -> None:
         await _deny(ws, exc)
         return
     await ws.accept()
+    inbox = _Inbox(ws)
     try:
-        first = await _first_request(ws, session, manager.config.stream_flush_s)
-        await _relay(ws, manager, session, first)
+        first = await _first_request(inbox, session, manager.config.stream_flush_s)
+        await _relay(ws, inbox, manager, session, first)
     except WebSocketDisconnect:
         with contextlib.suppress(BaiError):
             await manager.sessions.interrupt(session)
         return
     except BaiError as exc:
-        if ws.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await ws.send_text(json.dumps({"status": "error", "msg": exc.message}))
+    finally:
+        inbox.close()
     if ws.client_state == WebSocketState.CONNECTED:
-        await ws.close()
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await ws.close()

@@ -1,0 +1,199 @@
+"""The agent: runs sessions on this node for the manager.
+
+The manager calls these methods in process (embedded mode) or through the agent
+RPC (bai.agent.rpc); the agent calls the manager back only through
+``on_session_gone`` (a sandbox died without being asked).
+
+Errors (bai.common.errors): SessionNotFound for an unknown id; InvalidRequest
+with ``field`` for a bad spec or run id; SessionCreationFailed /
+SessionRestartFailed / ExecutionFailed when the work was tried and failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+
+from bai.agent.backends import Backend, create_backend
+from bai.agent.backends.bwrap import invalid_env_names
+from bai.agent.cgroups import Limits
+from bai.agent.config import AgentConfig
+from bai.agent.session import Session
+from bai.common.agent_rpc import (
+    AgentInfo,
+    CompleteRequest,
+    ExecRequest,
+    ExecResult,
+    SandboxSpec,
+    SessionGone,
+    SessionStats,
+)
+from bai.common.errors import (
+    BaiError,
+    InvalidRequest,
+    SessionCreationFailed,
+    SessionNotFound,
+    SessionRestartFailed,
+)
+from bai.common.resources import format_slots
+from bai.runner.protocol import Shutdown
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+MIN_MEM = 16 * 2**20
+MIN_PIDS = 8
+
+SessionGoneHandler = Callable[[SessionGone], Awaitable[None]]
+
+
+class Agent:
+    """One node's sessions. ``start`` before use, ``stop`` to destroy everything."""
+
+    def __init__(self, config: AgentConfig, backend: Backend | None = None) -> None:
+        self.config = config
+        self.backend = backend or create_backend(config)
+        self.sessions: dict[str, Session] = {}
+        self._creating: set[str] = set()
+        self.on_session_gone: SessionGoneHandler | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        await self.backend.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Destroy every session, then release the backend."""
+        ids = list(self.sessions)
+        await asyncio.gather(*(self.destroy_session(i) for i in ids), return_exceptions=True)
+        if self._started:
+            await self.backend.stop()
+            self._started = False
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(
+            agent_id=self.config.agent_id,
+            rpc_url=self.config.advertised_url,
+            backend=self.backend.name,
+            capacity=format_slots(self.backend.capacity()),
+            environments=self.backend.environments(),
+            version=VERSION,
+            sessions=sorted(self.sessions),
+        )
+
+    def _session(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(f"no session {session_id} on agent {self.config.agent_id}") from None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def limits_for(self, spec: SandboxSpec) -> Limits:
+        """The session's limits: its resource request, else the agent's defaults."""
+        config = self.config
+        try:
+            cpu = Decimal(spec.resources.get("cpu", config.default_cpu))
+            mem = int(Decimal(spec.resources.get("mem", config.default_mem)))
+            pids = int(spec.resources.get("pids", config.default_pids))
+        except (InvalidOperation, ValueError) as exc:
+            raise InvalidRequest(f"bad resources: {exc}", field="resources") from exc
+        if not cpu.is_finite() or cpu < 0:
+            raise InvalidRequest("resources.cpu must be a non-negative number", field="resources.cpu")
+        if mem < MIN_MEM:
+            raise InvalidRequest(f"resources.mem must be at least {MIN_MEM} bytes", field="resources.mem")
+        if pids < MIN_PIDS:
+            raise InvalidRequest(f"resources.pids must be at least {MIN_PIDS}", field="resources.pids")
+        return Limits(cpu=cpu if cpu > 0 else config.default_cpu, mem=mem, pids=pids)
+
+    def _validate(self, spec: SandboxSpec) -> Limits:
+        if spec.session_id in self.sessions or spec.session_id in self._creating:
+            raise InvalidRequest(f"session {spec.session_id} already exists here", field="session_id")
+        if not spec.session_id or "/" in spec.session_id or spec.session_id.startswith("."):
+            raise InvalidRequest("a session id cannot be a path", field="session_id")
+        if spec.environment not in self.backend.environments():
+            known = ", ".join(self.backend.environments())
+            raise InvalidRequest(
+                f"unknown environment {spec.environment!r} (this agent has: {known})", field="environment"
+            )
+        bad = invalid_env_names(spec.environ)
+        if bad:
+            raise InvalidRequest(f"invalid environment variable names: {', '.join(bad)}", field="environ")
+        return self.limits_for(spec)
+
+    async def create_session(self, spec: SandboxSpec) -> None:
+        """Start a sandbox; returns when its runner is Ready."""
+        limits = self._validate(spec)
+        self._creating.add(spec.session_id)
+        try:
+            sandbox = await self.backend.create(spec, limits)
+            session = Session(
+                spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=self._session_gone
+            )
+            try:
+                await session.connect(self.config.startup_timeout_s)
+            except BaseException:
+                session.closing = True
+                session.detach()
+                await sandbox.destroy(grace_s=0)
+                raise
+            session.watch_oom()
+            self.sessions[spec.session_id] = session
+        finally:
+            self._creating.discard(spec.session_id)
+
+    async def destroy_session(self, session_id: str) -> SessionStats:
+        session = self._session(session_id)
+        session.closing = True
+        if session.link is not None and session.gone_reason is None:
+            with contextlib.suppress(BaiError):
+                session.link.send(Shutdown())
+        session.detach()
+        session.unwatch_oom()
+        try:
+            stats = await session.sandbox.destroy(self.config.shutdown_grace_s)
+        finally:
+            self.sessions.pop(session_id, None)
+        return stats
+
+    async def restart_session(self, session_id: str) -> None:
+        """A fresh sandbox on the same scratch dir; the REPL state is lost."""
+        session = self._session(session_id)
+        async with session.restart_lock:
+            session.detach()
+            session.unwatch_oom()
+            await session.sandbox.restart()
+            session.reset_runs()
+            try:
+                await session.connect(self.config.startup_timeout_s)
+            except SessionCreationFailed as exc:
+                raise SessionRestartFailed(exc.message) from exc
+            finally:
+                session.watch_oom()
+
+    async def _session_gone(self, session: Session, reason: str) -> None:
+        log.warning("session %s: %s", session.session_id, reason)
+        handler = self.on_session_gone
+        if handler is None:
+            return
+        try:
+            await handler(SessionGone(session_id=session.session_id, reason=reason))
+        except Exception:
+            log.exception("on_session_gone failed for session %s", session.session_id)
+
+    # -- work ------------------------------------------------------------------
+
+    async def execute(self, request: ExecRequest) -> ExecResult:
+        return await self._session(request.session_id).execute(request)
+
+    async def interrupt(self, session_id: str) -> None:
+        self._session(session_id).interrupt()
+
+    async def complete(self, request: CompleteRequest) -> list[str]:
+        return await self._session(request.session_id).complete(request)
+
+    async def session_stats(self, session_id: str) -> SessionStats:
+        return await self._session(session_id).sandbox.stats()

@@ -1,0 +1,225 @@
+"""The local backend: one bubblewrap sandbox per session (ARCHITECTURE.md, "The local sandbox").
+
+The backend prepares the host once (``start``): cgroup driver, bwrap's static
+arguments, the sandbox share root, a lock on the data dir, and the cleanup of
+what a crashed predecessor left. Per session (``create``) it hands out a host
+uid, makes the scratch dir, and starts a ``LocalSandbox`` (local_sandbox.py).
+
+The share root holds ``scratch/<session_id>`` (each session's /home/work) and,
+where the runner's package is not readable by other uids, a copy of it. bwrap
+runs as the session's unprivileged uid and resolves its bind sources itself,
+so every directory above the share root must be traversable by other uids
+(mode o+x). It is ``<data_dir>/sandbox`` when that holds, else
+``/var/lib/bai/sandboxes/<hash of data_dir>`` (e.g. a data dir under /root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import ClassVar
+
+from bai.agent import cgroups
+from bai.agent.backends import bwrap
+from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
+from bai.agent.backends.child import Spawner
+from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandbox, kill_cgroup
+from bai.agent.cgroups import CgroupError, Limits
+from bai.agent.config import AgentConfig
+from bai.agent.scratch import create_scratch, reachable_by_others, remove_scratch
+from bai.common.agent_rpc import SandboxSpec
+from bai.common.errors import SessionCreationFailed
+from bai.runner import protocol
+
+log = logging.getLogger(__name__)
+
+FALLBACK_SHARE_BASE = Path("/var/lib/bai/sandboxes")
+
+
+class UidPool:
+    """Host uids for sandboxes: ``base + slot``. Slots are handed out round-robin so a
+    uid is reused as late as possible. I/O-free."""
+
+    def __init__(self, base: int, count: int) -> None:
+        self.base = base
+        self.count = count
+        self._used: set[int] = set()
+        self._next = 0
+
+    def acquire(self) -> int:
+        for _ in range(self.count):
+            slot = self._next
+            self._next = (self._next + 1) % self.count
+            if slot not in self._used:
+                self._used.add(slot)
+                return self.base + slot
+        raise SessionCreationFailed("no free sandbox uid left on this agent")
+
+    def release(self, uid: int) -> None:
+        self._used.discard(uid - self.base)
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class LocalBackend(Backend):
+    name: ClassVar[str] = "local"
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(config)
+        self.switch_uid = os.geteuid() == 0
+        self.uids = UidPool(config.sandbox_uid_base, config.sandbox_uid_count)
+        self.sandboxes: dict[str, LocalSandbox] = {}
+        self.share_root = config.data_dir / "sandbox"
+        self._fallback_share = False
+        self._lock_fd: int | None = None
+        self.host: LocalHost | None = None
+
+    @property
+    def scratch_root(self) -> Path:
+        return self.share_root / "scratch"
+
+    async def start(self) -> None:
+        config = self.config
+        if not os.access(config.bwrap_path, os.X_OK):
+            raise BackendUnavailable(f"bubblewrap not found at {config.bwrap_path}")
+        try:
+            driver = cgroups.detect_driver(config.agent_id, config.cgroup_driver)
+            if driver is not None:
+                cgroups.check_writable(driver)
+        except CgroupError as exc:
+            raise BackendUnavailable(f"cgroups unusable: {exc}") from exc
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        try:
+            self._prepare_share_root()
+            runner_dir = self._runner_dir()
+        except OSError as exc:
+            self._unlock_data_dir()
+            raise BackendUnavailable(f"cannot prepare {self.share_root}: {exc}") from exc
+        self.host = LocalHost(
+            config=config,
+            cgroups=driver,
+            layout=bwrap.host_layout(),
+            runner_dir=runner_dir,
+            spawner=Spawner(),
+            released=self._released,
+        )
+        await self._clean_leftovers()
+
+    def _lock_data_dir(self) -> None:
+        """One agent per data dir: its leftovers cleanup must not hit a live neighbour."""
+        fd = os.open(self.config.data_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackendUnavailable(f"another agent is using {self.config.data_dir}") from None
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _prepare_share_root(self) -> None:
+        data_dir = self.config.data_dir
+        if self.switch_uid and reachable_by_others(data_dir) is not None:
+            digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+            FALLBACK_SHARE_BASE.mkdir(parents=True, exist_ok=True)
+            FALLBACK_SHARE_BASE.chmod(0o711)
+            self.share_root = FALLBACK_SHARE_BASE / digest
+            self._fallback_share = True
+        self.share_root.mkdir(exist_ok=True)
+        self.share_root.chmod(0o711)
+        self.scratch_root.mkdir(exist_ok=True)
+        self.scratch_root.chmod(0o711)
+        blocked = reachable_by_others(self.scratch_root) if self.switch_uid else None
+        if blocked is not None:
+            raise BackendUnavailable(
+                f"{blocked} is not traversable by other users, so sandboxes cannot reach "
+                f"their scratch dirs under {self.scratch_root} (chmod o+x {blocked})"
+            )
+
+    def _runner_dir(self) -> Path:
+        """The runner package to bind into sandboxes: the installed one, or a copy
+        in the share root where other uids cannot read it (an install under /root)."""
+        source = self.config.runner_dir or Path(protocol.__file__).resolve().parent
+        if not self.switch_uid or reachable_by_others(source) is None:
+            return source
+        copy = self.share_root / "runner"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return copy
+
+    async def _clean_leftovers(self) -> None:
+        """Kill and remove the sessions a previous agent on this data dir left (after a
+        crash): each has a scratch dir, and maybe a cgroup by the same session id."""
+        assert self.host is not None
+        driver = self.host.cgroups
+        for entry in self.scratch_root.iterdir():
+            log.warning("removing the leftovers of session %s", entry.name)
+            if driver is not None:
+                cgroup = driver.attach(entry.name, Limits(Decimal(0), 0, 0))
+                if any(path.is_dir() for path in cgroup.dirs):
+                    await kill_cgroup(driver, cgroup, f"leftover session {entry.name}")
+                    with contextlib.suppress(CgroupError):
+                        driver.remove(cgroup)
+            await asyncio.to_thread(remove_scratch, entry)
+
+    async def stop(self) -> None:
+        if self.host is not None:
+            self.host.spawner.close()
+            if self.host.cgroups is not None:
+                self.host.cgroups.remove_agent_dirs()
+            self.host = None
+        if self._fallback_share:
+            await asyncio.to_thread(shutil.rmtree, self.share_root, True)
+        self._unlock_data_dir()
+
+    def capacity(self) -> dict[str, Decimal]:
+        return {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+
+    def environments(self) -> list[str]:
+        return sorted(ENVIRONMENTS)
+
+    async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
+        if self.host is None:
+            raise SessionCreationFailed("the local backend is not started")
+        uid = self.uids.acquire() if self.switch_uid else None
+        owner = uid if uid is not None else os.geteuid()
+        try:
+            scratch = create_scratch(self.scratch_root, spec.session_id, owner, owner)
+        except OSError as exc:
+            if uid is not None:
+                self.uids.release(uid)
+            raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+        sandbox = LocalSandbox(self.host, spec, limits, uid, scratch)
+        self.sandboxes[spec.session_id] = sandbox
+        try:
+            await sandbox.start()
+        except (OSError, CgroupError, SessionCreationFailed) as exc:
+            await sandbox.destroy(grace_s=0)
+            if isinstance(exc, SessionCreationFailed):
+                raise
+            raise SessionCreationFailed(f"cannot start the sandbox: {exc}") from exc
+        return sandbox
+
+    def _released(self, sandbox: LocalSandbox) -> None:
+        if sandbox.uid is not None:
+            self.uids.release(sandbox.uid)
+        self.sandboxes.pop(sandbox.session_id, None)

@@ -1,0 +1,319 @@
+"""One local sandbox: bwrap started with the session's cgroups, uid and fds.
+
+Start (all on the event loop, the fork on the spawner thread; no sleeps):
+
+1. the backend has made the session's scratch dir (owned by the session's
+   host uid) and cgroup(s); the sandbox opens the cgroups' join files and a
+   socketpair;
+2. the spawner forks bwrap; the child, before exec (``_child_setup``), joins the
+   cgroups (``b"0"`` into each join file), drops to the session's host uid, and
+   puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-7
+   (bai.agent.backends.bwrap), leaving every other fd close-on-exec;
+3. bwrap builds the namespaces and execs the runner as the sandbox's PID 1;
+4. after the runner's Ready, the runner (and bwrap's monitor) get
+   ``oom_score_adj = -1000``, so the OOM killer takes the user's processes.
+
+Destruction kills everything in the cgroup, reaps bwrap, reads the final
+figures, and only then removes the cgroup and the scratch dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bai.agent import cgroups
+from bai.agent.backends import bwrap
+from bai.agent.backends.base import Sandbox
+from bai.agent.backends.child import Spawner, WatchedChild
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
+from bai.agent.config import AgentConfig
+from bai.agent.scratch import remove_scratch, scratch_size
+from bai.common.agent_rpc import SandboxSpec, SessionStats
+from bai.common.errors import SessionCreationFailed, SessionRestartFailed
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENTS = {"python": "python"}  # environment name → runner engine
+KILL_DEADLINE_S = 5.0
+
+
+@dataclass
+class LocalHost:
+    """What every local sandbox shares: set up once by LocalBackend.start."""
+
+    config: AgentConfig
+    cgroups: CgroupDriver | None
+    layout: list[str]  # bwrap.host_layout()
+    runner_dir: Path
+    spawner: Spawner
+    released: Callable[[LocalSandbox], None]  # called once a sandbox has let go of everything
+
+
+async def kill_cgroup(driver: CgroupDriver, cgroup: SessionCgroup, what: str) -> None:
+    """SIGKILL rounds until the cgroup is empty (or KILL_DEADLINE_S passed)."""
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while not driver.kill_round(cgroup):
+        if time.monotonic() > deadline:
+            log.warning("%s: processes survive SIGKILL", what)
+            return
+        await asyncio.sleep(0.001)
+
+
+def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
+    """Runs in the forked child before exec (``preexec_fn``): join the cgroups while
+    still root, drop to the sandbox's uid, and lay out fds 3.. for bwrap."""
+    cgroups.join_from_child(procs_fds)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+    for target, fd in enumerate(high, start=3):
+        os.dup2(fd, target)
+    last = 2 + len(fds)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > last:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+class LocalSandbox(Sandbox):
+    def __init__(
+        self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Path
+    ) -> None:
+        self.host = host
+        self.session_id = spec.session_id
+        self.spec = spec
+        self.limits = limits
+        self.uid = uid
+        self.scratch = scratch
+        self.cgroup: SessionCgroup | None = None
+        self.child: WatchedChild | None = None  # bwrap (its monitor process)
+        self.child_pid: int | None = None  # the sandbox's PID 1, the runner
+        self._socket: socket.socket | None = None
+        self._info_task: asyncio.Task[None] | None = None
+        self._oom_fd: int | None = None
+        self._final: SessionStats | None = None
+
+    # -- start ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        driver = self.host.cgroups
+        if driver is not None:
+            self.cgroup = driver.create(self.session_id, self.limits)
+            self._oom_fd = driver.oom_watch(self.cgroup)
+        await self._spawn()
+
+    def _command(self) -> list[str]:
+        config = self.host.config
+        return bwrap.SandboxCommand(
+            bwrap=config.bwrap_path,
+            layout=self.host.layout,
+            scratch=self.scratch,
+            runner_dir=self.host.runner_dir,
+            runner_python=config.runner_python,
+            engine=ENVIRONMENTS[self.spec.environment],
+            environ=self.spec.environ,
+            tmp_size=config.tmp_size,
+        ).argv()
+
+    async def _spawn(self) -> None:
+        agent_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        info_r, info_w = os.pipe()
+        etc_files = (bwrap.passwd_data(), bwrap.group_data(), bwrap.hosts_data())
+        data_fds = [_data_pipe(data) for data in etc_files]
+        child_fds = [runner_end.fileno(), info_w, *data_fds]
+        procs_fds = self.cgroup.open_procs() if self.cgroup is not None else []
+        try:
+            self.child = await self.host.spawner.spawn(
+                self._command(),
+                env={"PATH": bwrap.PATH},
+                preexec_fn=functools.partial(_child_setup, procs_fds, self.uid, child_fds),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            agent_end.close()
+            os.close(info_r)
+            raise SessionCreationFailed(f"cannot start the sandbox: {exc}") from exc
+        finally:
+            runner_end.close()
+            for fd in (info_w, *data_fds):
+                os.close(fd)
+            if self.cgroup is not None:
+                self.cgroup.close_procs()
+        self._socket = agent_end
+        self.child_pid = None
+        self._info_task = asyncio.create_task(self._read_info(info_r))
+
+    async def _read_info(self, fd: int) -> None:
+        """Read bwrap's --info-fd JSON: the host pid of the sandbox's PID 1."""
+        loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        data = bytearray()
+        done = loop.create_future()
+
+        def readable() -> None:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            data.extend(chunk)
+            if (not chunk or _parse_info(data) is not None) and not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        self.child_pid = _parse_info(data)
+
+    # -- Sandbox interface ---------------------------------------------------
+
+    @property
+    def runner_socket(self) -> socket.socket:
+        assert self._socket is not None, "sandbox not started"
+        return self._socket
+
+    def runner_started(self) -> None:
+        pids = [self.child_pid, self.child.pid if self.child else None]
+        for pid in pids:
+            if pid is None:
+                continue
+            try:
+                with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                    f.write("-1000")
+            except OSError as exc:  # gone already, or no permission (agent not root)
+                log.debug("cannot protect pid %s from the OOM killer: %s", pid, exc)
+
+    def oom_watch_fd(self) -> int | None:
+        return self._oom_fd
+
+    def drain_oom_watch(self) -> None:
+        if self._oom_fd is not None and self.host.cgroups is not None:
+            self.host.cgroups.drain_oom_watch(self._oom_fd)
+
+    def oom_kills(self) -> int:
+        if self.cgroup is None or self.host.cgroups is None:
+            return 0
+        return self.host.cgroups.oom_kills(self.cgroup)
+
+    async def wait_exit(self) -> int:
+        assert self.child is not None
+        status = await self.child.wait()
+        await self.child.wait_stderr(0.5)  # bwrap's last words
+        return status
+
+    def diagnostics(self) -> str:
+        if self.child is None:
+            return ""
+        return self.child.stderr_tail.decode("utf-8", "replace").strip()
+
+    async def stats(self) -> SessionStats:
+        if self._final is not None:
+            return self._final
+        return await self._measure()
+
+    async def _measure(self) -> SessionStats:
+        figures = cgroups.CgroupStats()
+        driver = self.host.cgroups
+        if driver is not None and self.cgroup is not None:
+            figures = driver.stats(self.cgroup)
+        return SessionStats(
+            cpu_used_ms=figures.cpu_used_ms,
+            mem_current=figures.mem_current,
+            mem_max=figures.mem_peak,
+            mem_limit=self.limits.mem,
+            cpu_limit=format(self.limits.cpu.normalize(), "f"),
+            io_read=figures.io_read,
+            io_write=figures.io_write,
+            io_scratch_size=await asyncio.to_thread(scratch_size, self.scratch),
+            oom_kills=figures.oom_kills,
+        )
+
+    async def restart(self) -> None:
+        try:
+            await self._kill_all()
+            if self._socket is not None:
+                self._socket.close()
+            await self._spawn()
+        except (OSError, CgroupError, SessionCreationFailed) as exc:
+            raise SessionRestartFailed(f"cannot restart the sandbox: {exc}") from exc
+
+    async def destroy(self, grace_s: float) -> SessionStats:
+        if self._final is not None:
+            return self._final
+        if self.child is not None and self.child.returncode is None and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self.child.wait()
+        await self._kill_all()
+        self._final = await self._measure()
+        await self._release()
+        return self._final
+
+    # -- teardown ------------------------------------------------------------
+
+    async def _kill_all(self) -> None:
+        """SIGKILL every process of the sandbox and reap bwrap."""
+        if self.child_pid is not None and self.child is not None and self.child.returncode is None:
+            # the namespace's PID 1: its death takes every process of the namespace along
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child_pid, 9)
+        driver = self.host.cgroups
+        if driver is not None and self.cgroup is not None:
+            await kill_cgroup(driver, self.cgroup, f"session {self.session_id}")
+        if self.child is not None:
+            self.child.kill()
+            await self.child.wait()
+            self.child.release()
+        if self._info_task is not None:
+            self._info_task.cancel()
+            await asyncio.gather(self._info_task, return_exceptions=True)
+
+    async def _release(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        if self._oom_fd is not None:
+            os.close(self._oom_fd)
+            self._oom_fd = None
+        driver = self.host.cgroups
+        if driver is not None and self.cgroup is not None:
+            try:
+                driver.remove(self.cgroup)
+            except CgroupError as exc:
+                log.warning("session %s: %s", self.session_id, exc)
+        await asyncio.to_thread(remove_scratch, self.scratch)
+        self.host.released(self)
+
+
+def _data_pipe(data: bytes) -> int:
+    """A pipe's read end holding ``data`` (small enough for the pipe buffer)."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+def _parse_info(data: bytes | bytearray) -> int | None:
+    try:
+        info = json.loads(bytes(data))
+    except ValueError:
+        return None
+    pid = info.get("child-pid") if isinstance(info, dict) else None
+    return pid if isinstance(pid, int) else None

@@ -1,0 +1,388 @@
+"""One session's async shell: the runner link, the run core, timers.
+
+``RunnerLink`` is an asyncio protocol on the sandbox's runner socket: it splits
+frames and hands each message to ``Session.dispatch``, synchronously, in the
+loop's reader callback; so an execute is woken the moment its answer arrives,
+with no queue, task switch, disk or cgroup access in between.
+
+``Session`` owns a ``RunBook`` (bai.agent.runs) and does the I/O it decides:
+sends frames, arms the flush and exec timers, pauses the socket while too much
+output is undelivered (backpressure), and tells the agent when the sandbox dies
+on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bai.agent.backends.base import Sandbox
+from bai.agent.runs import RunBook
+from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec
+from bai.common.errors import ExecutionFailed, SessionCreationFailed
+from bai.runner import protocol as p
+
+log = logging.getLogger(__name__)
+
+EXEC_TIMEOUT_GRACE_S = 5.0  # after interrupting a timed-out run, wait this long for Finished
+COMPLETE_TIMEOUT_S = 5.0
+
+
+class RunnerLink(asyncio.Protocol):
+    """Frames to and from one runner; one per sandbox start."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.frames = p.FrameBuffer()
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.closing = False  # the agent closes it: no "gone" report
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.frames.feed(data)
+        except p.ProtocolError as exc:
+            log.warning("session %s: bad frame from the runner: %s", self.session.session_id, exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        for message in messages:
+            self.session.dispatch(self, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.link_lost(self)
+
+    def send(self, message: p.Message) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ExecutionFailed("the session's runner is not connected")
+        self.transport.write(p.encode(message))
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+GoneCallback = Callable[["Session", str], Awaitable[None]]
+
+
+class Session:
+    """A live session on this agent. Created and driven by Agent only."""
+
+    def __init__(
+        self, spec: SandboxSpec, sandbox: Sandbox, *, max_backlog: int, on_gone: GoneCallback
+    ) -> None:
+        self.spec = spec
+        self.session_id = spec.session_id
+        self.sandbox = sandbox
+        self.runs = RunBook()
+        self.max_backlog = max_backlog
+        self.on_gone = on_gone
+        self.link: RunnerLink | None = None
+        self.gone_reason: str | None = None
+        self.closing = False
+        self.oom_kills = 0
+        self._oom_baseline = 0
+        self._ready: asyncio.Future[p.Ready] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._completion: asyncio.Future[list[str]] | None = None
+        self._exec_timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self.restart_lock = asyncio.Lock()
+        self._complete_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[type[p.Message], Callable[[Any], None]] = {
+            p.Ready: self._on_ready,
+            p.Output: self._on_output,
+            p.Media: self._on_media,
+            p.WaitingInput: self._on_waiting_input,
+            p.Finished: self._on_finished,
+            p.Completions: self._on_completions,
+            p.Failure: self._on_failure,
+        }
+
+    # -- start ---------------------------------------------------------------
+
+    async def connect(self, timeout_s: float) -> p.Ready:
+        """Attach to the sandbox's runner socket and wait for Ready.
+        Raises SessionCreationFailed with the sandbox's diagnostics."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self.gone_reason = None
+        _, link = await loop.create_unix_connection(lambda: RunnerLink(self), sock=self.sandbox.runner_socket)
+        self.link = link
+        try:
+            async with asyncio.timeout(timeout_s):
+                ready = await self._ready
+        except TimeoutError:
+            raise SessionCreationFailed(
+                f"the runner did not start within {timeout_s:g} s" + self._diagnostics_suffix()
+            ) from None
+        except ConnectionError:
+            await _settle(self.sandbox)
+            raise SessionCreationFailed(
+                "the sandbox exited before its runner was ready" + self._diagnostics_suffix()
+            ) from None
+        self.sandbox.runner_started()
+        return ready
+
+    def _diagnostics_suffix(self) -> str:
+        text = self.sandbox.diagnostics()
+        return f": {text}" if text else ""
+
+    def watch_oom(self) -> None:
+        fd = self.sandbox.oom_watch_fd()
+        if fd is not None:
+            asyncio.get_running_loop().add_reader(fd, self._on_oom_event)
+
+    def unwatch_oom(self) -> None:
+        fd = self.sandbox.oom_watch_fd()
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+
+    # -- runner messages -----------------------------------------------------
+
+    def dispatch(self, link: RunnerLink, message: p.Message) -> None:
+        if link is not self.link:
+            return  # a replaced sandbox's last words
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.warning("session %s: unexpected %s from the runner", self.session_id, p.describe(message))
+            return
+        handler(message)
+        self._after_event()
+
+    def _on_ready(self, message: p.Ready) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(message)
+
+    def _on_output(self, message: p.Output) -> None:
+        self.runs.on_output(message.run_id, message.stream, message.data)
+
+    def _on_media(self, message: p.Media) -> None:
+        self.runs.on_media(message.run_id, message.mime, message.data)
+
+    def _on_waiting_input(self, message: p.WaitingInput) -> None:
+        self.runs.on_waiting_input(message.run_id, message.password)
+
+    def _on_finished(self, message: p.Finished) -> None:
+        if not self.runs.on_finished(message.run_id, message.exit_code, message.engine_restarted):
+            return
+        self._cancel_exec_timer()
+        if message.engine_restarted or message.exit_code < 0 or message.exit_code >= 128:
+            self._refresh_oom_kills()  # the rare path may read the cgroup
+        if self.oom_kills > self._oom_baseline:
+            self.runs.add_notice(message.run_id, self._oom_notice())
+
+    def _on_completions(self, message: p.Completions) -> None:
+        if self._completion is not None and not self._completion.done():
+            self._completion.set_result(list(message.items))
+
+    def _on_failure(self, message: p.Failure) -> None:
+        log.warning("session %s: the runner reports: %s", self.session_id, message.message)
+        run = self.runs.current
+        if message.run_id is not None and run is not None and run.run_id == message.run_id:
+            self.runs.add_notice(message.run_id, f"runner failure: {message.message}")
+            if self.runs.on_finished(message.run_id, exit_code=1):
+                self._cancel_exec_timer()
+        if self._completion is not None and not self._completion.done():
+            self._completion.set_result([])
+
+    def _after_event(self) -> None:
+        if self._wake is not None and not self._wake.done() and self.runs.deliverable:
+            self._wake.set_result(None)
+        if self.link is not None and self.runs.backlog_bytes > self.max_backlog:
+            self.link.pause()
+
+    # -- OOM -------------------------------------------------------------------
+
+    def _on_oom_event(self) -> None:
+        self.sandbox.drain_oom_watch()
+        self._refresh_oom_kills()
+
+    def _refresh_oom_kills(self) -> None:
+        try:
+            self.oom_kills = max(self.oom_kills, self.sandbox.oom_kills())
+        except OSError as exc:
+            log.debug("session %s: cannot read OOM kills: %s", self.session_id, exc)
+
+    def _oom_notice(self) -> str:
+        mib = self.sandbox.limits.mem // 2**20
+        return (
+            f"[bai] Out of memory: a process of this run was killed for exceeding "
+            f"the session's memory limit of {mib} MiB."
+        )
+
+    # -- requests --------------------------------------------------------------
+
+    async def execute(self, request: ExecRequest) -> ExecResult:
+        """Start / continue / feed a run and answer within ``request.flush_timeout_s``."""
+        async with self._lock:
+            self._check_alive(request.mode)
+            link = self.link
+            assert link is not None
+            if request.mode == "query":
+                run = self.runs.start(request.run_id)
+                self._oom_baseline = self.oom_kills
+                link.send(p.Execute(run_id=run.run_id, code=request.code))
+                self._arm_exec_timer(run.run_id)
+            elif request.mode == "continue":
+                self.runs.check_continue(request.run_id)
+            else:
+                run = self.runs.check_input(request.run_id)
+                link.send(p.Input(run_id=run.run_id, text=request.code))
+            if not self.runs.deliverable:
+                await self._wait(request.flush_timeout_s)
+            response = self.runs.take_response()
+            if link.paused and self.runs.backlog_bytes <= self.max_backlog // 2:
+                link.resume()
+        return ExecResult(
+            run_id=response.run_id,
+            status=response.status,
+            exit_code=response.exit_code,
+            console=response.console,
+            is_password=response.is_password,
+        )
+
+    async def _wait(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self._wake = loop.create_future()
+        timer = loop.call_later(max(0.0, timeout_s), _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    def _check_alive(self, mode: str) -> None:
+        """A dead sandbox still answers ``continue`` (its last run carries the reason)."""
+        if self.closing:
+            raise ExecutionFailed("the session is being destroyed")
+        if self.gone_reason is not None and mode != "continue":
+            raise ExecutionFailed(f"the session's sandbox is gone: {self.gone_reason}")
+        if self.link is None:
+            raise ExecutionFailed("the session's runner is not connected")
+
+    def interrupt(self) -> None:
+        if self.link is not None and self.gone_reason is None:
+            with contextlib.suppress(ExecutionFailed):
+                self.link.send(p.Interrupt())
+
+    async def complete(self, request: CompleteRequest) -> list[str]:
+        async with self._complete_lock:
+            self._check_alive("complete")
+            assert self.link is not None
+            loop = asyncio.get_running_loop()
+            self._completion = loop.create_future()
+            self.link.send(p.Complete(code=request.code, line=request.line, row=request.row, col=request.col))
+            try:
+                async with asyncio.timeout(COMPLETE_TIMEOUT_S):
+                    return await self._completion
+            except TimeoutError:
+                return []
+            finally:
+                self._completion = None
+
+    # -- exec timeout ------------------------------------------------------------
+
+    def _arm_exec_timer(self, run_id: str) -> None:
+        self._cancel_exec_timer()
+        if self.spec.exec_timeout_s:
+            loop = asyncio.get_running_loop()
+            self._exec_timer = loop.call_later(self.spec.exec_timeout_s, self._on_exec_timeout, run_id)
+
+    def _cancel_exec_timer(self) -> None:
+        if self._exec_timer is not None:
+            self._exec_timer.cancel()
+            self._exec_timer = None
+
+    def _on_exec_timeout(self, run_id: str) -> None:
+        run = self.runs.on_exec_timeout()
+        if run is None or run.run_id != run_id:
+            return
+        self.interrupt()
+        loop = asyncio.get_running_loop()
+        self._exec_timer = loop.call_later(EXEC_TIMEOUT_GRACE_S, self._force_finish, run_id)
+
+    def _force_finish(self, run_id: str) -> None:
+        """The runner did not end a timed-out run even after its own escalation."""
+        self._exec_timer = None
+        if self.runs.on_finished(run_id, exit_code=137):
+            log.warning("session %s: run %s ignored its interrupt", self.session_id, run_id)
+            self._after_event()
+
+    # -- the end -------------------------------------------------------------------
+
+    def link_lost(self, link: RunnerLink) -> None:
+        if link is not self.link:
+            return
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ConnectionError("runner socket closed"))
+        if link.closing or self.closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._report_gone())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report_gone(self) -> None:
+        status = await _settle(self.sandbox)
+        self._refresh_oom_kills()
+        if self.oom_kills > self._oom_baseline:
+            mib = self.sandbox.limits.mem // 2**20
+            reason = f"the sandbox was killed for exceeding its memory limit of {mib} MiB"
+        elif status is None:
+            reason = "the runner closed its socket"
+        else:
+            reason = f"the sandbox exited with status {status}"
+        diagnostics = self.sandbox.diagnostics()
+        if diagnostics:
+            reason += f" ({diagnostics.splitlines()[-1][:200]})"
+        self.gone_reason = reason
+        self._cancel_exec_timer()
+        self.runs.on_runner_gone(f"[bai] {reason}")
+        self._after_event()
+        if self._completion is not None and not self._completion.done():
+            self._completion.set_result([])
+        await self.on_gone(self, reason)
+
+    def detach(self) -> None:
+        """Stop listening to the current runner (before a restart or destroy)."""
+        self._cancel_exec_timer()
+        if self.link is not None:
+            self.link.close()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def reset_runs(self) -> None:
+        self.runs = RunBook(self.runs.stream_cap)
+
+
+async def _settle(sandbox: Sandbox, timeout_s: float = 1.0) -> int | None:
+    """The sandbox's exit status, waiting briefly; None if it is still running."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await sandbox.wait_exit()
+    except TimeoutError:
+        return None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,133 @@
+"""The runner's entry point: the first process of a session's sandbox.
+
+The agent starts it as PID 1 (``bwrap --as-pid-1``) with the agent's socket on an
+inherited fd::
+
+    /usr/bin/python3 -I -c "import sys; sys.path.insert(0, '/opt/bai'); \\
+        from bai.runner.main import main; main()" --fd 3 --engine python
+
+It must run on any Python >= 3.9 with the standard library alone. ``main`` makes the
+process non-dumpable, ignores SIGINT (meant for the user's code, not for us), starts
+the engine, sends ``Ready`` and serves the agent until its socket closes or a
+``Shutdown`` comes; then it kills the user's processes and returns (exit status 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from bai.runner.engines import ENGINES
+from bai.runner.engines.base import EngineContext, RunnerError
+from bai.runner.link import AgentLink
+from bai.runner.loop import Loop
+from bai.runner.process import set_dumpable
+from bai.runner.protocol import Complete, Execute, Failure, Input, Interrupt, Message, Shutdown
+
+USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS]" % "|".join(sorted(ENGINES))
+
+
+@dataclass
+class Options:
+    fd: int
+    engine: str = "python"
+    interrupt_grace: float = 2.0
+
+
+def parse_args(argv: List[str]) -> Options:
+    """A hand-rolled parser: argparse would add milliseconds to every session start."""
+    values: Dict[str, str] = {}
+    rest = list(argv)
+    while rest:
+        flag = rest.pop(0)
+        name, eq, value = flag.partition("=")
+        if name not in ("--fd", "--engine", "--interrupt-grace"):
+            raise SystemExit("%s\nunknown argument %r" % (USAGE, flag))
+        if not eq:
+            if not rest:
+                raise SystemExit("%s\n%s needs a value" % (USAGE, name))
+            value = rest.pop(0)
+        values[name] = value
+    try:
+        options = Options(
+            fd=int(values["--fd"]),
+            engine=values.get("--engine", "python"),
+            interrupt_grace=float(values.get("--interrupt-grace", "2")),
+        )
+    except (KeyError, ValueError) as exc:
+        raise SystemExit("%s\nbad or missing argument: %s" % (USAGE, exc)) from None
+    if options.engine not in ENGINES:
+        raise SystemExit("%s\nunknown engine %r" % (USAGE, options.engine))
+    return options
+
+
+class Runner:
+    """Wires the agent link to the engine: one handler per message type."""
+
+    def __init__(self, sock: socket.socket, options: Options) -> None:
+        self.loop = Loop()
+        self.link = AgentLink(sock, self.loop, self._on_message, self.loop.stop)
+        context = EngineContext(
+            loop=self.loop,
+            emit=self.link.send,
+            after_fork=self._forget_in_child,
+            interrupt_grace=options.interrupt_grace,
+        )
+        self.engine = ENGINES[options.engine](context)
+        self._handlers: Dict[type, Callable[[Any], None]] = {
+            Execute: self.engine.execute,
+            Input: self.engine.provide_input,
+            Interrupt: self.engine.interrupt,
+            Complete: self.engine.complete,
+            Shutdown: self._shutdown,
+        }
+
+    def run(self) -> None:
+        self.loop.watch_children(self.engine.child_exited)
+        try:
+            self.link.send(self.engine.start())
+            self.loop.run()
+        finally:
+            self.engine.close()
+
+    def _on_message(self, message: Message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self.link.send(Failure(message="the runner does not take %r messages" % message.TYPE))
+            return
+        try:
+            handler(message)
+        except RunnerError as exc:
+            self.link.send(Failure(message=exc.message, run_id=exc.run_id))
+
+    def _shutdown(self, message: Shutdown) -> None:
+        self.loop.stop()
+
+    def _forget_in_child(self) -> None:
+        self.loop.forget_in_child()
+        self.link.forget_in_child()
+
+
+def _ensure_std_fds() -> None:
+    """fds 0-2 open (on /dev/null if missing), so no pipe or socket of ours lands on them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    _ensure_std_fds()
+    set_dumpable(False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=options.fd)
+    Runner(sock, options).run()

@@ -1,0 +1,143 @@
+"""``bai run`` end to end: the real entry point in a subprocess against the embedded server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+BAI = [sys.executable, "-m", "bai.client.cli.main"]
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Any:
+    try:
+        return request.getfixturevalue("bai_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the bai_server fixture (tests/conftest.py)")
+
+
+def bai(
+    server: Any, *args: str, stdin: str | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BAI, *args],
+        env=server.env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def name(server: Any) -> Iterator[str]:
+    """A fresh session name, destroyed after the test whatever happened."""
+    session_name = f"cli-{uuid.uuid4().hex[:8]}"
+    yield session_name
+    bai(server, "rm", session_name)
+
+
+def test_a_named_session_keeps_its_state(server: Any, name: str) -> None:
+    first = bai(server, "run", "python", "-c", "x = 41", "--name", name)
+    assert (first.returncode, first.stdout, first.stderr) == (0, "", "")
+    second = bai(server, "run", "python", "-c", "print(x + 1)", "--name", name)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "42\n"
+
+
+def test_a_file_runs_in_query_mode(server: Any, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text("def double(n):\n    return 2 * n\n\nfor i in range(3):\n    print(double(i))\n")
+    result = bai(server, "run", "python", str(script))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0\n2\n4\n"
+
+
+def test_stdout_and_stderr_go_to_their_own_streams(server: Any) -> None:
+    code = "import sys\nfor i in range(2):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n"
+    result = bai(server, "run", "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "out 0\nout 1\n"
+    assert result.stderr == "err 0\nerr 1\n"
+
+
+def test_output_is_printed_while_the_code_runs(server: Any) -> None:
+    code = "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')\n"
+    process = subprocess.Popen(
+        [*BAI, "run", "python", "-c", code],
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        seen_first = time.monotonic()
+        rest, errors = process.communicate(timeout=60)
+        finished = time.monotonic()
+    finally:
+        process.kill()
+    assert first == "first\n", errors
+    assert rest == "second\n"
+    assert finished - seen_first > 2.0, "the first line came only at the end of the run"
+    assert process.returncode == 0
+
+
+def test_an_exception_prints_its_traceback_and_exits_1(server: Any) -> None:
+    result = bai(server, "run", "python", "-c", "def f():\n    raise ValueError('boom')\nf()\n")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "ValueError: boom" in result.stderr
+    assert "error:" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_exit_status_is_the_codes(server: Any) -> None:
+    result = bai(server, "run", "python", "-c", "import sys\nprint('bye')\nsys.exit(3)")
+    assert (result.returncode, result.stdout) == (3, "bye\n")
+
+
+def test_input_is_read_from_stdin(server: Any) -> None:
+    code = "name = input('who? ')\nage = input()\nprint('hi', name, age)\n"
+    result = bai(server, "run", "python", "-c", code, stdin="bob\n42\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "who? hi bob 42\n"
+
+
+def test_env_and_resources_reach_the_session(server: Any) -> None:
+    code = "import os\nprint(os.environ['GREETING'])"
+    result = bai(
+        server, "run", "python", "-c", code, "--env", "GREETING=hello there", "-r", "cpu=1", "-r", "mem=256m"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello there\n"
+
+
+def test_rm_and_stats_destroy_the_session_and_print_its_usage(server: Any, name: str) -> None:
+    result = bai(server, "run", "python", "-c", "print(sum(range(10**6)))", "--name", name, "--rm", "--stats")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "499999500000\n"
+    assert "CPU time" in result.stderr
+    assert "memory peak" in result.stderr
+    gone = bai(server, "rm", name)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"error: {name}: ")
+
+
+def test_an_unknown_image_is_one_error_line(server: Any) -> None:
+    result = bai(server, "run", "no-such-image-xyz", "-c", "1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,240 @@
+"""``Agent.execute`` and friends against real sandboxes and the real runner:
+state, flush timeouts and continue, input, interrupt, exec timeout, completion,
+restart, errors, output floods, create failures, and the hot path's cost."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, spec, stderr_of, stdout_of
+
+from bai.agent.agent import Agent
+from bai.agent.backends.local import LocalBackend
+from bai.common.agent_rpc import CompleteRequest, ExecRequest
+from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotFound
+
+REASON = sandbox_unavailable()
+pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    async with running_agent() as started:
+        yield started
+
+
+@pytest.fixture
+async def session(agent: Agent) -> str:
+    return await new_session(agent)
+
+
+def query(session_id: str, code: str, flush: float = 10.0, run_id: str | None = None) -> ExecRequest:
+    return ExecRequest(session_id=session_id, mode="query", code=code, flush_timeout_s=flush, run_id=run_id)
+
+
+def follow(session_id: str, run_id: str, flush: float = 10.0) -> ExecRequest:
+    return ExecRequest(session_id=session_id, mode="continue", run_id=run_id, flush_timeout_s=flush)
+
+
+async def test_state_survives_across_runs(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "x = 41"))
+    assert (first.status, first.exit_code, first.console) == ("finished", 0, [])
+    second = await agent.execute(query(session, "print(x + 1)"))
+    assert (second.status, second.exit_code, second.console) == ("finished", 0, [("stdout", "42\n")])
+    assert first.run_id != second.run_id
+
+
+async def test_client_run_id_is_kept(agent: Agent, session: str) -> None:
+    result = await agent.execute(query(session, "1", run_id="my-run"))
+    assert result.run_id == "my-run"
+
+
+async def test_exit_codes(agent: Agent, session: str) -> None:
+    failed = await agent.execute(query(session, "1 / 0"))
+    assert failed.exit_code == 1 and "ZeroDivisionError" in stderr_of(failed)
+    exited = await agent.execute(query(session, "raise SystemExit(3)"))
+    assert exited.exit_code == 3
+
+
+async def test_continue_after_a_flush_timeout(agent: Agent, session: str) -> None:
+    code = "import time\nfor i in range(3):\n    print(i)\n    time.sleep(1)\n"
+    started = time.monotonic()
+    first = await agent.execute(query(session, code, flush=0.5))
+    assert first.status == "continued"
+    assert 0.4 < time.monotonic() - started < 1.0
+    assert stdout_of(first) == "0\n"
+    results = [first]
+    while results[-1].status == "continued":
+        results.append(await agent.execute(follow(session, first.run_id, flush=0.5)))
+    assert results[-1].status == "finished" and results[-1].exit_code == 0
+    assert "".join(stdout_of(r) for r in results) == "0\n1\n2\n"
+    assert all(r.run_id == first.run_id for r in results)
+
+
+async def test_a_query_while_a_run_is_in_progress_is_refused(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "import time; time.sleep(1)", flush=0.1))
+    assert first.status == "continued"
+    with pytest.raises(InvalidRequest) as caught:
+        await agent.execute(query(session, "1"))
+    assert caught.value.field == "runId"
+    with pytest.raises(InvalidRequest):
+        await agent.execute(follow(session, "another-run"))
+    last = await agent.execute(follow(session, first.run_id))
+    assert last.status == "finished"
+
+
+async def test_input_round_trip(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "name = input('name? ')\nprint('hi', name)"))
+    assert first.status == "waiting-input"
+    assert first.is_password is False
+    assert stdout_of(first) == "name? "
+    with pytest.raises(InvalidRequest):
+        await agent.execute(query(session, "1"))
+    answer = await agent.execute(
+        ExecRequest(session_id=session, mode="input", run_id=first.run_id, code="bob", flush_timeout_s=10)
+    )
+    assert (answer.status, answer.exit_code, stdout_of(answer)) == ("finished", 0, "hi bob\n")
+
+
+async def test_password_input(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "import getpass\nprint(len(getpass.getpass()))"))
+    assert first.status == "waiting-input" and first.is_password is True
+    answer = await agent.execute(
+        ExecRequest(session_id=session, mode="input", run_id=first.run_id, code="secret", flush_timeout_s=10)
+    )
+    assert stdout_of(answer).endswith("6\n")
+
+
+async def test_input_needs_a_waiting_run(agent: Agent, session: str) -> None:
+    with pytest.raises(InvalidRequest):
+        await agent.execute(ExecRequest(session_id=session, mode="input", code="x"))
+
+
+async def test_interrupt(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "import time\ntime.sleep(30)", flush=0.3))
+    assert first.status == "continued"
+    await agent.interrupt(session)
+    last = await agent.execute(follow(session, first.run_id))
+    assert last.status == "finished"
+    assert "KeyboardInterrupt" in stderr_of(last)
+    after = await agent.execute(query(session, "print('still here')"))
+    assert stdout_of(after) == "still here\n"
+
+
+async def test_exec_timeout(agent: Agent) -> None:
+    session = await new_session(agent, exec_timeout_s=0.5)
+    started = time.monotonic()
+    result = await run(agent, session, "while True:\n    pass\n")
+    assert result.status == "exec-timeout"
+    assert time.monotonic() - started < 5
+    quick = await agent.execute(query(session, "print('ok')"))
+    assert (quick.status, stdout_of(quick)) == ("finished", "ok\n")
+
+
+async def test_complete(agent: Agent, session: str) -> None:
+    await agent.execute(query(session, "import os\nfoo_bar_baz = 1"))
+    items = await agent.complete(CompleteRequest(session_id=session, code="os.pa"))
+    assert "os.path" in items or "path" in items
+    mine = await agent.complete(CompleteRequest(session_id=session, code="foo_bar"))
+    assert any("foo_bar_baz" in item for item in mine)
+
+
+async def test_restart_keeps_scratch_and_drops_state(agent: Agent, session: str) -> None:
+    await agent.execute(query(session, "x = 1\nopen('/home/work/kept', 'w').write('yes')"))
+    await agent.restart_session(session)
+    result = await agent.execute(query(session, "print('x' in globals(), open('/home/work/kept').read())"))
+    assert stdout_of(result) == "False yes\n"
+
+
+async def test_restart_during_a_run(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "import time\ntime.sleep(30)", flush=0.2))
+    assert first.status == "continued"
+    await agent.restart_session(session)
+    result = await agent.execute(query(session, "print('fresh')"))
+    assert stdout_of(result) == "fresh\n"
+
+
+async def test_unknown_session(agent: Agent) -> None:
+    with pytest.raises(SessionNotFound):
+        await agent.execute(query("nope", "1"))
+    with pytest.raises(SessionNotFound):
+        await agent.destroy_session("nope")
+    with pytest.raises(SessionNotFound):
+        await agent.session_stats("nope")
+
+
+async def test_duplicate_and_unknown_environment(agent: Agent, session: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        await agent.create_session(spec(session))
+    assert caught.value.field == "session_id"
+    with pytest.raises(InvalidRequest) as caught:
+        await agent.create_session(spec(environment="cobol"))
+    assert caught.value.field == "environment"
+
+
+async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, session: str) -> None:
+    chunk, count = 65536, 200  # 12.5 MiB
+    result = await agent.execute(
+        query(session, f"import sys\nfor _ in range({count}):\n    sys.stdout.write('x' * {chunk})\n")
+    )
+    total = 0
+    backlog_seen = 0
+    local_session = agent.sessions[session]
+    for _ in range(1000):
+        out = stdout_of(result)
+        assert len(out) <= 512 * 1024
+        total += len(out)
+        backlog_seen = max(backlog_seen, local_session.runs.backlog_bytes)
+        if result.status != "continued":
+            break
+        result = await agent.execute(follow(session, result.run_id))
+    assert result.status == "finished" and result.exit_code == 0
+    assert total == chunk * count
+    # the socket is paused beyond the backlog limit: the agent never held the whole flood
+    assert backlog_seen < agent.config.max_backlog_bytes + 2 * 2**20
+
+
+async def test_create_failure_reports_the_reason_and_leaves_nothing() -> None:
+    async with running_agent(runner_python="/usr/bin/no-such-python") as agent:
+        with pytest.raises(SessionCreationFailed) as caught:
+            await agent.create_session(spec())
+        assert "no-such-python" in caught.value.message
+        assert agent.sessions == {}
+        assert isinstance(agent.backend, LocalBackend)
+        assert agent.backend.sandboxes == {}
+        assert list(agent.backend.scratch_root.iterdir()) == []
+
+
+async def test_info(agent: Agent, session: str) -> None:
+    info = agent.info()
+    assert info.agent_id == agent.config.agent_id
+    assert info.backend == "local"
+    assert info.environments == ["python"]
+    assert info.capacity["cpu"] == str(os.cpu_count())
+    with open("/proc/meminfo") as f:
+        meminfo = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert int(info.capacity["mem"]) == int(meminfo["MemTotal"].split()[0]) * 1024
+    assert info.sessions == [session]
+    assert info.rpc_url.startswith("inproc://")
+
+
+async def test_default_limits(agent: Agent, session: str) -> None:
+    stats = await agent.session_stats(session)
+    assert (stats.mem_limit, stats.cpu_limit) == (2**30, "1")
+
+
+@pytest.mark.slow
+async def test_hot_path_cost(agent: Agent, session: str) -> None:
+    """execute("1+1") on a warm session: the agent adds well under a millisecond."""
+    for _ in range(20):
+        await agent.execute(query(session, "1+1"))
+    samples = []
+    for _ in range(200):
+        started = time.perf_counter()
+        await agent.execute(query(session, "1+1"))
+        samples.append(time.perf_counter() - started)
+    samples.sort()
+    assert samples[100] < 0.005, f"p50 {samples[100] * 1e3:.2f} ms"

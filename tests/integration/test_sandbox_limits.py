@@ -1,0 +1,277 @@
+"""Limits, accounting and teardown of local sandboxes: memory, PIDs, CPU, stats,
+destroy, hostile links, killing from inside, and a runner that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stderr_of, stdout_of
+
+from bai.agent.agent import Agent
+from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local_sandbox import LocalSandbox
+from bai.common.agent_rpc import ExecRequest, SessionGone
+from bai.common.errors import ExecutionFailed
+
+REASON = sandbox_unavailable()
+pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    async with running_agent() as started:
+        yield started
+
+
+def sandbox_of(agent: Agent, session_id: str) -> LocalSandbox:
+    assert isinstance(agent.backend, LocalBackend)
+    return agent.backend.sandboxes[session_id]
+
+
+async def assert_works(agent: Agent, session_id: str) -> None:
+    result = await run(agent, session_id, "print(6 * 7)")
+    assert stdout_of(result) == "42\n", result
+
+
+async def test_memory_limit_kills_the_users_process_and_says_so(agent: Agent) -> None:
+    neighbour = await new_session(agent)
+    session = await new_session(agent, resources={"mem": str(128 * 2**20)})
+    result = await run(
+        agent, session, "blocks = []\nwhile True:\n    blocks.append(b'x' * (16 * 2**20))\n"
+    )
+    assert result.status == "finished"
+    assert result.exit_code != 0
+    assert "memory limit of 128 MiB" in stderr_of(result)
+    stats = await agent.session_stats(session)
+    assert stats.oom_kills >= 1
+    assert stats.mem_limit == 128 * 2**20
+    if session in agent.sessions and sandbox_of(agent, session).child_pid is not None:
+        await assert_works(agent, session)  # the runner survived and restarted its REPL
+    await assert_works(agent, neighbour)
+
+
+async def test_oom_in_a_subprocess_is_reported_too(agent: Agent) -> None:
+    session = await new_session(agent, resources={"mem": str(96 * 2**20)})
+    result = await run(
+        agent,
+        session,
+        "import subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-c', 'x = b\"y\" * (400 * 2**20)'])\n"
+        "print('child status', p.returncode)\n",
+    )
+    assert "child status -9" in stdout_of(result)
+    assert "memory limit of 96 MiB" in stderr_of(result)
+    await assert_works(agent, session)
+
+
+async def test_pid_limit_contains_a_fork_bomb(agent: Agent) -> None:
+    neighbour = await new_session(agent)
+    session = await new_session(agent, resources={"pids": "64"})
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.cgroup is not None and sandbox.host.cgroups is not None
+    result = await run(
+        agent,
+        session,
+        "import os, subprocess\n"
+        "bomb = subprocess.Popen(['/bin/sh', '-c', 'b() { b | b & }; b'])\n"
+        "children = 0\n"
+        "try:\n"
+        "    for _ in range(200):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            import time; time.sleep(30); os._exit(0)\n"
+        "        children += 1\n"
+        "except OSError as e:\n"
+        "    print('fork failed', e.errno)\n"
+        "print('children', children)\n",
+        flush_timeout_s=5,
+    )
+    out = stdout_of(result)
+    assert "fork failed 11" in out, (out, stderr_of(result))
+    assert len(sandbox.host.cgroups.pids(sandbox.cgroup)) <= 64
+    await assert_works(agent, neighbour)
+    other = await new_session(agent)
+    await assert_works(agent, other)
+    cgroup_dirs = list(sandbox.cgroup.dirs)
+    await agent.destroy_session(session)
+    assert not any(path.exists() for path in cgroup_dirs)
+    await assert_works(agent, neighbour)
+
+
+async def test_cpu_quota_half_a_core(agent: Agent) -> None:
+    session = await new_session(agent, resources={"cpu": "0.5"})
+    before = await agent.session_stats(session)
+    result = await run(
+        agent,
+        session,
+        "import time\n"
+        "t, c = time.monotonic(), time.process_time()\n"
+        "while time.monotonic() - t < 1.5:\n    pass\n"
+        "print((time.process_time() - c) / (time.monotonic() - t))\n",
+    )
+    share = float(stdout_of(result))
+    assert 0.3 <= share <= 0.7, share
+    after = await agent.session_stats(session)
+    assert 400 <= after.cpu_used_ms - before.cpu_used_ms <= 1100
+    assert after.cpu_limit == "0.5"
+
+
+async def test_stats_grow_with_use(agent: Agent) -> None:
+    session = await new_session(agent)
+    before = await agent.session_stats(session)
+    await run(
+        agent,
+        session,
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
+        "open('/home/work/blob', 'wb').write(b'z' * 1_000_000)\n"
+        "x = b'm' * (64 * 2**20)\n",
+    )
+    after = await agent.session_stats(session)
+    assert after.cpu_used_ms >= before.cpu_used_ms + 250
+    assert after.mem_max >= 64 * 2**20
+    assert after.mem_current > 0
+    assert after.io_scratch_size >= 1_000_000
+    assert after.mem_limit == 2**30 and after.cpu_limit == "1"
+
+
+async def test_destroy_removes_cgroup_and_scratch_and_returns_final_stats(agent: Agent) -> None:
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    await run(agent, session, "open('/home/work/f', 'w').write('x' * 5000)\nimport subprocess\n"
+                              "subprocess.Popen(['sleep', '1000'])")
+    assert sandbox.cgroup is not None
+    dirs = list(sandbox.cgroup.dirs)
+    assert all(path.is_dir() for path in dirs)
+    uid = sandbox.uid
+    stats = await agent.destroy_session(session)
+    assert stats.io_scratch_size == 5000
+    assert stats.cpu_used_ms > 0 and stats.mem_max > 0
+    assert not any(path.exists() for path in dirs)
+    assert not sandbox.scratch.exists()
+    assert session not in agent.sessions
+    assert uid is not None
+    assert not any(_owned_by(uid)), "a process of the sandbox survived"
+
+
+def _owned_by(uid: int) -> list[int]:
+    owned = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    owned.append(int(entry))
+            except FileNotFoundError:
+                pass
+    return owned
+
+
+async def test_planted_links_are_not_followed_by_stats_or_destroy(agent: Agent, tmp_path: Path) -> None:
+    victim_dir = Path(f"/tmp/bai-victim-{uuid.uuid4().hex}")
+    victim_dir.mkdir()
+    victim = victim_dir / "secret.txt"
+    victim.write_text("precious")
+    victim.chmod(0o600)
+    before = victim.stat()
+    try:
+        session = await new_session(agent)
+        await run(
+            agent,
+            session,
+            "import os\n"
+            f"os.symlink('{victim}', '/home/work/file-link')\n"
+            f"os.symlink('{victim_dir}', '/home/work/dir-link')\n"
+            "os.symlink('/', '/home/work/root-link')\n"
+            "os.mkdir('/home/work/d'); os.symlink('/etc', '/home/work/d/etc')\n",
+        )
+        stats = await agent.session_stats(session)
+        assert stats.io_scratch_size < 1000
+        await agent.destroy_session(session)
+        after = victim.stat()
+        assert victim.read_text() == "precious"
+        assert (after.st_uid, after.st_mode, after.st_mtime_ns) == (before.st_uid, before.st_mode, before.st_mtime_ns)
+        assert victim_dir.is_dir()
+    finally:
+        victim.unlink()
+        victim_dir.rmdir()
+
+
+async def test_kill_everything_from_inside(agent: Agent) -> None:
+    gone: list[SessionGone] = []
+
+    async def on_gone(event: SessionGone) -> None:
+        gone.append(event)
+
+    agent.on_session_gone = on_gone
+    session = await new_session(agent)
+    result = await run(
+        agent,
+        session,
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', 'import os; os.kill(-1, 9)'])\n"
+        "print('survived')\n",
+    )
+    assert result.status == "finished"
+    if gone:
+        assert gone[0].session_id == session
+        with pytest.raises(ExecutionFailed):
+            await run(agent, session, "print(1)")
+    else:  # the runner (PID 1 of the sandbox) cannot be killed from inside: it restarted the REPL
+        assert result.exit_code != 0
+        await assert_works(agent, session)
+    other = await new_session(agent)
+    await assert_works(agent, other)
+    await agent.destroy_session(session)
+
+
+async def test_runner_death_fires_session_gone(agent: Agent) -> None:
+    gone: asyncio.Queue[SessionGone] = asyncio.Queue()
+
+    async def on_gone(event: SessionGone) -> None:
+        await gone.put(event)
+
+    agent.on_session_gone = on_gone
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.child_pid is not None
+    os.kill(sandbox.child_pid, signal.SIGKILL)
+    event = await asyncio.wait_for(gone.get(), 10)
+    assert event.session_id == session
+    assert event.reason
+    with pytest.raises(ExecutionFailed):
+        await agent.execute(ExecRequest(session_id=session, mode="query", code="1"))
+    stats = await agent.destroy_session(session)
+    assert stats.cpu_used_ms >= 0
+    assert session not in agent.sessions
+
+
+async def test_runner_death_ends_the_current_run(agent: Agent) -> None:
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    first = await agent.execute(
+        ExecRequest(session_id=session, mode="query", code="import time; time.sleep(30)", flush_timeout_s=0.2)
+    )
+    assert first.status == "continued"
+    assert sandbox.child_pid is not None
+    os.kill(sandbox.child_pid, signal.SIGKILL)
+    last = await agent.execute(
+        ExecRequest(session_id=session, mode="continue", run_id=first.run_id, flush_timeout_s=10)
+    )
+    assert last.status == "finished"
+    assert last.exit_code != 0
+    assert "[bai]" in "".join(str(data) for _, data in last.console)
+
+
+async def test_stop_destroys_every_session() -> None:
+    async with running_agent() as agent:
+        first = await new_session(agent)
+        await new_session(agent)
+        sandbox = sandbox_of(agent, first)
+        await agent.stop()
+        assert agent.sessions == {}
+        assert not sandbox.scratch.exists()

@@ -1,0 +1,157 @@
+"""Cgroup drivers against fake hierarchies in a temp dir (no kernel cgroups needed)."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bai.agent import cgroups
+from bai.agent.cgroups import CgroupV1, CgroupV2, Limits
+
+MOUNTS = """\
+sysfs /sys sysfs rw 0 0
+cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,cpu,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
+cgroup /sys/fs/cgroup/blkio cgroup rw,blkio 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0
+"""
+LIMITS = Limits(cpu=Decimal("0.5"), mem=256 * 2**20, pids=64)
+
+
+def test_find_v1_mounts_handles_joint_controllers() -> None:
+    found = cgroups.find_v1_mounts(MOUNTS)
+    assert found == {
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "cpuacct": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "memory": Path("/sys/fs/cgroup/memory"),
+        "pids": Path("/sys/fs/cgroup/pids"),
+        "blkio": Path("/sys/fs/cgroup/blkio"),
+    }
+
+
+def test_v1_needs_every_controller() -> None:
+    with pytest.raises(cgroups.CgroupError, match="blkio"):
+        CgroupV1("a", {"memory": Path("/m"), "cpu": Path("/c"), "cpuacct": Path("/c"), "pids": Path("/p")})
+
+
+def test_parse_blkio_and_io_stat() -> None:
+    blkio = "8:0 Read 4096\n8:0 Write 100\n8:0 Sync 1\n8:16 Read 1\n8:16 Write 2\nTotal 4200\n"
+    assert cgroups.parse_blkio(blkio) == (4097, 102)
+    io_stat = "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=2\n"
+    assert cgroups.parse_io_stat(io_stat) == (11, 22)
+
+
+def v1_tree(tmp_path: Path) -> CgroupV1:
+    mounts = {}
+    for name in ("memory", "cpu", "pids", "blkio"):
+        (tmp_path / name).mkdir()
+        mounts[name] = tmp_path / name
+    mounts["cpuacct"] = mounts["cpu"]  # a joint mount, as on many hosts
+    return CgroupV1("agent1", mounts)
+
+
+def test_v1_create_limits_stats_and_remove(tmp_path: Path) -> None:
+    driver = v1_tree(tmp_path)
+    assert len(driver.roots()) == 4
+    memory_dir = tmp_path / "memory" / "bai" / "agent1" / "s1"
+    memory_dir.mkdir(parents=True)
+    (memory_dir / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    cgroup = driver.create("s1", LIMITS)
+    assert cgroup.name == "bai/agent1/s1"
+    assert cgroup.join_file == "tasks"
+    assert (memory_dir / "memory.limit_in_bytes").read_text() == str(256 * 2**20)
+    assert (memory_dir / "memory.memsw.limit_in_bytes").read_text() == str(256 * 2**20)
+    cpu_dir = tmp_path / "cpu" / "bai" / "agent1" / "s1"
+    assert (cpu_dir / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (cpu_dir / "cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp_path / "pids" / "bai" / "agent1" / "s1" / "pids.max").read_text() == "64"
+
+    (cpu_dir / "cpuacct.usage").write_text("2500000000\n")
+    (memory_dir / "memory.usage_in_bytes").write_text("1000\n")
+    (memory_dir / "memory.max_usage_in_bytes").write_text("5000\n")
+    (memory_dir / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    blkio_dir = tmp_path / "blkio" / "bai" / "agent1" / "s1"
+    (blkio_dir / "blkio.throttle.io_service_bytes_recursive").write_text("8:0 Read 7\n8:0 Write 9\nTotal 16\n")
+    stats = driver.stats(cgroup)
+    assert stats == cgroups.CgroupStats(
+        cpu_used_ms=2500, mem_current=1000, mem_peak=5000, oom_kills=2, io_read=7, io_write=9
+    )
+    driver.reset_peak(cgroup)
+    assert (memory_dir / "memory.max_usage_in_bytes").read_text() == "0"
+    assert driver.leftovers() == ["s1"]
+
+
+def test_v1_raising_the_memory_limit_raises_memsw_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = v1_tree(tmp_path)
+    memory_dir = tmp_path / "memory" / "bai" / "agent1" / "s1"
+    memory_dir.mkdir(parents=True)
+    (memory_dir / "memory.memsw.limit_in_bytes").write_text("1000")  # below the new limit
+    writes: list[str] = []
+    original = Path.write_text
+
+    def spy(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        writes.append(self.name)
+        return original(self, data)
+
+    monkeypatch.setattr(Path, "write_text", spy)
+    driver.create("s1", LIMITS)
+    assert writes.index("memory.memsw.limit_in_bytes") < writes.index("memory.limit_in_bytes")
+
+
+def test_v2_create_limits_and_stats(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    # the kernel creates these files in every new cgroup; the fake needs them up front
+    for sub in ("bai", "bai/agent1"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "cgroup.subtree_control").write_text("")
+    driver = CgroupV2("agent1", tmp_path)
+    session_dir = tmp_path / "bai" / "agent1" / "s1"
+    session_dir.mkdir()
+    (session_dir / "memory.swap.max").write_text("max")
+    cgroup = driver.create("s1", LIMITS)
+    assert cgroup.join_file == "cgroup.procs"
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu +pids +io"
+    assert (session_dir / "memory.max").read_text() == str(256 * 2**20)
+    assert (session_dir / "memory.swap.max").read_text() == "0"
+    assert (session_dir / "cpu.max").read_text() == "50000 100000"
+    assert (session_dir / "pids.max").read_text() == "64"
+    (session_dir / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1\nsystem_usec 2\n")
+    (session_dir / "memory.current").write_text("10\n")
+    (session_dir / "memory.peak").write_text("20\n")
+    (session_dir / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (session_dir / "io.stat").write_text("8:0 rbytes=3 wbytes=4 rios=1 wios=1\n")
+    assert driver.stats(cgroup) == cgroups.CgroupStats(
+        cpu_used_ms=1500, mem_current=10, mem_peak=20, oom_kills=1, io_read=3, io_write=4
+    )
+
+
+def test_v2_needs_its_controllers(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
+    with pytest.raises(cgroups.CgroupError, match="memory"):
+        CgroupV2("a", tmp_path)
+
+
+def test_detect_none_and_unusable(tmp_path: Path) -> None:
+    assert cgroups.detect_driver("a", "none") is None
+    with pytest.raises(cgroups.CgroupError):
+        cgroups.detect_driver("a", "v2", base=tmp_path)
+
+
+def test_inotify_watch_turns_readable_on_modify(tmp_path: Path) -> None:
+    target = tmp_path / "memory.events"
+    target.write_text("oom_kill 0\n")
+    fd = cgroups.inotify_modify_watch(target)
+    assert fd is not None
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        target.write_text("oom_kill 1\n")
+        assert os.read(fd, 4096)
+    finally:
+        os.close(fd)

@@ -1,0 +1,207 @@
+"""The runner around the user's code: interrupts, crashes and restarts, shutdown, bad
+frames, and what the user's code can do to the runner. Under each interpreter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from runner_client import RunnerClient, interpreters
+
+from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, encode
+
+GRACE = 0.5
+INTERPRETERS = [
+    pytest.param(path, id=name, marks=() if path else pytest.mark.skip(reason=f"no {name} interpreter here"))
+    for name, path in interpreters()
+]
+
+
+@pytest.fixture(params=INTERPRETERS)
+def python(request: pytest.FixtureRequest) -> str:
+    path: str = request.param
+    return path
+
+
+@pytest.fixture
+def runner(python: str, tmp_path: Path) -> Iterator[RunnerClient]:
+    with RunnerClient.start(
+        python, tmp_path / "runner.log", "--interrupt-grace", str(GRACE), cwd=str(tmp_path)
+    ) as client:
+        yield client
+
+
+def _interrupt_once_started(runner: RunnerClient, code: str) -> Finished:
+    run_id = runner.start_run("print('started', flush=True)\n" + code)
+    runner.wait_output("started")
+    runner.send(Interrupt())
+    return runner.collect(run_id, timeout=10).finished
+
+
+@pytest.mark.parametrize("code", ["while True: pass", "import time\ntime.sleep(100)"], ids=["busy", "sleep"])
+def test_interrupt_raises_keyboard_interrupt_and_keeps_state(runner: RunnerClient, code: str) -> None:
+    runner.run("kept = 1")
+    run_id = runner.start_run("print('started', flush=True)\n" + code)
+    runner.wait_output("started")
+    runner.send(Interrupt())
+    result = runner.collect(run_id, timeout=10)
+    assert result.exit_code == 1
+    assert not result.finished.engine_restarted
+    assert result.stderr.startswith("Traceback (most recent call last):\n")
+    assert result.stderr.endswith("KeyboardInterrupt\n")
+    assert "bai" not in result.stderr
+    assert runner.run("print(kept)").stdout == "1\n"
+
+
+def test_interrupt_reaches_the_users_subprocesses(runner: RunnerClient) -> None:
+    finished = _interrupt_once_started(runner, "import subprocess\nsubprocess.run(['sleep', '100'])")
+    assert finished.exit_code == 1 and not finished.engine_restarted
+
+
+def test_interrupt_while_waiting_for_input(runner: RunnerClient) -> None:
+    finished = _interrupt_once_started(runner, "input('? ')")
+    assert finished.exit_code == 1 and not finished.engine_restarted
+    runner.send(Execute(run_id="after", code="1"))
+    assert runner.collect("after").stdout == "1\n"
+
+
+def test_interrupt_of_code_that_ignores_sigint_restarts_the_engine(runner: RunnerClient) -> None:
+    runner.run("kept = 1")
+    started = time.monotonic()
+    run_id = runner.start_run(
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('started')\ntime.sleep(100)"
+    )
+    runner.wait_output("started")
+    runner.send(Interrupt())
+    result = runner.collect(run_id, timeout=10)
+    assert GRACE <= time.monotonic() - started < GRACE + 5
+    assert result.finished.engine_restarted
+    assert result.exit_code == 128 + signal.SIGKILL
+    assert "did not stop within 0.5 s of the interrupt" in result.stderr
+    after = runner.run("print('fresh')\nkept")
+    assert after.stdout == "fresh\n" and "NameError" in after.stderr
+
+
+def test_interrupt_when_idle_is_harmless(runner: RunnerClient) -> None:
+    runner.send(Interrupt())
+    assert runner.run("1").stdout == "1\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "words"),
+    [
+        ("import os\nos._exit(7)", 7, "exited with status 7"),
+        ("import os\nos.kill(os.getpid(), 9)", 137, "killed by signal 9"),
+        ("import ctypes\nctypes.string_at(0)", 139, "killed by signal 11"),
+    ],
+    ids=["exit", "sigkill", "segfault"],
+)
+def test_a_dying_repl_is_reported_and_replaced(
+    runner: RunnerClient, code: str, exit_code: int, words: str
+) -> None:
+    runner.run("kept = 1")
+    result = runner.run("print('before')\n" + code)
+    assert result.finished.engine_restarted
+    assert result.exit_code == exit_code
+    assert result.stdout == "before\n"
+    assert f"the Python process died: {words}" in result.stderr
+    after = runner.run("print('fresh')\nkept")
+    assert after.stdout == "fresh\n" and "NameError" in after.stderr
+    assert not after.finished.engine_restarted
+
+
+def test_a_repl_killed_between_runs_is_replaced_quietly(runner: RunnerClient) -> None:
+    pid = int(runner.run("import os\nos.getpid()").stdout)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    result = runner.run("print('fresh')")
+    assert (result.stdout, result.stderr, result.finished.engine_restarted) == ("fresh\n", "", False)
+
+
+def test_a_repl_that_closes_its_control_channel_is_replaced(runner: RunnerClient) -> None:
+    result = runner.run(
+        "import os\nfor fd in range(3, 20):\n    try:\n        os.close(fd)\n"
+        "    except OSError:\n        pass"
+    )
+    assert result.finished.engine_restarted
+    assert runner.run("'ok'").stdout == "'ok'\n"
+
+
+def test_the_users_fork_does_not_confuse_the_runner(runner: RunnerClient) -> None:
+    result = runner.run(
+        "import os\npid = os.fork()\nif pid == 0:\n    print('child')\n"
+        "else:\n    os.waitpid(pid, 0)\n    print('parent')"
+    )
+    assert sorted(result.stdout.splitlines()) == ["child", "parent"]
+    assert result.exit_code == 0 and not result.finished.engine_restarted
+    assert runner.run("pid > 0").stdout == "True\n"
+
+
+def test_shutdown_kills_the_users_processes_and_exits_zero(runner: RunnerClient) -> None:
+    pid = int(runner.run("import subprocess\np = subprocess.Popen(['sleep', '100'])\np.pid").stdout)
+    assert runner.close() == 0
+    assert _gone(pid)
+
+
+def test_socket_eof_ends_the_runner(runner: RunnerClient) -> None:
+    runner.sock.shutdown(socket.SHUT_WR)
+    assert runner.proc.wait(10) == 0
+
+
+def test_a_malformed_frame_is_answered_and_the_runner_goes_on(runner: RunnerClient) -> None:
+    for payload in (
+        b"not json",
+        b"[1]",
+        b'{"type": "bogus"}',
+        b'{"type": "execute", "run_id": "x", "cod": "1"}',
+    ):
+        runner.send_raw(HEADER.pack(len(payload)) + payload)
+        assert "malformed frame" in runner.expect(Failure).message
+    runner.send_raw(encode(Ready(engine="python", language_version="0")))
+    assert "does not take" in runner.expect(Failure).message
+    runner.send_raw(encode(Execute(run_id="m", code="2 * 21", mode="batch")))
+    assert runner.expect(Failure).run_id == "m"
+    assert runner.run("2 * 21").stdout == "42\n"
+
+
+def test_the_runner_is_not_dumpable_but_the_repl_is(python: str, tmp_path: Path) -> None:
+    """The files of a non-dumpable process under /proc/<pid> belong to root (so, as root,
+    the runner runs as nobody here)."""
+    user = 65534 if os.geteuid() == 0 else None
+    if user is not None and os.path.realpath(python).startswith("/root/"):
+        pytest.skip("nobody cannot run an interpreter under /root")
+    with RunnerClient.start(python, os.devnull, cwd="/", user=user) as runner:
+        repl_pid = int(runner.run("import os\nos.getpid()").stdout)
+        runner_owner = os.stat(f"/proc/{runner.proc.pid}/status").st_uid
+        repl_owner = os.stat(f"/proc/{repl_pid}/status").st_uid
+        uid = os.getuid() if user is None else user
+        assert (runner_owner, repl_owner) == (0, uid)
+        # nor can the user's code write to the runner's memory
+        result = runner.run(
+            "import os\ntry:\n    open('/proc/%d/mem' % os.getppid(), 'wb')\n"
+            "except OSError as e:\n    print(type(e).__name__)"
+        )
+        assert result.stdout == "PermissionError\n"
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_interpreter_list_includes_this_one() -> None:
+    assert any(path == sys.executable for _, path in interpreters())
