@@ -65,9 +65,9 @@ def test_sizes(text: str | int, size: int) -> None:
 
 
 def test_bad_slots_name_the_slot() -> None:
-    with pytest.raises(ValueError, match="resources.mem"):
+    with pytest.raises(ValueError, match=r"resources\.mem"):
         parse_slots({"mem": "lots"})
-    with pytest.raises(ValueError, match="resources.cpu"):
+    with pytest.raises(ValueError, match=r"resources\.cpu"):
         parse_slots({"cpu": "-1"})
-    with pytest.raises(ValueError, match="resources.cpu"):
+    with pytest.raises(ValueError, match=r"resources\.cpu"):
         parse_slots({"cpu": True})

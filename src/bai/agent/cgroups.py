@@ -169,9 +169,12 @@ class CgroupDriver(ABC):
         The caller registers it with its event loop, reads it when readable
         (``drain_oom_watch``) and closes it."""
 
-    def drain_oom_watch(self, fd: int) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            os.read(fd, 4096)
+    def drain_oom_watch(self, fd: int) -> bool:
+        """Consume the watch's readiness; True when an OOM event had happened."""
+        try:
+            return bool(os.read(fd, 4096))
+        except (BlockingIOError, InterruptedError):
+            return False
 
     def pids(self, cgroup: SessionCgroup) -> list[int]:
         """Host pids of the processes in the cgroup."""

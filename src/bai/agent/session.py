@@ -98,8 +98,9 @@ class Session:
         self.link: RunnerLink | None = None
         self.gone_reason: str | None = None
         self.closing = False
-        self.oom_kills = 0
-        self._oom_baseline = 0
+        self.oom_kills = 0  # as last read from the cgroup (on OOM events and abnormal ends only)
+        self.oom_events = 0  # OOM notifications seen
+        self._oom_baseline = (0, 0)  # (oom_kills, oom_events) when the current run started
         self._ready: asyncio.Future[p.Ready] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._completion: asyncio.Future[list[str]] | None = None
@@ -186,9 +187,14 @@ class Session:
         if not self.runs.on_finished(message.run_id, message.exit_code, message.engine_restarted):
             return
         self._cancel_exec_timer()
-        if message.engine_restarted or message.exit_code < 0 or message.exit_code >= 128:
-            self._refresh_oom_kills()  # the rare path may read the cgroup
-        if self.oom_kills > self._oom_baseline:
+        # The notification may still wait in the loop behind this frame: poll it (an
+        # eventfd read, no cgroup file). The kill counter is read on the rare paths only.
+        if self.sandbox.drain_oom_watch():
+            self.oom_events += 1
+        abnormal = message.engine_restarted or message.exit_code < 0 or message.exit_code >= 128
+        if abnormal or self.oom_events > self._oom_baseline[1]:
+            self._refresh_oom_kills()
+        if self.oom_kills > self._oom_baseline[0]:
             self.runs.add_notice(message.run_id, self._oom_notice())
 
     def _on_completions(self, message: p.Completions) -> None:
@@ -214,8 +220,9 @@ class Session:
     # -- OOM -------------------------------------------------------------------
 
     def _on_oom_event(self) -> None:
-        self.sandbox.drain_oom_watch()
-        self._refresh_oom_kills()
+        if self.sandbox.drain_oom_watch():
+            self.oom_events += 1
+            self._refresh_oom_kills()  # may lag: the kernel notifies before it kills
 
     def _refresh_oom_kills(self) -> None:
         try:
@@ -240,7 +247,7 @@ class Session:
             assert link is not None
             if request.mode == "query":
                 run = self.runs.start(request.run_id)
-                self._oom_baseline = self.oom_kills
+                self._oom_baseline = (self.oom_kills, self.oom_events)
                 link.send(p.Execute(run_id=run.run_id, code=request.code))
                 self._arm_exec_timer(run.run_id)
             elif request.mode == "continue":
@@ -344,7 +351,7 @@ class Session:
     async def _report_gone(self) -> None:
         status = await _settle(self.sandbox)
         self._refresh_oom_kills()
-        if self.oom_kills > self._oom_baseline:
+        if self.oom_kills > self._oom_baseline[0]:
             mib = self.sandbox.limits.mem // 2**20
             reason = f"the sandbox was killed for exceeding its memory limit of {mib} MiB"
         elif status is None:

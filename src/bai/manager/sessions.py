@@ -20,7 +20,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec, SessionGone, SessionStats
+from bai.common.agent_rpc import (
+    CompleteRequest,
+    ExecRequest,
+    ExecResult,
+    SandboxSpec,
+    SessionGone,
+    SessionStats,
+)
 from bai.common.errors import (
     BaiError,
     InvalidRequest,

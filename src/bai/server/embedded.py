@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``bai server`` owns SIGINT/SIGTERM, so a
+    stop always goes through ``EmbeddedServer.stop`` and destroys the sandboxes."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class EmbeddedServer:
@@ -112,8 +122,7 @@ class EmbeddedServer:
             create_app(self.manager), host=self.host, port=self.port, log_level=self.log_level,
             server_header=False, date_header=False, lifespan="off", ws="websockets-sansio",
         )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _Uvicorn(config)
         self._uvicorn = server
         self._serve_task = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:

@@ -55,8 +55,10 @@ class Sandbox(ABC):
         ``drain_oom_watch`` when readable, then ``oom_kills``. The sandbox closes it."""
 
     @abstractmethod
-    def drain_oom_watch(self) -> None:
-        """Consume the readiness of ``oom_watch_fd``."""
+    def drain_oom_watch(self) -> bool:
+        """Consume the readiness of ``oom_watch_fd``: True when an OOM kill was
+        signalled since the last call. A non-blocking read of an event counter, no
+        cgroup file: the agent also calls it when a run finishes."""
 
     @abstractmethod
     def oom_kills(self) -> int:

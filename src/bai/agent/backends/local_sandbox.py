@@ -202,9 +202,10 @@ class LocalSandbox(Sandbox):
     def oom_watch_fd(self) -> int | None:
         return self._oom_fd
 
-    def drain_oom_watch(self) -> None:
-        if self._oom_fd is not None and self.host.cgroups is not None:
-            self.host.cgroups.drain_oom_watch(self._oom_fd)
+    def drain_oom_watch(self) -> bool:
+        if self._oom_fd is None or self.host.cgroups is None:
+            return False
+        return self.host.cgroups.drain_oom_watch(self._oom_fd)
 
     def oom_kills(self) -> int:
         if self.cgroup is None or self.host.cgroups is None:

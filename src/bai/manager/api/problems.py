@@ -41,7 +41,7 @@ PROBLEMS: dict[type[e.BaiError], tuple[str, int, str]] = {
 def classify(exc: e.BaiError) -> tuple[str, int, str]:
     for cls in type(exc).__mro__:
         if cls in PROBLEMS:
-            return PROBLEMS[cls]  # type: ignore[index]
+            return PROBLEMS[cls]
     return PROBLEMS[e.BaiError]
 
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCreationFailed
-from bai.common.resources import Slots, parse_slots, parse_amount, parse_size
+from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
 from bai.manager import lifecycle as st
 from bai.manager.api.deps import api_version, body_as, caller, manager_of, owner_key
