@@ -46,12 +46,12 @@ class RunningServer:
 
 
 class ServerThread:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **options: float) -> None:
         from bai.server.embedded import EmbeddedServer
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bai-server", daemon=True)
-        self.server = EmbeddedServer(data_dir, "127.0.0.1", 0)
+        self.server = EmbeddedServer(data_dir, "127.0.0.1", 0, **options)
 
     def start(self) -> RunningServer:
         self.thread.start()
@@ -72,11 +72,11 @@ class ServerThread:
         self.loop.close()
 
 
-def _serve(data_dir: Path) -> Iterator[RunningServer]:
+def _serve(data_dir: Path, **options: float) -> Iterator[RunningServer]:
     reason = sandbox_unavailable()
     if reason:
         pytest.skip(f"needs real sandboxes: {reason}")
-    thread = ServerThread(data_dir)
+    thread = ServerThread(data_dir, **options)
     running = thread.start()
     try:
         yield running
@@ -91,6 +91,8 @@ def bai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[RunningServer]:
-    """A server of the test's own, for tests that change global state (limits, agents)."""
-    yield from _serve(tmp_path / "data")
+def fresh_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """A server of the test's own, for tests that change global state (agents, restarts).
+    Options for EmbeddedServer come from ``@pytest.mark.parametrize("fresh_server", [{...}],
+    indirect=True)``."""
+    yield from _serve(tmp_path / "data", **getattr(request, "param", {}))

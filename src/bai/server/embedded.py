@@ -28,7 +28,6 @@ from bai.server.links import InProcessAgentLink
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,13 +72,16 @@ class _Uvicorn(uvicorn.Server):
 
 class EmbeddedServer:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 8091,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", *, heartbeat_interval_s: float = 1.0,
+                 agent_lost_after_s: float = 10.0) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.manager = Manager(ManagerConfig(data_dir=data_dir, host=host, port=port,
-                                             cluster_secret=secrets.token_hex(16)))
+                                             cluster_secret=secrets.token_hex(16),
+                                             agent_lost_after_s=agent_lost_after_s))
         self.agent = Agent(AgentConfig(data_dir=data_dir / "agent", agent_id="embedded",
                                        rpc_url="inproc://embedded"))
         self._uvicorn: uvicorn.Server | None = None
@@ -95,7 +97,7 @@ class EmbeddedServer:
         self.agent.on_session_gone = self._sandbox_gone
         self.manager.agents.register_link_factory("inproc", self._link_for)
         self.manager.agent_heartbeat(self.agent.info())
-        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
+        self.resume_heartbeats()
         keypair, created = await self.manager.ensure_admin_keypair()
         await self._serve()
         endpoint = f"http://{self._display_host()}:{self.port}"
@@ -114,8 +116,18 @@ class EmbeddedServer:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            await asyncio.sleep(self.heartbeat_interval_s)
             self.manager.agent_heartbeat(self.agent.info())
+
+    def pause_heartbeats(self) -> None:
+        """Stop the agent's heartbeats, as if it hung (tests of agent loss use this)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
+
+    def resume_heartbeats(self) -> None:
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
 
     async def _serve(self) -> None:
         config = uvicorn.Config(
