@@ -96,9 +96,7 @@ async def run(agent: Agent, session_id: str, code: str, flush_timeout_s: float =
         if result.status != "continued":
             break
         result = await agent.execute(
-            ExecRequest(
-                session_id=session_id, mode="continue", run_id=result.run_id, flush_timeout_s=flush_timeout_s
-            )
+            ExecRequest(session_id=session_id, mode="continue", run_id=result.run_id, flush_timeout_s=flush_timeout_s)
         )
         console += result.console
     return result.model_copy(update={"console": console})

@@ -4,6 +4,7 @@ restart, errors, output floods, create failures, and the hot path's cost."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -238,3 +239,19 @@ async def test_hot_path_cost(agent: Agent, session: str) -> None:
         samples.append(time.perf_counter() - started)
     samples.sort()
     assert samples[100] < 0.005, f"p50 {samples[100] * 1e3:.2f} ms"
+
+
+async def test_interrupt_reaches_a_runner_blocked_by_backpressure(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "while True:\n    print('x' * 10000)\n", flush=0.5))
+    assert first.status == "continued"
+    await asyncio.sleep(1.0)  # nobody continues: the agent stops reading, the runner blocks on its socket
+    assert agent.sessions[session].link is not None and agent.sessions[session].link.paused
+    await agent.interrupt(session)
+    result = first
+    for _ in range(200):
+        if result.status != "continued":
+            break
+        result = await agent.execute(follow(session, first.run_id, flush=5))
+    assert result.status == "finished"
+    after = await agent.execute(query(session, "print('alive')"))
+    assert stdout_of(after) == "alive\n"

@@ -80,7 +80,8 @@ async def test_host_file_system_is_read_only_and_trimmed(agent: Agent) -> None:
         f"probes = {json.dumps(list(probes))}\n"
         "seen = {p: os.path.lexists(p) for p in probes}\n"
         "writes = {}\n"
-        "for p in ['/usr/x', '/etc/x', '/x', '/opt/x', '/opt/bai/bai/runner/x', '/bin/x', '/proc/x', '/home/x', '/dev/x']:\n"
+        "for p in ['/usr/x', '/etc/x', '/x', '/opt/x', '/opt/bai/bai/runner/x', '/bin/x',\n"
+        "          '/proc/x', '/home/x', '/dev/x']:\n"
         "    try:\n        open(p, 'w').close(); writes[p] = 'written'\n"
         "    except OSError as e:\n        writes[p] = e.errno\n"
         "print(json.dumps({'seen': seen, 'writes': writes, 'home': os.listdir('/home'),"
@@ -90,8 +91,21 @@ async def test_host_file_system_is_read_only_and_trimmed(agent: Agent) -> None:
     assert not any(report["seen"].values()), report["seen"]
     assert all(value != "written" for value in report["writes"].values()), report["writes"]
     assert report["home"] == ["work"]
-    assert set(report["top"]) <= {"bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "opt",
-                                  "proc", "sbin", "tmp", "usr"}
+    assert set(report["top"]) <= {
+        "bin",
+        "dev",
+        "etc",
+        "home",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "opt",
+        "proc",
+        "sbin",
+        "tmp",
+        "usr",
+    }
 
 
 async def test_only_home_work_is_written_to_the_host(agent: Agent) -> None:
@@ -122,7 +136,9 @@ async def test_tmp_is_private_per_session(agent: Agent) -> None:
 async def test_identity_inside_and_on_the_host(agent: Agent) -> None:
     session = await new_session(agent)
     out = await inside(
-        agent, session, "import os, pwd\nprint(os.getuid(), os.getgid(), os.getpid(), pwd.getpwuid(os.getuid()).pw_name)"
+        agent,
+        session,
+        "import os, pwd\nprint(os.getuid(), os.getgid(), os.getpid(), pwd.getpwuid(os.getuid()).pw_name)\n",
     )
     uid, gid, pid, name = out.split()
     assert (uid, gid, name) == ("1000", "1000", "work")
@@ -149,9 +165,7 @@ async def test_runner_holds_no_host_file(agent: Agent) -> None:
             assert target.startswith(("socket:", "pipe:", "anon_inode:", "/dev/null")), (pid, fd, target)
 
 
-async def test_environment_holds_nothing_of_the_agent(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_environment_holds_nothing_of_the_agent(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BAI_TEST_SECRET_TOKEN", "hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "also-secret")
     session = await new_session(agent, environ={"GREETING": "hi there", "PYTHONHASHSEED": "0"})

@@ -202,3 +202,23 @@ def test_capped_responses_reassemble_the_output_in_order(chunks: list[tuple[str,
             rejoined.append((kind, data))
     assert rejoined == merged
     assert book.backlog_bytes == 0
+
+
+def test_after_an_interrupt_excess_output_is_dropped_not_paused() -> None:
+    book = RunBook(stream_cap=100)
+    book.start("r1")
+    book.on_output("r1", "stdout", "x" * 300)
+    assert book.over_backlog(200)
+    book.discard_excess(200)
+    assert not book.over_backlog(200)  # keep reading: the runner must hear the interrupt
+    book.on_output("r1", "stdout", "y" * 50)  # over the limit: dropped
+    book.on_finished("r1", 1)
+    console = []
+    for _ in range(10):
+        response = book.take_response()
+        console += response.console
+        if response.status == "finished":
+            break
+    text = "".join(str(data) for _, data in console)
+    assert text.count("x") == 300 and "yy" not in text
+    assert "50 bytes of output after the interrupt were dropped" in text

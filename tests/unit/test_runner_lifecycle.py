@@ -3,6 +3,7 @@ frames, and what the user's code can do to the runner. Under each interpreter.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from runner_client import RunnerClient, interpreters
 
-from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, encode
+from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, WaitingInput, encode
 
 GRACE = 0.5
 INTERPRETERS = [
@@ -190,6 +191,18 @@ def test_the_runner_is_not_dumpable_but_the_repl_is(python: str, tmp_path: Path)
         assert result.stdout == "PermissionError\n"
 
 
+def test_a_restarted_repl_gets_the_runners_first_oom_score(runner: RunnerClient) -> None:
+    """The agent gives the runner oom_score_adj -1000 after Ready (that needs a privilege
+    this test may lack: 500 stands in for it); a REPL forked later must not inherit it."""
+    try:
+        with open(f"/proc/{runner.proc.pid}/oom_score_adj", "w") as f:
+            f.write("500")
+    except PermissionError:
+        pytest.skip("cannot change the runner's oom_score_adj here")
+    assert runner.run("import os\nos._exit(1)").finished.engine_restarted
+    assert runner.run("open('/proc/self/oom_score_adj').read()").stdout == "'0\\n'\n"
+
+
 def _gone(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,3 +218,31 @@ def _gone(pid: int, timeout: float = 5.0) -> bool:
 
 def test_interpreter_list_includes_this_one() -> None:
     assert any(path == sys.executable for _, path in interpreters())
+
+
+def test_a_sigint_between_runs_does_not_kill_the_repl(runner: RunnerClient) -> None:
+    runner.run(
+        "import os, signal, threading\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\nkept = 1"
+    )
+    time.sleep(0.5)
+    result = runner.run("kept")
+    assert (result.stdout, result.finished.engine_restarted) == ("1\n", False)
+
+
+def test_strings_utf8_cannot_carry_do_not_break_the_runner(runner: RunnerClient) -> None:
+    run_id = runner.start_run("x = input('\\udcff? ')\nprint(len(x))")
+    seen = runner.wait_output("? ")
+    waiting = runner.expect(WaitingInput)
+    assert waiting.prompt == "?? " and seen[-1].data.endswith("? ")
+    payload = json.dumps({"type": "input", "run_id": run_id, "text": "\udc80"}).encode()  # ASCII escapes
+    runner.send_raw(HEADER.pack(len(payload)) + payload)
+    assert runner.collect(run_id).stdout.endswith("1\n")
+    assert runner.run("'\\udcff'").stdout == "'\\udcff'\n"
+
+
+def test_the_runner_ignores_sigint_from_the_users_code(runner: RunnerClient) -> None:
+    runner.run("import os, signal\nos.kill(os.getppid(), signal.SIGINT)")
+    time.sleep(0.2)
+    assert runner.proc.poll() is None
+    assert runner.run("1").stdout == "1\n"

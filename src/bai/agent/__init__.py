@@ -1,1 +1,21 @@
-"""bai.agent"""
+"""bai.agent: the node daemon that runs sessions in sandboxes for the manager.
+
+    config.py         AgentConfig (BAI_AGENT_*), parsed once by the caller
+    agent.py          Agent: the methods the manager calls (in process, or through rpc.py)
+    session.py        one session's async shell: runner link, timers, backpressure
+    runs.py           the I/O-free run core: statuses, console merging, per-response caps
+    cgroups.py        per-session cgroups, v1 and v2 drivers: limits, stats, join, kill
+    scratch.py        scratch dirs: create, size and remove without following links
+    backends/         the Backend / Sandbox interface (base.py) and its registry;
+                      local.py + local_sandbox.py (bubblewrap), bwrap.py (its command
+                      line), child.py (processes started off the event loop)
+    rpc.py            the agent RPC server (POST /rpc/<method>, cluster secret)
+    heartbeat.py      heartbeats and "session gone" reports to the manager
+    main.py           the cluster agent daemon: all of the above wired together
+
+Errors: callers see bai.common.errors only (SessionNotFound, InvalidRequest,
+SessionCreationFailed, SessionRestartFailed, ExecutionFailed) and, from
+``Agent.start``, ``backends.base.BackendUnavailable`` (a ServiceUnavailable).
+``cgroups.CgroupError`` and ``heartbeat.ManagerUnreachable`` never leave their
+modules' callers.
+"""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MIN_MEM = 16 * 2**20
 MIN_PIDS = 8
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 SessionGoneHandler = Callable[[SessionGone], Awaitable[None]]
 
@@ -110,10 +112,10 @@ class Agent:
         return Limits(cpu=cpu if cpu > 0 else config.default_cpu, mem=mem, pids=pids)
 
     def _validate(self, spec: SandboxSpec) -> Limits:
+        if not SESSION_ID_RE.match(spec.session_id):  # it names a directory and a cgroup
+            raise InvalidRequest("a session id is 1-128 letters, digits, '_', '.', '-'", field="session_id")
         if spec.session_id in self.sessions or spec.session_id in self._creating:
             raise InvalidRequest(f"session {spec.session_id} already exists here", field="session_id")
-        if not spec.session_id or "/" in spec.session_id or spec.session_id.startswith("."):
-            raise InvalidRequest("a session id cannot be a path", field="session_id")
         if spec.environment not in self.backend.environments():
             known = ", ".join(self.backend.environments())
             raise InvalidRequest(
@@ -130,9 +132,7 @@ class Agent:
         self._creating.add(spec.session_id)
         try:
             sandbox = await self.backend.create(spec, limits)
-            session = Session(
-                spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=self._session_gone
-            )
+            session = Session(spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=self._session_gone)
             try:
                 await session.connect(self.config.startup_timeout_s)
             except BaseException:
@@ -147,17 +147,14 @@ class Agent:
 
     async def destroy_session(self, session_id: str) -> SessionStats:
         session = self._session(session_id)
+        del self.sessions[session_id]  # a second destroy finds nothing to do
         session.closing = True
         if session.link is not None and session.gone_reason is None:
             with contextlib.suppress(BaiError):
                 session.link.send(Shutdown())
         session.detach()
         session.unwatch_oom()
-        try:
-            stats = await session.sandbox.destroy(self.config.shutdown_grace_s)
-        finally:
-            self.sessions.pop(session_id, None)
-        return stats
+        return await session.sandbox.destroy(self.config.shutdown_grace_s)
 
     async def restart_session(self, session_id: str) -> None:
         """A fresh sandbox on the same scratch dir; the REPL state is lost."""

@@ -466,9 +466,7 @@ def inotify_modify_watch(path: Path) -> int | None:
     return fd
 
 
-def detect_driver(
-    agent_id: str, choice: str = "auto", base: Path = Path("/sys/fs/cgroup")
-) -> CgroupDriver | None:
+def detect_driver(agent_id: str, choice: str = "auto", base: Path = Path("/sys/fs/cgroup")) -> CgroupDriver | None:
     """Pick the driver: v2 when the unified hierarchy at ``base`` has our controllers,
     else v1 when its controllers are mounted; None when ``choice`` is "none".
     Raises CgroupError when the chosen (or any, for "auto") driver is unusable."""

@@ -11,7 +11,9 @@ the manager's requests and acts on what it returns:
 - ``take_response`` cuts the next response: consecutive chunks of one stream are
   merged into one ``[type, data]`` pair and each stream is capped at
   ``stream_cap`` UTF-8 bytes per response (the rest waits for the next ``continue``);
-- ``backlog_bytes`` is what is buffered and not yet delivered, for backpressure.
+- ``backlog_bytes`` is what is buffered and not yet delivered, for backpressure;
+  after an interrupt (``discard_excess``) output beyond the limit is dropped
+  instead, so a runner blocked on a full socket can hear the interrupt.
 
 Invariant: at most one run is current; a new query is refused while it is
 unfinished; output of any other run id is dropped.
@@ -68,6 +70,8 @@ class Run:
     pending: deque[_Chunk] = field(default_factory=deque)
     pending_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TEXT_STREAMS, 0))
     input_reported: bool = False  # the current waiting-input was answered to the manager
+    drop_beyond: int | None = None  # set by discard_excess: the backlog's hard limit
+    dropped: int = 0  # bytes of output dropped over that limit
 
 
 def new_run_id() -> str:
@@ -126,10 +130,28 @@ class RunBook:
 
     def on_output(self, run_id: str, stream: str, data: str) -> None:
         run = self._live(run_id)
-        if run is None or not data:
+        if run is None or not data or self._dropping(run, len(data)):
             return
         kind = stream if stream in TEXT_STREAMS else "stdout"
         self._append_text(run, kind, data)
+
+    def _dropping(self, run: Run, size: int) -> bool:
+        if run.drop_beyond is not None and self.backlog_bytes + size > run.drop_beyond:
+            run.dropped += size
+            return True
+        return False
+
+    def discard_excess(self, limit: int) -> None:
+        """The run was interrupted: from now on keep at most ``limit`` bytes undelivered
+        and drop the rest (with a note), rather than stop reading the runner."""
+        run = self.current
+        if run is not None and run.phase is not RunPhase.FINISHED:
+            run.drop_beyond = limit
+
+    def over_backlog(self, limit: int) -> bool:
+        """Whether the shell should stop reading the runner (backpressure)."""
+        run = self.current
+        return self.backlog_bytes > limit and (run is None or run.drop_beyond is None)
 
     def _append_text(self, run: Run, kind: str, data: str) -> None:
         size = len(data.encode("utf-8", "surrogatepass"))
@@ -144,7 +166,7 @@ class RunBook:
 
     def on_media(self, run_id: str, mime: str, data: str) -> None:
         run = self._live(run_id)
-        if run is None:
+        if run is None or self._dropping(run, len(data)):
             return
         if mime == "text/html":
             run.pending.append(_Chunk(kind="html", text=data, size=len(data)))
@@ -169,6 +191,8 @@ class RunBook:
         run.phase = RunPhase.FINISHED
         run.exit_code = exit_code
         run.engine_restarted = engine_restarted
+        if run.dropped:
+            self._append_text(run, "stderr", f"[bai] {run.dropped} bytes of output after the interrupt were dropped\n")
         return True
 
     def on_exec_timeout(self) -> Run | None:

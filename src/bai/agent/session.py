@@ -86,9 +86,7 @@ GoneCallback = Callable[["Session", str], Awaitable[None]]
 class Session:
     """A live session on this agent. Created and driven by Agent only."""
 
-    def __init__(
-        self, spec: SandboxSpec, sandbox: Sandbox, *, max_backlog: int, on_gone: GoneCallback
-    ) -> None:
+    def __init__(self, spec: SandboxSpec, sandbox: Sandbox, *, max_backlog: int, on_gone: GoneCallback) -> None:
         self.spec = spec
         self.session_id = spec.session_id
         self.sandbox = sandbox
@@ -214,7 +212,7 @@ class Session:
     def _after_event(self) -> None:
         if self._wake is not None and not self._wake.done() and self.runs.deliverable:
             self._wake.set_result(None)
-        if self.link is not None and self.runs.backlog_bytes > self.max_backlog:
+        if self.link is not None and self.runs.over_backlog(self.max_backlog):
             self.link.pause()
 
     # -- OOM -------------------------------------------------------------------
@@ -288,9 +286,13 @@ class Session:
             raise ExecutionFailed("the session's runner is not connected")
 
     def interrupt(self) -> None:
+        """SIGINT to the user's code (through the runner). A paused socket is resumed,
+        with excess output dropped: a runner blocked on sending must hear this."""
         if self.link is not None and self.gone_reason is None:
             with contextlib.suppress(ExecutionFailed):
                 self.link.send(p.Interrupt())
+            self.runs.discard_excess(self.max_backlog)
+            self.link.resume()
 
     async def complete(self, request: CompleteRequest) -> list[str]:
         async with self._complete_lock:

@@ -4,7 +4,7 @@ with the cluster secret)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -81,3 +81,20 @@ class SessionGone(BaseModel):
     session_id: str
     reason: str
     exit_code: int | None = None
+
+
+class SessionRef(BaseModel):
+    """The body of the agent RPC calls that name a session only (destroy, restart,
+    interrupt, stats)."""
+
+    session_id: str
+
+
+class RpcError(BaseModel):
+    """The body of a failed agent RPC call: ``error`` is the class name of the
+    bai.common.errors exception the agent raised, so the caller can raise it again."""
+
+    error: str
+    message: str
+    field: str | None = None
+    data: Any = None

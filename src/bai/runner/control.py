@@ -8,7 +8,8 @@ Two socketpairs connect them, so that no reader ever takes a reply meant for ano
   reads input: child → runner ``Fence`` / ``AskInput``; runner → child ``FenceDone`` /
   ``InputGiven``, each carrying the ``seq`` of the request it answers.
 
-Frames are those of protocol.py (length + JSON with a ``type``). The child runs the
+Frames are those of protocol.py (length + JSON with a ``type``), in ASCII JSON so that
+any str the user's code makes (lone surrogates included) travels. The child runs the
 user's code, so the runner treats a control frame that does not decode as a broken
 REPL, never as its own failure.
 """
@@ -22,9 +23,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Deque, Dict, List, Optional, Type
 
 from bai.runner.frames import RECV_SIZE, FrameSplitter
-from bai.runner.protocol import Message, ProtocolError, encode
-
-__all__ = ["encode"]
+from bai.runner.protocol import HEADER, Message, ProtocolError
 
 
 @dataclass
@@ -89,6 +88,13 @@ CONTROL_TYPES: Dict[str, Type[Message]] = {
 }
 
 
+def encode_control(message: Message) -> bytes:
+    body = dict(message.__dict__)
+    body["type"] = message.TYPE
+    payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+    return HEADER.pack(len(payload)) + payload
+
+
 def decode_control(payload: bytes) -> Message:
     try:
         body = json.loads(payload.decode("utf-8"))
@@ -112,7 +118,7 @@ class Channel:
         self._ready: Deque[bytes] = deque()
 
     def send(self, message: Message) -> None:
-        self.sock.sendall(encode(message))
+        self.sock.sendall(encode_control(message))
 
     def recv(self) -> Optional[Message]:
         """The next message, or None once the runner has gone."""

@@ -8,6 +8,7 @@ want). A closed socket, on read or on send, calls ``on_closed`` once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from typing import Callable
@@ -38,7 +39,11 @@ class AgentLink:
         if self.closed:
             return
         try:
-            self._sock.sendall(encode(message))
+            frame = encode(message)
+        except UnicodeEncodeError:  # a lone surrogate, from the user's code (an input() prompt...)
+            frame = encode(_encodable(message))
+        try:
+            self._sock.sendall(frame)
         except OSError:
             self._close()
 
@@ -73,3 +78,17 @@ class AgentLink:
         self.closed = True
         self._loop.remove_reader(self._sock.fileno())
         self._on_closed()
+
+
+def _encodable(message: Message) -> Message:
+    """The message with what UTF-8 cannot encode in its strings replaced by '?'."""
+
+    def scrub(value: object) -> object:
+        if isinstance(value, str):
+            return value.encode("utf-8", "replace").decode("utf-8")
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        return value
+
+    changes = {name: scrub(value) for name, value in vars(message).items()}
+    return dataclasses.replace(message, **changes)

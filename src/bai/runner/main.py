@@ -25,7 +25,7 @@ from bai.runner.engines import ENGINES
 from bai.runner.engines.base import EngineContext, RunnerError
 from bai.runner.link import AgentLink
 from bai.runner.loop import Loop
-from bai.runner.process import set_dumpable
+from bai.runner.process import read_oom_score_adj, set_dumpable, write_oom_score_adj
 from bai.runner.protocol import Complete, Execute, Failure, Input, Interrupt, Message, Shutdown
 
 USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS]" % "|".join(sorted(ENGINES))
@@ -69,12 +69,15 @@ class Runner:
     """Wires the agent link to the engine: one handler per message type."""
 
     def __init__(self, sock: socket.socket, options: Options) -> None:
+        # The agent protects the runner from the OOM killer once it is Ready; the
+        # user's processes must stay its prey, so children go back to this value.
+        self._oom_score_adj = read_oom_score_adj()
         self.loop = Loop()
         self.link = AgentLink(sock, self.loop, self._on_message, self.loop.stop)
         context = EngineContext(
             loop=self.loop,
             emit=self.link.send,
-            after_fork=self._forget_in_child,
+            after_fork=self._reset_in_child,
             interrupt_grace=options.interrupt_grace,
         )
         self.engine = ENGINES[options.engine](context)
@@ -107,9 +110,14 @@ class Runner:
     def _shutdown(self, message: Shutdown) -> None:
         self.loop.stop()
 
-    def _forget_in_child(self) -> None:
+    def _reset_in_child(self) -> None:
+        """Undo in a forked child what the runner set up for itself alone."""
         self.loop.forget_in_child()
         self.link.forget_in_child()
+        set_dumpable(True)  # first: a non-dumpable process cannot write its own /proc files
+        current = read_oom_score_adj()
+        if self._oom_score_adj is not None and current != self._oom_score_adj:
+            write_oom_score_adj(self._oom_score_adj)
 
 
 def _ensure_std_fds() -> None:

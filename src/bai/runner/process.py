@@ -1,4 +1,6 @@
-"""Process-level facts the runner needs from Linux: the dumpable flag and wait statuses."""
+"""Process-level facts the runner needs from Linux: the dumpable flag, the OOM score
+adjustment, wait statuses. Standard library only; best effort where /proc or prctl
+is not there."""
 
 from __future__ import annotations
 
@@ -21,6 +23,25 @@ def set_dumpable(dumpable: bool) -> bool:
             _libc = ctypes.CDLL(None, use_errno=True)
         return bool(_libc.prctl(PR_SET_DUMPABLE, 1 if dumpable else 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
+        return False
+
+
+def read_oom_score_adj() -> Optional[int]:
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def write_oom_score_adj(value: int) -> bool:
+    """Raising the value needs no privilege; lowering it below the floor a privileged
+    writer set does."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("%d" % value)
+        return True
+    except OSError:
         return False
 
 

@@ -154,7 +154,8 @@ MESSAGE_TYPES: Dict[str, Type[Message]] = {
 def encode(message: Message) -> bytes:
     body = dict(asdict(message))
     body["type"] = message.TYPE
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate (from undecodable input) becomes "?" rather than an error
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
     return HEADER.pack(len(payload)) + payload
 
 
@@ -196,8 +197,9 @@ class FrameBuffer:
             end = HEADER.size + size
             if len(self._buf) < end:
                 break
-            out.append(decode(bytes(self._buf[HEADER.size:end])))
-            del self._buf[:end]
+            payload = bytes(self._buf[HEADER.size:end])
+            del self._buf[:end]  # a frame that fails to decode is dropped, not retried forever
+            out.append(decode(payload))
         return out
 
 

@@ -29,7 +29,6 @@ import types
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone
-from bai.runner.process import set_dumpable
 from bai.runner.protocol import Message
 from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamSwitch
 
@@ -43,7 +42,6 @@ COMPLETION_LIMIT = 500
 
 
 def main(commands: socket.socket, requests: socket.socket) -> NoReturn:
-    set_dumpable(True)  # the runner is not; the user's own process is the user's
     requester = Requester(Channel(requests))
     switch = StreamSwitch(requester)
     stdout = FdWriter(1, "<stdout>", switch)
@@ -161,12 +159,15 @@ class Repl:
     def serve(self) -> NoReturn:
         handlers: Dict[type, Callable[[Any], None]] = {RunCode: self._run, CompleteCode: self._complete}
         while True:
-            message: Optional[Message] = self._commands.recv()
-            if message is None:
-                os._exit(0)
-            handler = handlers.get(type(message))
-            if handler is not None:
-                handler(message)
+            try:  # KeyboardInterrupt here: the user's code installed a SIGINT handler that raises
+                message: Optional[Message] = self._commands.recv()
+                if message is None:
+                    os._exit(0)
+                handler = handlers.get(type(message))
+                if handler is not None:
+                    handler(message)
+            except KeyboardInterrupt:
+                continue
 
     def _run(self, message: RunCode) -> None:
         self._switch.last = 0  # the runner drained both pipes when the last run ended

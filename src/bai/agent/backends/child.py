@@ -28,9 +28,7 @@ class Spawner:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bai-spawn")
 
-    async def spawn(
-        self, argv: Sequence[str], *, env: dict[str, str], preexec_fn: Callable[[], None]
-    ) -> WatchedChild:
+    async def spawn(self, argv: Sequence[str], *, env: dict[str, str], preexec_fn: Callable[[], None]) -> WatchedChild:
         """Start ``argv`` with stdin and stdout on /dev/null and stderr captured.
         Raises OSError or subprocess.SubprocessError as Popen does."""
         loop = asyncio.get_running_loop()

@@ -91,9 +91,7 @@ def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
 
 
 class LocalSandbox(Sandbox):
-    def __init__(
-        self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Path
-    ) -> None:
+    def __init__(self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Path) -> None:
         self.host = host
         self.session_id = spec.session_id
         self.spec = spec

@@ -45,8 +45,9 @@ class Unsupported(RunnerError):
 class EngineContext:
     loop: Loop
     emit: Callable[[Message], None]
-    # Called first thing in any child the engine forks: closes the runner's own
-    # fds (agent socket, epoll, signal wakeup) so the user's code never holds them.
+    # Called first thing in any child the engine forks: undoes what the runner set up
+    # for itself alone (closes its fds: agent socket, epoll, signal wakeup; makes the
+    # process dumpable again; gives it back the OOM score the runner started with).
     after_fork: Callable[[], None]
     # Seconds a run may go on after an Interrupt before its process is killed.
     interrupt_grace: float = 2.0

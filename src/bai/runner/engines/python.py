@@ -37,7 +37,7 @@ from bai.runner.control import (
     RunCode,
     RunDone,
 )
-from bai.runner.engines.base import Busy, Engine, NotWaiting, Unsupported
+from bai.runner.engines.base import Busy, Engine, EngineContext, NotWaiting, Unsupported
 from bai.runner.engines.python_child import OutputPipe, ReplChild
 from bai.runner.loop import Timer
 from bai.runner.process import describe_exit
@@ -115,8 +115,8 @@ def completion_text(message: Complete) -> str:
 class PythonEngine(Engine):
     name = "python"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, context: EngineContext) -> None:
+        super().__init__(context)
         self._child: Optional[ReplChild] = None
         self._respawn: Optional[Timer] = None
         self._run: Optional[ActiveRun] = None

@@ -3,7 +3,8 @@
 The child is a fork of the runner (about 1 ms, against 20 ms for a new interpreter),
 leader of its own process group (its pgid is its pid), with fd 0 = /dev/null, fd 1
 and fd 2 = pipes read here, and two control socketpairs (control.py). Nothing of the
-runner survives in it but memory: ``after_fork`` closes the runner's fds first.
+runner survives in it but memory: ``after_fork`` first closes the runner's fds and
+resets what the runner set for itself alone (see EngineContext.after_fork).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import sys
 import traceback
 from typing import Callable, List, NoReturn, Optional
 
-from bai.runner.control import decode_control
+from bai.runner.control import decode_control, encode_control
 from bai.runner.frames import RECV_SIZE, FrameSplitter
-from bai.runner.protocol import Message, ProtocolError, encode
+from bai.runner.protocol import Message, ProtocolError
 
 READ_SIZE = 65536
 ChildMain = Callable[[socket.socket, socket.socket], NoReturn]
@@ -64,7 +65,7 @@ class ControlEnd:
         self._splitter = FrameSplitter()
 
     def send(self, message: Message) -> None:
-        self.sock.sendall(encode(message))
+        self.sock.sendall(encode_control(message))
 
     def receive(self) -> Optional[List[Message]]:
         """The messages that arrived, or None at end of file (the child is gone)."""
@@ -137,7 +138,7 @@ class ReplChild:
             try:
                 self.status = os.waitpid(self.pid, 0)[1]
             except ChildProcessError:
-                self.status = 128 + signal.SIGKILL  # reaped elsewhere; not expected
+                self.status = signal.SIGKILL  # reaped elsewhere (not expected): say killed
         return self.status
 
     def close(self) -> None:
