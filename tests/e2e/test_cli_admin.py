@@ -23,9 +23,7 @@ def server(request: pytest.FixtureRequest) -> Any:
 
 
 def bai(server: Any, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BAI, *args], env=env or server.env, capture_output=True, text=True, timeout=90, check=False
-    )
+    return subprocess.run([*BAI, *args], env=env or server.env, capture_output=True, text=True, timeout=90, check=False)
 
 
 def as_keypair(server: Any, created: dict[str, Any]) -> dict[str, str]:

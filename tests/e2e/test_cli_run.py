@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -25,9 +26,7 @@ def server(request: pytest.FixtureRequest) -> Any:
         pytest.skip("needs the bai_server fixture (tests/conftest.py)")
 
 
-def bai(
-    server: Any, *args: str, stdin: str | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
+def bai(server: Any, *args: str, stdin: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*BAI, *args],
         env=server.env,
@@ -94,6 +93,28 @@ def test_output_is_printed_while_the_code_runs(server: Any) -> None:
     assert process.returncode == 0
 
 
+def test_ctrl_c_interrupts_the_run_and_exits_130(server: Any, name: str) -> None:
+    code = "import time\nprint('started', flush=True)\ntime.sleep(60)\nprint('not reached')\n"
+    process = subprocess.Popen(
+        [*BAI, "run", "python", "-c", code, "--name", name],
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "started\n"
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "not reached" not in rest
+    after = bai(server, "run", "python", "-c", "print('still here')", "--name", name)
+    assert (after.returncode, after.stdout) == (0, "still here\n"), after.stderr
+
+
 def test_an_exception_prints_its_traceback_and_exits_1(server: Any) -> None:
     result = bai(server, "run", "python", "-c", "def f():\n    raise ValueError('boom')\nf()\n")
     assert result.returncode == 1
@@ -117,9 +138,7 @@ def test_input_is_read_from_stdin(server: Any) -> None:
 
 def test_env_and_resources_reach_the_session(server: Any) -> None:
     code = "import os\nprint(os.environ['GREETING'])"
-    result = bai(
-        server, "run", "python", "-c", code, "--env", "GREETING=hello there", "-r", "cpu=1", "-r", "mem=256m"
-    )
+    result = bai(server, "run", "python", "-c", code, "--env", "GREETING=hello there", "-r", "cpu=1", "-r", "mem=256m")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello there\n"
 

@@ -25,9 +25,7 @@ def server(request: pytest.FixtureRequest) -> Any:
 
 
 def bai(server: Any, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BAI, *args], env=server.env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([*BAI, *args], env=server.env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture

@@ -49,9 +49,7 @@ def test_help_does_not_import_plugins_and_a_broken_one_is_skipped() -> None:
     assert "warning" not in result.stderr
     result = CliRunner().invoke(root, ["broken"])
     assert result.exit_code == 2
-    assert "warning: skipping the command 'broken' (bai_no_such_module:command): ModuleNotFoundError" in (
-        result.stderr
-    )
+    assert "warning: skipping the command 'broken' (bai_no_such_module:command): ModuleNotFoundError" in (result.stderr)
     assert "No such command 'broken'" in result.stderr
 
 

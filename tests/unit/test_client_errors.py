@@ -44,9 +44,7 @@ EXPECTED = {
 
 
 def problem(slug: str, msg: str = "it went wrong", data: object = None) -> bytes:
-    return json.dumps(
-        {"type": PROBLEM_TYPE_PREFIX + slug, "title": "A title.", "msg": msg, "data": data}
-    ).encode()
+    return json.dumps({"type": PROBLEM_TYPE_PREFIX + slug, "title": "A title.", "msg": msg, "data": data}).encode()
 
 
 @pytest.mark.parametrize(("slug", "expected"), sorted(EXPECTED.items()))

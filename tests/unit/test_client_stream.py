@@ -192,9 +192,7 @@ async def test_cancelling_a_run_interrupts_it(server: ScriptedServer) -> None:
     calls: list[str] = []
     stdout = io.StringIO()
     async with AsyncSession(config_for(server), transport=http_recorder(calls)) as api:
-        run = asyncio.create_task(
-            stream_run(api.ComputeSession("demo"), "x", Terminal(stdout, io.StringIO()))
-        )
+        run = asyncio.create_task(stream_run(api.ComputeSession("demo"), "x", Terminal(stdout, io.StringIO())))
         await until(lambda: stdout.getvalue() == "started\n")
         run.cancel()
         assert await run == EXIT_INTERRUPTED

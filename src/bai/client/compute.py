@@ -84,9 +84,7 @@ class AsyncComputeSession(AsyncAPI):
         and the same run id; ``waiting-input`` for ``mode="input"`` with the text.
         """
         body = request_body(ExecuteRequest, mode=mode, run_id=run_id, code=code, options=dict(opts or {}))
-        answer = await self._api.request_model(
-            ExecuteAnswer, "POST", self.path, json=_camel(body, keep_none=True)
-        )
+        answer = await self._api.request_model(ExecuteAnswer, "POST", self.path, json=_camel(body, keep_none=True))
         return answer.result
 
     def stream_execute(

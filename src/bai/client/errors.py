@@ -104,9 +104,7 @@ def _server_error_class(base: type[BaiError]) -> type[ServerError]:
 
 _GENERATED = {base: _server_error_class(base) for base in set(_SLUG_TO_DOMAIN.values())}
 #: problem+json slug → the class raised: ServerError and the domain class at once.
-PROBLEM_CLASSES: dict[str, type[ServerError]] = {
-    slug: _GENERATED[base] for slug, base in _SLUG_TO_DOMAIN.items()
-}
+PROBLEM_CLASSES: dict[str, type[ServerError]] = {slug: _GENERATED[base] for slug, base in _SLUG_TO_DOMAIN.items()}
 
 
 def error_from_problem(status: int, body: bytes, *, reason: str = "") -> ServerError:
@@ -120,9 +118,7 @@ def error_from_problem(status: int, body: bytes, *, reason: str = "") -> ServerE
         problem = Problem.model_validate_json(body)
     except ValidationError:
         return ServerError(fallback, status=status, slug="", title=reason)
-    slug = (
-        problem.type.removeprefix(PROBLEM_TYPE_PREFIX) if problem.type.startswith(PROBLEM_TYPE_PREFIX) else ""
-    )
+    slug = problem.type.removeprefix(PROBLEM_TYPE_PREFIX) if problem.type.startswith(PROBLEM_TYPE_PREFIX) else ""
     message = problem.msg or problem.detail or problem.title or fallback
     error_class = PROBLEM_CLASSES.get(slug, ServerError)
     return error_class(message, status=status, slug=slug, title=problem.title, data=problem.data)

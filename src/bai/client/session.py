@@ -64,14 +64,10 @@ class AsyncSession(AsyncAPI):
     ) -> None:
         """``transport`` replaces the network (httpx's MockTransport in tests); ``clock`` dates signatures."""
         self.config = config if config is not None else APIConfig.from_env()
-        self.signer = RequestSigner(
-            self.config.access_key, self.config.secret_key, self.config.api_version, clock
-        )
+        self.signer = RequestSigner(self.config.access_key, self.config.secret_key, self.config.api_version, clock)
         self._http = httpx.AsyncClient(
             base_url=self.config.endpoint,
-            timeout=httpx.Timeout(
-                None, connect=self.config.connection_timeout, read=self.config.read_timeout
-            ),
+            timeout=httpx.Timeout(None, connect=self.config.connection_timeout, read=self.config.read_timeout),
             verify=not self.config.skip_sslcert_validation,
             headers={"User-Agent": f"bai-client/{client_version()}"},
             transport=transport,
@@ -158,9 +154,7 @@ class AsyncSession(AsyncAPI):
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise ProtocolError(
-                f"unexpected answer to {method} {path} from {self.config.endpoint}: {exc}"
-            ) from exc
+            raise ProtocolError(f"unexpected answer to {method} {path} from {self.config.endpoint}: {exc}") from exc
 
     def websocket_url(self, path: str) -> str:
         return "ws" + self.config.endpoint.removeprefix("http") + path

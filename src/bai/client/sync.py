@@ -133,9 +133,7 @@ class Session(Blocking):
     Owns its loop thread: close it, or use it as a context manager.
     """
 
-    def __init__(
-        self, config: APIConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: APIConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         resolved = config if config is not None else APIConfig.from_env()
         portal = LoopThread()
         try:

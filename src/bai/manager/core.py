@@ -9,6 +9,7 @@ import contextlib
 import logging
 
 from bai.common.agent_rpc import AgentInfo
+from bai.manager.agent_http import HttpAgentLink
 from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus
@@ -30,6 +31,9 @@ class Manager:
         self.sessions = SessionRegistry(config, self.db, self.agents, self.events)
         self.rate_limiter = RateLimiter(config.rate_limit_window_s)
         self._monitor: asyncio.Task[None] | None = None
+        if config.cluster_secret:
+            secret = config.cluster_secret
+            self.agents.register_link_factory("http", lambda info: HttpAgentLink(info, secret))
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -45,9 +45,7 @@ def keypair() -> None:
 @click.option("--rate-limit", default=10000, show_default=True, help="Requests per 15 minutes.")
 @json_option
 @pass_state
-def create(
-    state: CliState, *, user_id: str, is_admin: bool, concurrency: int, rate_limit: int, as_json: bool
-) -> None:
+def create(state: CliState, *, user_id: str, is_admin: bool, concurrency: int, rate_limit: int, as_json: bool) -> None:
     """Create a keypair and print its secret key (shown this once only)."""
     created = _admin(
         state.config,

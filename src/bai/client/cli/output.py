@@ -47,10 +47,12 @@ def print_json(data: Any) -> None:
 def print_table(
     columns: Sequence[str], rows: Iterable[Sequence[str]], *, title: str | None = None, stderr: bool = False
 ) -> None:
-    table = Table(*columns, title=title, title_justify="left", header_style="bold")
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for index, column in enumerate(columns):
+        table.add_column(column, no_wrap=index == 0)  # the first column names the row: keep it whole
     for row in rows:
         table.add_row(*row)
-    Console(stderr=stderr, highlight=False).print(table)
+    _console(stderr).print(table)
 
 
 def print_fields(fields: Iterable[tuple[str, str]], *, title: str | None = None) -> None:
@@ -59,7 +61,15 @@ def print_fields(fields: Iterable[tuple[str, str]], *, title: str | None = None)
     table.add_column()
     for name, value in fields:
         table.add_row(name, value)
-    Console(highlight=False).print(table)
+    _console(stderr=False).print(table)
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        # Piped or captured: no terminal width to fit, so never wrap or cut a value (keys, ids).
+        console.width = 10_000
+    return console
 
 
 def print_stats(name: str, stats: SessionStats, *, stderr: bool = False) -> None:

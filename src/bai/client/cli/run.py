@@ -101,9 +101,7 @@ def run(
     if (code is None) == (file is None):
         raise click.UsageError("give the code to run either with -c CODE or as a FILE")
     source = code if code is not None else file.read() if file is not None else ""
-    plan = RunPlan(
-        image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource
-    )
+    plan = RunPlan(image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource)
     if stats and not plan.destroy:
         print_warning("--stats shows the usage when the session is destroyed: add --rm")
     try:

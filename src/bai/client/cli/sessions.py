@@ -113,9 +113,7 @@ async def _info(config: APIConfig, name: str) -> SessionInfo:
         return await api.ComputeSession(name).info()
 
 
-async def _destroy_all(
-    config: APIConfig, names: tuple[str, ...]
-) -> list[tuple[str, SessionStats | BaiError]]:
+async def _destroy_all(config: APIConfig, names: tuple[str, ...]) -> list[tuple[str, SessionStats | BaiError]]:
     results: list[tuple[str, SessionStats | BaiError]] = []
     async with AsyncSession(config) as api:
         for name in names:
@@ -126,9 +124,7 @@ async def _destroy_all(
     return results
 
 
-async def _act(
-    config: APIConfig, name: str, action: Callable[[AsyncComputeSession], Awaitable[None]]
-) -> None:
+async def _act(config: APIConfig, name: str, action: Callable[[AsyncComputeSession], Awaitable[None]]) -> None:
     async with AsyncSession(config) as api:
         await action(api.ComputeSession(name))
 

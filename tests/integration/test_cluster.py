@@ -1,0 +1,111 @@
+"""A manager and an agent in separate processes: the agent registers over HTTP,
+sessions run on it through the agent RPC, and the manager notices when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bai.manager.config import ManagerConfig
+from bai.manager.core import Manager
+from bai.manager.serve import ApiServer
+from tests.apiclient import SignedClient, stdout_of
+from tests.conftest import sandbox_unavailable
+
+pytestmark = pytest.mark.sandbox
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ManagerThread:
+    def __init__(self, data_dir: Path, secret: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.manager = Manager(ManagerConfig(data_dir=data_dir, cluster_secret=secret, agent_lost_after_s=1.0))
+        self.api = ApiServer(self.manager, "127.0.0.1", 0)
+
+    def call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _start(self, data_dir: Path):  # type: ignore[no-untyped-def]
+        await self.manager.start()
+        await self.api.start()
+        return await self.api.publish_credentials(data_dir)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[SignedClient, subprocess.Popen[bytes]]]:
+    if reason := sandbox_unavailable():
+        pytest.skip(reason)
+    secret = secrets.token_hex(16)
+    mgr = ManagerThread(tmp_path / "manager", secret)
+    mgr.thread.start()
+    creds = mgr.call(mgr._start(tmp_path / "manager"))
+    bai = Path(sys.executable).with_name("bai")
+    agent = subprocess.Popen(
+        [str(bai), "agent", "--manager", creds.endpoint, "--agent-id", "node-1", "--rpc-port", str(free_port()),
+         "--data-dir", str(tmp_path / "agent"), "--heartbeat", "0.2", "--log-level", "warning"],
+        env={**os.environ, "BAI_AGENT_CLUSTER_SECRET": secret}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    api = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
+    try:
+        yield api, agent
+    finally:
+        api.close()
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+        if agent.stderr:
+            agent.stderr.close()
+        mgr.call(mgr.api.stop())
+        mgr.call(mgr.manager.stop())
+        mgr.loop.call_soon_threadsafe(mgr.loop.stop)
+        mgr.thread.join(10)
+        mgr.loop.close()
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster) -> None:  # type: ignore[no-untyped-def]
+    api, agent = cluster
+    assert wait_for(lambda: api.post("/session", {"image": "python", "name": "remote"}).status_code == 201)
+    assert api.get("/session/remote").json()["agent"] == "node-1"
+    api.run("remote", "x = 41")
+    assert stdout_of(api.run("remote", "print(x + 1)")) == "42\n"
+    result = api.post("/session/remote", {"mode": "query", "code": "print(input('? '))"}).json()["result"]
+    assert result["status"] == "waiting-input"
+    answer = api.post("/session/remote", {"mode": "input", "runId": result["runId"], "code": "via rpc"})
+    assert stdout_of(answer.json()["result"]) == "via rpc\n"
+    bad = api.post("/session/remote", {"mode": "continue", "runId": "no-such-run"})
+    assert bad.status_code == 400, bad.text  # the agent's InvalidRequest comes back as one
+    agent.kill()
+    assert wait_for(lambda: api.get("/session/remote").json()["status"] == "ERROR")
+    assert api.get("/session/remote").json()["statusInfo"] == "agent-lost"
+
+
+def test_a_wrong_cluster_secret_is_refused(tmp_path: Path, cluster) -> None:  # type: ignore[no-untyped-def]
+    api, _agent = cluster
+    r = api.http.post("/internal/agents/heartbeat", json={}, headers={"X-BAI-Cluster-Secret": "nope"})
+    assert r.status_code == 401
