@@ -5,7 +5,7 @@
         result = await sess.execute(None, "print(6 * 7)")
         stats = await sess.destroy()
 
-Every request goes through ``request`` (HTTP, signed by HMACAuth, one
+Every request goes through ``request`` (HTTP, signed by RequestSigner, one
 keep-alive connection pool) or ``open_websocket`` (signed like a GET with no
 content type); both turn httpx/websockets failures and problem+json answers
 into the errors of bai.client.errors, so nothing below them leaks.
@@ -14,6 +14,7 @@ into the errors of bai.client.errors, so nothing below them leaks.
 from __future__ import annotations
 
 import errno
+import functools
 import ssl
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -40,6 +41,7 @@ Answer = TypeVar("Answer", bound=BaseModel)
 WEBSOCKET_MAX_FRAME = 16 * 1024 * 1024
 
 
+@functools.cache
 def client_version() -> str:
     try:
         return version("bai")

@@ -69,6 +69,8 @@ class Blocking:
         return f"Blocking({self._target!r})"
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # private and protocol names (copy, pickle) are not forwarded
+            raise AttributeError(name)
         attribute = getattr(self._target, name)
         if isinstance(attribute, AsyncAPI):
             return Blocking(attribute, self._portal)
