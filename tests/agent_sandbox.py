@@ -43,8 +43,10 @@ def sandbox_unavailable() -> str | None:
 
 
 def make_config(**overrides: Any) -> AgentConfig:
-    data_dir = Path(tempfile.mkdtemp(prefix="bai-agent-test-", dir="/tmp"))
-    data_dir.chmod(0o711)
+    data_dir = overrides.pop("data_dir", None)
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="bai-agent-test-", dir="/tmp"))
+        data_dir.chmod(0o711)
     values: dict[str, Any] = {
         "agent_id": f"test-{uuid.uuid4().hex[:8]}",
         "data_dir": data_dir,

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from bai.agent.agent import Agent
 from bai.agent.heartbeat import Heartbeat, ManagerClient
+from bai.agent.main import serve
 from bai.agent.rpc import RpcServer
 from bai.common.agent_rpc import AgentInfo, ExecResult, RpcError, SessionGone, SessionStats
 
@@ -189,3 +190,24 @@ async def test_heartbeat_survives_an_unreachable_manager(idle_agent: Agent) -> N
     await asyncio.sleep(0.1)
     await beat.stop()
     await client.close()
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+async def test_the_daemon_registers_with_its_real_port(manager: tuple[FakeManager, str]) -> None:
+    fake, url = manager
+    config = make_config(manager_url=url, cluster_secret=SECRET, rpc_port=0, heartbeat_interval_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(serve(config, stop))
+    try:
+        path, secret, body = await asyncio.wait_for(fake.posts.get(), 15)
+        info = AgentInfo.model_validate(body)
+        assert (path, secret) == ("/internal/agents/heartbeat", SECRET)
+        assert not info.rpc_url.endswith(":0")
+        async with httpx.AsyncClient(headers={"X-BAI-Cluster-Secret": SECRET}) as client:
+            response = await client.post(f"{info.rpc_url}/rpc/info")
+        assert AgentInfo.model_validate(response.json()).agent_id == config.agent_id
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        shutil.rmtree(config.data_dir, ignore_errors=True)

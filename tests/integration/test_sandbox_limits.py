@@ -129,7 +129,8 @@ async def test_stats_grow_with_use(agent: Agent) -> None:
         agent,
         session,
         "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
-        "open('/home/work/blob', 'wb').write(b'z' * 1_000_000)\n"
+        "import os\nwith open('/home/work/blob', 'wb') as f:\n"
+        "    f.write(b'z' * 1_000_000); f.flush(); os.fsync(f.fileno())\n"
         "x = b'm' * (64 * 2**20)\n",
     )
     after = await agent.session_stats(session)
@@ -137,6 +138,7 @@ async def test_stats_grow_with_use(agent: Agent) -> None:
     assert after.mem_max >= 64 * 2**20
     assert after.mem_current > 0
     assert after.io_scratch_size >= 1_000_000
+    assert after.io_write >= 1_000_000  # fsync'ed: the bytes reached the disk from this cgroup
     assert after.mem_limit == 2**30 and after.cpu_limit == "1"
 
 

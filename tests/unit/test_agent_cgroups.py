@@ -52,7 +52,7 @@ def v1_tree(tmp_path: Path) -> CgroupV1:
         (tmp_path / name).mkdir()
         mounts[name] = tmp_path / name
     mounts["cpuacct"] = mounts["cpu"]  # a joint mount, as on many hosts
-    return CgroupV1("agent1", mounts)
+    return CgroupV1("agent1", mounts, disks=["254:0"])
 
 
 def test_v1_create_limits_stats_and_remove(tmp_path: Path) -> None:
@@ -70,6 +70,8 @@ def test_v1_create_limits_stats_and_remove(tmp_path: Path) -> None:
     assert (cpu_dir / "cpu.cfs_quota_us").read_text() == "50000"
     assert (cpu_dir / "cpu.cfs_period_us").read_text() == "100000"
     assert (tmp_path / "pids" / "bai" / "agent1" / "s1" / "pids.max").read_text() == "64"
+    blkio_rule = tmp_path / "blkio" / "bai" / "agent1" / "s1" / "blkio.throttle.write_bps_device"
+    assert blkio_rule.read_text() == f"254:0 {2**40}"  # turns v1 I/O accounting on
 
     (cpu_dir / "cpuacct.usage").write_text("2500000000\n")
     (memory_dir / "memory.usage_in_bytes").write_text("1000\n")
@@ -155,3 +157,25 @@ def test_inotify_watch_turns_readable_on_modify(tmp_path: Path) -> None:
         assert os.read(fd, 4096)
     finally:
         os.close(fd)
+
+
+def test_block_devices_skip_loop_and_ram(tmp_path: Path) -> None:
+    for name, dev in (("vda", "254:0"), ("loop0", "7:0"), ("ram0", "1:0"), ("nvme0n1", "259:0")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dev").write_text(dev + "\n")
+    assert cgroups.block_devices(tmp_path) == ["259:0", "254:0"]
+    assert cgroups.block_devices(tmp_path / "missing") == []
+
+
+def test_remove_if_stale_only_takes_old_empty_cgroups(tmp_path: Path) -> None:
+    driver = v1_tree(tmp_path)
+    for root in driver.roots():
+        (root / "bai" / "agent1" / "old").mkdir(parents=True)
+    assert not driver.remove_if_stale("old", min_age_s=3600)  # too young
+    busy = tmp_path / "memory" / "bai" / "agent1" / "old" / "cgroup.procs"
+    busy.write_text("4242\n")
+    assert not driver.remove_if_stale("old", min_age_s=0)  # has a process
+    busy.unlink()
+    assert driver.remove_if_stale("old", min_age_s=0)
+    assert driver.leftovers() == []
+    assert not driver.remove_if_stale("never-was", min_age_s=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -153,17 +155,18 @@ def test_remove_scratch_does_not_follow_links(tmp_path: Path) -> None:
     remove_scratch(scratch)  # idempotent
 
 
-def test_reachable_by_others(tmp_path: Path) -> None:
-    closed = tmp_path / "closed"
-    (closed / "inner").mkdir(parents=True)
-    closed.chmod(0o700)
+def test_reachable_by_others() -> None:
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp itself is open to all
     try:
-        assert reachable_by_others(closed / "inner") is not None
-        closed.chmod(0o711)
-        blocked = reachable_by_others(closed / "inner")
-        assert blocked is None or closed not in [blocked]  # tmp_path's own ancestors may be closed
+        closed = base / "closed"
+        (closed / "inner").mkdir(parents=True)
+        base.chmod(0o755)
+        closed.chmod(0o700)
+        assert reachable_by_others(closed / "inner") == closed
+        closed.chmod(0o711)  # traversable, not listable: enough for bwrap
+        assert reachable_by_others(closed / "inner") is None
     finally:
-        closed.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_config_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

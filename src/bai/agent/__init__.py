@@ -11,7 +11,8 @@
                       line), child.py (processes started off the event loop)
     rpc.py            the agent RPC server (POST /rpc/<method>, cluster secret)
     heartbeat.py      heartbeats and "session gone" reports to the manager
-    main.py           the cluster agent daemon: all of the above wired together
+    main.py           the cluster agent: all of the above wired together
+    cli.py            ``bai agent``, which runs main.py
 
 Errors: callers see bai.common.errors only (SessionNotFound, InvalidRequest,
 SessionCreationFailed, SessionRestartFailed, ExecutionFailed) and, from

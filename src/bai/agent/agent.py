@@ -61,6 +61,7 @@ class Agent:
         self.sessions: dict[str, Session] = {}
         self._creating: set[str] = set()
         self.on_session_gone: SessionGoneHandler | None = None
+        self.rpc_url = config.advertised_url  # where the manager reaches this agent
         self._started = False
 
     async def start(self) -> None:
@@ -78,7 +79,7 @@ class Agent:
     def info(self) -> AgentInfo:
         return AgentInfo(
             agent_id=self.config.agent_id,
-            rpc_url=self.config.advertised_url,
+            rpc_url=self.rpc_url,
             backend=self.backend.name,
             capacity=format_slots(self.backend.capacity()),
             environments=self.backend.environments(),

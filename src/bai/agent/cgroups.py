@@ -224,6 +224,26 @@ class CgroupDriver(ABC):
                     self.kill_round(cgroup)
                     time.sleep(0.005)
 
+    def remove_if_stale(self, session_id: str, min_age_s: float) -> bool:
+        """Remove a session cgroup that is empty and older than ``min_age_s`` (left by
+        an agent that was killed); never kills. True when it was removed."""
+        cgroup = self.attach(session_id, Limits(Decimal(0), 0, 0))
+        try:
+            age = time.time() - cgroup.dirs[0].stat().st_ctime
+        except FileNotFoundError:
+            return False
+        if age < min_age_s or self.pids(cgroup):
+            return False
+        removed = True
+        for path in cgroup.dirs:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:  # a process joined after all: someone's live session
+                removed = False
+        return removed
+
     def remove_agent_dirs(self) -> None:
         """Remove ``bai/<agent_id>`` when no session is left. Called by backend stop."""
         for root in self.roots():
@@ -291,12 +311,33 @@ def find_v1_mounts(mounts_text: str) -> dict[str, Path]:
     return found
 
 
+UNREACHABLE_BPS = 2**40  # 1 TiB/s: a throttle rule no disk reaches
+
+
+def block_devices(sys_block: Path = Path("/sys/block")) -> list[str]:
+    """``MAJ:MIN`` of the host's whole disks (not loop or ram devices)."""
+    found = []
+    try:
+        entries = sorted(sys_block.iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if entry.name.startswith(("loop", "ram", "zram")):
+            continue
+        with contextlib.suppress(OSError):
+            found.append((entry / "dev").read_text().strip())
+    return found
+
+
 class CgroupV1(CgroupDriver):
     version = "v1"
     join_file = "tasks"  # see the module docstring
 
-    def __init__(self, agent_id: str, mounts: dict[str, Path]) -> None:
+    def __init__(self, agent_id: str, mounts: dict[str, Path], disks: list[str] | None = None) -> None:
         super().__init__(agent_id)
+        # v1 counts a cgroup's I/O bytes only where a throttle rule exists (and Linux
+        # >= 6.9 turns blk-throttle on only once one is set): an unreachable one per disk
+        self.disks = block_devices() if disks is None else disks
         missing = [c for c in V1_CONTROLLERS if c not in mounts]
         if missing:
             raise CgroupError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
@@ -330,6 +371,11 @@ class CgroupV1(CgroupDriver):
         quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu > 0 else -1
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))
         (self._dir(cgroup, "pids") / "pids.max").write_text(str(limits.pids))
+        blkio = self._dir(cgroup, "blkio")
+        for disk in self.disks:
+            for name in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
+                with contextlib.suppress(OSError):
+                    (blkio / name).write_text(f"{disk} {UNREACHABLE_BPS}")
         cgroup.limits = limits
 
     def stats(self, cgroup: SessionCgroup) -> CgroupStats:

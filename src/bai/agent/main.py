@@ -1,16 +1,11 @@
 """The agent daemon (a node of a cluster): the agent, its RPC server, and its
-heartbeats to the manager, wired together. Embedded mode does not use this: the
-embedded server calls ``Agent`` in process.
-
-    BAI_AGENT_MANAGER_URL=http://manager:8091 BAI_AGENT_CLUSTER_SECRET=... \\
-        python -m bai.agent.main
-"""
+heartbeats to the manager, wired together. Started by ``bai agent`` (cli.py).
+Embedded mode does not use this: the embedded server calls ``Agent`` in process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from bai.agent.agent import Agent
 from bai.agent.config import AgentConfig
@@ -32,6 +27,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     heartbeat = Heartbeat(manager, agent.info, config.heartbeat_interval_s)
     try:
         await server.start()
+        if not config.rpc_url:  # the port may have been 0: advertise the one we got
+            agent.rpc_url = f"http://{config.rpc_host}:{server.port}"
         agent.on_session_gone = manager.session_gone
         heartbeat.start()
         log.info("agent %s serving on %s:%d", config.agent_id, config.rpc_host, server.port)
@@ -41,21 +38,3 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         await server.stop()
         await agent.stop()
         await manager.close()
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = AgentConfig()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
-
-
-if __name__ == "__main__":
-    main()

@@ -41,6 +41,7 @@ from bai.runner import protocol
 log = logging.getLogger(__name__)
 
 FALLBACK_SHARE_BASE = Path("/var/lib/bai/sandboxes")
+STALE_CGROUP_S = 60.0
 
 
 class UidPool:
@@ -66,6 +67,35 @@ class UidPool:
         self._used.discard(uid - self.base)
 
 
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path`` (created), or None if it is taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep_orphan_shares(keep: Path) -> None:
+    """Remove fallback share roots whose lock no agent holds: their agents are gone,
+    and with them (bwrap --die-with-parent) their sandboxes. A root without a lock
+    file (being created right now, or made by something else) is left alone."""
+    for share in FALLBACK_SHARE_BASE.iterdir():
+        lock_path = share / "agent.lock"
+        if share == keep or not share.is_dir() or not lock_path.exists():
+            continue
+        fd = _try_lock(lock_path)
+        if fd is None:
+            continue  # a live agent's
+        try:
+            log.info("removing the orphaned share root %s", share)
+            shutil.rmtree(share, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 def _meminfo_total() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -84,7 +114,7 @@ class LocalBackend(Backend):
         self.sandboxes: dict[str, LocalSandbox] = {}
         self.share_root = config.data_dir / "sandbox"
         self._fallback_share = False
-        self._lock_fd: int | None = None
+        self._locks: list[int] = []
         self.host: LocalHost | None = None
 
     @property
@@ -121,18 +151,15 @@ class LocalBackend(Backend):
 
     def _lock_data_dir(self) -> None:
         """One agent per data dir: its leftovers cleanup must not hit a live neighbour."""
-        fd = os.open(self.config.data_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BackendUnavailable(f"another agent is using {self.config.data_dir}") from None
-        self._lock_fd = fd
+        fd = _try_lock(self.config.data_dir / "agent.lock")
+        if fd is None:
+            raise BackendUnavailable(f"another agent is using {self.config.data_dir}")
+        self._locks.append(fd)
 
     def _unlock_data_dir(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
     def _prepare_share_root(self) -> None:
         data_dir = self.config.data_dir
@@ -144,6 +171,12 @@ class LocalBackend(Backend):
             self._fallback_share = True
         self.share_root.mkdir(exist_ok=True)
         self.share_root.chmod(0o711)
+        if self._fallback_share:
+            lock = _try_lock(self.share_root / "agent.lock")
+            if lock is None:
+                raise BackendUnavailable(f"another agent is using {self.share_root}")
+            self._locks.append(lock)
+            _sweep_orphan_shares(keep=self.share_root)
         self.scratch_root.mkdir(exist_ok=True)
         self.scratch_root.chmod(0o711)
         blocked = reachable_by_others(self.scratch_root) if self.switch_uid else None
@@ -168,9 +201,17 @@ class LocalBackend(Backend):
 
     async def _clean_leftovers(self) -> None:
         """Kill and remove the sessions a previous agent on this data dir left (after a
-        crash): each has a scratch dir, and maybe a cgroup by the same session id."""
+        crash): each has a scratch dir, and maybe a cgroup by the same session id.
+        Empty session cgroups of agents with this id and another data dir (a killed
+        test agent...) are removed too once they are STALE_CGROUP_S old; those are
+        never killed, as they may belong to a live neighbour."""
         assert self.host is not None
         driver = self.host.cgroups
+        if driver is not None:
+            ours = {entry.name for entry in self.scratch_root.iterdir()}
+            for session_id in driver.leftovers():
+                if session_id not in ours and driver.remove_if_stale(session_id, STALE_CGROUP_S):
+                    log.info("removed the stale empty cgroup of session %s", session_id)
         for entry in self.scratch_root.iterdir():
             log.warning("removing the leftovers of session %s", entry.name)
             if driver is not None:

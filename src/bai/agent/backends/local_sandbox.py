@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -101,6 +102,7 @@ class LocalSandbox(Sandbox):
         self.cgroup: SessionCgroup | None = None
         self.child: WatchedChild | None = None  # bwrap (its monitor process)
         self.child_pid: int | None = None  # the sandbox's PID 1, the runner
+        self._child_pidfd: int | None = None  # pins child_pid against reuse
         self._socket: socket.socket | None = None
         self._info_task: asyncio.Task[None] | None = None
         self._oom_fd: int | None = None
@@ -178,6 +180,9 @@ class LocalSandbox(Sandbox):
             loop.remove_reader(fd)
             os.close(fd)
         self.child_pid = _parse_info(data)
+        if self.child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._child_pidfd = os.pidfd_open(self.child_pid)
 
     # -- Sandbox interface ---------------------------------------------------
 
@@ -268,10 +273,12 @@ class LocalSandbox(Sandbox):
 
     async def _kill_all(self) -> None:
         """SIGKILL every process of the sandbox and reap bwrap."""
-        if self.child_pid is not None and self.child is not None and self.child.returncode is None:
+        if self._child_pidfd is not None:
             # the namespace's PID 1: its death takes every process of the namespace along
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.child_pid, 9)
+                signal.pidfd_send_signal(self._child_pidfd, signal.SIGKILL)
+            os.close(self._child_pidfd)
+            self._child_pidfd = None
         driver = self.host.cgroups
         if driver is not None and self.cgroup is not None:
             await kill_cgroup(driver, self.cgroup, f"session {self.session_id}")
