@@ -26,7 +26,7 @@ def official(bai_server, *args: str, timeout: float = 60) -> subprocess.Complete
 
 
 def test_run_prints_the_answer(bai_server) -> None:
-    result = official(bai_server, "run", "python", "-c", "print(6*7)")
+    result = official(bai_server, "run", "--rm", "python", "-c", "print(6*7)")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "42" in result.stdout.splitlines()
 

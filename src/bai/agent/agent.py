@@ -81,11 +81,16 @@ class Agent:
             agent_id=self.config.agent_id,
             rpc_url=self.rpc_url,
             backend=self.backend.name,
-            capacity=format_slots(self.backend.capacity()),
+            capacity=format_slots(self.schedulable_capacity()),
             environments=self.backend.environments(),
             version=VERSION,
             sessions=sorted(self.sessions),
         )
+
+    def schedulable_capacity(self) -> dict[str, Decimal]:
+        """The hardware times the configured overcommit ratios, per slot."""
+        ratios = {"cpu": self.config.cpu_overcommit, "mem": self.config.mem_overcommit}
+        return {slot: amount * ratios.get(slot, Decimal(1)) for slot, amount in self.backend.capacity().items()}
 
     def _session(self, session_id: str) -> Session:
         try:

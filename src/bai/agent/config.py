@@ -41,6 +41,11 @@ class AgentConfig(BaseSettings):
     default_cpu: Decimal = Decimal(1)
     default_mem: int = 2**30
     default_pids: int = 512
+    #: how many times its hardware the agent offers for scheduling. Session limits are
+    #: ceilings enforced by the cgroup, not reservations of idle hardware: a REPL waiting
+    #: for its next query uses no CPU and a few MiB. See docs/decisions/0005.
+    cpu_overcommit: Decimal = Field(default=Decimal(4), ge=1)
+    mem_overcommit: Decimal = Field(default=Decimal(2), ge=1)
     startup_timeout_s: float = 15.0
     shutdown_grace_s: float = 1.0
     max_backlog_bytes: int = 4 * 2**20  # stop reading a runner while this much output is undelivered
