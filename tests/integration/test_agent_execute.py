@@ -8,6 +8,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, spec, stderr_of, stdout_of
@@ -214,10 +215,12 @@ async def test_info(agent: Agent, session: str) -> None:
     assert info.agent_id == agent.config.agent_id
     assert info.backend == "local"
     assert info.environments == ["python"]
-    assert info.capacity["cpu"] == str(os.cpu_count())
+    # the hardware times the overcommit ratios (docs/decisions/0005)
+    assert Decimal(info.capacity["cpu"]) == os.cpu_count() * agent.config.cpu_overcommit
     with open("/proc/meminfo") as f:
         meminfo = dict(line.split(":", 1) for line in f.read().splitlines())
-    assert int(info.capacity["mem"]) == int(meminfo["MemTotal"].split()[0]) * 1024
+    mem_total = int(meminfo["MemTotal"].split()[0]) * 1024
+    assert Decimal(info.capacity["mem"]) == mem_total * agent.config.mem_overcommit
     assert info.sessions == [session]
     assert info.rpc_url.startswith("inproc://")
 
