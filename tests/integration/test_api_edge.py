@@ -4,6 +4,7 @@ limits, and keypair isolation (API.md sections 1–4)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -200,3 +201,18 @@ def test_admin_routes_need_an_admin(api: SignedClient) -> None:
     assert (r.status_code, slug(r)) == (403, "insufficient-privilege")
     r = api.post("/admin/keypairs", {"concurrency_limit": "many"})
     assert slug(r) == "invalid-api-params" and "concurrency_limit" in r.json()["msg"]
+
+
+def test_an_expired_keypair_is_refused(api: SignedClient) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    created = api.post("/admin/keypairs", {"user_id": "short-lived", "expires_at": soon})
+    assert created.status_code == 201, created.text
+    assert created.json()["expires_at"] is not None
+    user = client_for(api, created.json()["access_key"], created.json()["secret_key"])
+    assert user.post("/auth/test", {"echo": "x"}).status_code == 200
+    time.sleep(1.6)
+    r = user.post("/auth/test", {"echo": "x"})
+    assert (r.status_code, slug(r)) == (401, "auth-failed")
+    assert "expired" in r.json()["msg"]
+    past = api.post("/admin/keypairs", {"expires_at": "2001-01-01T00:00:00Z"})
+    assert slug(past) == "invalid-api-params" and "expires_at" in past.json()["msg"]

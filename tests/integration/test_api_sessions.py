@@ -153,3 +153,16 @@ def test_enqueue_only_returns_pending(api: SignedClient) -> None:
 def test_sessions_are_listed(api: SignedClient, session: str) -> None:
     names = [item["sessionName"] for item in api.get("/session").json()["items"]]
     assert session in names
+
+
+def test_rename(api: SignedClient, session: str) -> None:
+    api.run(session, "kept = 7")
+    renamed = session + "-new"
+    assert api.post(f"/session/{session}/rename", {"name": renamed}).status_code == 204
+    assert stdout_of(api.run(renamed, "print(kept)")) == "7\n"
+    assert api.get(f"/session/{session}").status_code in (200, 404)  # the old name now finds nothing live
+    bad = api.post(f"/session/{renamed}/rename", {"name": "x"})
+    assert bad.status_code == 400 and "name" in bad.json()["msg"]
+    # the official client sends the new name as a query parameter
+    assert api.post(f"/session/{renamed}/rename?name={session}").status_code == 204
+    assert stdout_of(api.run(session, "print(kept)")) == "7\n"

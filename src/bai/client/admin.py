@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ class AdminAPI(AsyncAPI):
         is_admin: bool = False,
         concurrency_limit: int = 30,
         rate_limit: int = 10000,
+        expires_at: datetime | None = None,
     ) -> KeypairCreated:
         """Create a keypair; the answer is the only place its secret key is ever shown."""
         body = request_body(
@@ -38,6 +40,7 @@ class AdminAPI(AsyncAPI):
             is_admin=is_admin,
             concurrency_limit=concurrency_limit,
             rate_limit=rate_limit,
+            expires_at=expires_at,
         )
         return await self._api.request_model(
             KeypairCreated, "POST", "/admin/keypairs", json=body.model_dump(mode="json")

@@ -8,6 +8,7 @@ because the official client sends explicit nulls.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -169,6 +170,7 @@ class KeypairInfo(BaseModel):
     concurrency_limit: int
     rate_limit: int
     created_at: str
+    expires_at: str | None = None
     num_sessions: int = 0
 
 
@@ -183,3 +185,4 @@ class KeypairCreateRequest(_Lenient):
         default=30, ge=1, validation_alias=AliasChoices("concurrency_limit", "concurrencyLimit")
     )
     rate_limit: int = Field(default=10000, ge=1, validation_alias=AliasChoices("rate_limit", "rateLimit"))
+    expires_at: datetime | None = Field(default=None, validation_alias=AliasChoices("expires_at", "expiresAt"))

@@ -55,6 +55,8 @@ def authenticate(
     keypair = keypairs.get(access_key)
     if keypair is None or not keypair.is_active:
         raise AuthFailed("the access key is unknown or inactive")
+    if keypair.expired(now):
+        raise AuthFailed("the access key has expired")
     host = headers.get("host", "")
     content_type = headers.get("content-type")
     # API v1–v3 hash the body, except multipart bodies, which they hash as empty

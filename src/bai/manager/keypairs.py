@@ -28,6 +28,15 @@ class Keypair:
     concurrency_limit: int
     rate_limit: int
     created_at: datetime
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; ours are all UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def new_access_key() -> str:
@@ -40,7 +49,6 @@ def new_secret_key() -> str:
 
 
 def _from_row(row: KeypairRow) -> Keypair:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return Keypair(
         access_key=row.access_key,
         secret_key=row.secret_key,
@@ -49,7 +57,8 @@ def _from_row(row: KeypairRow) -> Keypair:
         is_active=row.is_active,
         concurrency_limit=row.concurrency_limit,
         rate_limit=row.rate_limit,
-        created_at=created,
+        created_at=_aware(row.created_at),
+        expires_at=_aware(row.expires_at) if row.expires_at is not None else None,
     )
 
 
@@ -84,9 +93,15 @@ class KeypairRegistry:
         rate_limit: int,
         access_key: str | None = None,
         secret_key: str | None = None,
+        expires_at: datetime | None = None,
     ) -> Keypair:
         if concurrency_limit < 1 or rate_limit < 1:
             raise InvalidRequest("limits must be at least 1", field="concurrency_limit")
+        now = datetime.now(UTC)
+        if expires_at is not None:
+            expires_at = _aware(expires_at)
+            if expires_at <= now:
+                raise InvalidRequest("expires_at: must be in the future", field="expires_at")
         keypair = Keypair(
             access_key=access_key or new_access_key(),
             secret_key=secret_key or new_secret_key(),
@@ -95,7 +110,8 @@ class KeypairRegistry:
             is_active=True,
             concurrency_limit=concurrency_limit,
             rate_limit=rate_limit,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            expires_at=expires_at,
         )
         async with self._db.sessionmaker() as s, s.begin():
             s.add(KeypairRow(**keypair.__dict__))

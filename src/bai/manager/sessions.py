@@ -39,6 +39,7 @@ from bai.common.errors import (
     TooManySessionsMatched,
 )
 from bai.common.resources import Slots, format_slots
+from bai.common.wire import SESSION_NAME_RE
 from bai.manager import lifecycle as st
 from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
@@ -317,6 +318,16 @@ class SessionRegistry:
                 return
             if session.status == st.PREPARING:
                 await self._transition(session, st.RUNNING)
+
+    async def rename(self, session: LiveSession, new_name: str) -> None:
+        if not SESSION_NAME_RE.match(new_name):
+            raise InvalidRequest(f"name: {new_name!r} is not a valid session name", field="name")
+        if self._names.get((session.access_key, new_name), session.id) != session.id:
+            raise InvalidRequest(f"name: another session is already named {new_name!r}", field="name")
+        self._names.pop((session.access_key, session.name), None)
+        self._names[(session.access_key, new_name)] = session.id
+        session.name = new_name
+        await self._persist(session)
 
     # -- the lifecycle after start ------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import click
@@ -43,14 +44,19 @@ def keypair() -> None:
 @click.option("--admin", "is_admin", is_flag=True, help="An admin keypair.")
 @click.option("--concurrency", default=30, show_default=True, help="Sessions it may hold at once.")
 @click.option("--rate-limit", default=10000, show_default=True, help="Requests per 15 minutes.")
+@click.option("--expires-in-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The keypair stops working after this many days (default: never).")
 @json_option
 @pass_state
-def create(state: CliState, *, user_id: str, is_admin: bool, concurrency: int, rate_limit: int, as_json: bool) -> None:
+def create(state: CliState, *, user_id: str, is_admin: bool, concurrency: int, rate_limit: int,
+           expires_in_days: float | None, as_json: bool) -> None:
     """Create a keypair and print its secret key (shown this once only)."""
+    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     created = _admin(
         state.config,
         lambda admin_api: admin_api.create_keypair(
-            user_id=user_id, is_admin=is_admin, concurrency_limit=concurrency, rate_limit=rate_limit
+            user_id=user_id, is_admin=is_admin, concurrency_limit=concurrency, rate_limit=rate_limit,
+            expires_at=expires_at,
         ),
     )
     if as_json:
@@ -62,6 +68,7 @@ def create(state: CliState, *, user_id: str, is_admin: bool, concurrency: int, r
             ("secret key", created.secret_key),
             ("user", created.user_id),
             ("admin", "yes" if created.is_admin else "no"),
+            ("expires", created.expires_at or "never"),
         ],
         title="keypair created",
     )

@@ -42,6 +42,7 @@ def _session_routes() -> list[Route]:
             Route(f"{prefix}/{{id}}", execute.execute, methods=["POST"]),
             Route(f"{prefix}/{{id}}/interrupt", execute.interrupt, methods=["POST"]),
             Route(f"{prefix}/{{id}}/complete", execute.complete, methods=["POST"]),
+            Route(f"{prefix}/{{id}}/rename", session.rename, methods=["POST"]),
         ]
     return routes
 

@@ -41,6 +41,7 @@ def _keypair_info(manager_request: Request, keypair: Keypair) -> KeypairInfo:
         concurrency_limit=keypair.concurrency_limit,
         rate_limit=keypair.rate_limit,
         created_at=keypair.created_at.isoformat(),
+        expires_at=keypair.expires_at.isoformat() if keypair.expires_at else None,
         num_sessions=len(sessions),
     )
 
@@ -56,7 +57,7 @@ async def create_keypair(request: Request) -> Response:
     req = await body_as(request, KeypairCreateRequest, required=False)
     keypair = await manager_of(request).keypairs.create(
         user_id=req.user_id, is_admin=req.is_admin,
-        concurrency_limit=req.concurrency_limit, rate_limit=req.rate_limit,
+        concurrency_limit=req.concurrency_limit, rate_limit=req.rate_limit, expires_at=req.expires_at,
     )
     body = KeypairCreated(**_keypair_info(request, keypair).model_dump(), secret_key=keypair.secret_key)
     return JSONResponse(body.model_dump(), status_code=201)

@@ -13,7 +13,7 @@ from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCrea
 from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
 from bai.manager import lifecycle as st
-from bai.manager.api.deps import api_version, body_as, caller, manager_of, owner_key
+from bai.manager.api.deps import api_version, body_as, caller, json_body, manager_of, owner_key
 from bai.manager.config import ManagerConfig
 from bai.manager.sessions import CreateParams, LiveSession
 
@@ -168,3 +168,17 @@ async def match(request: Request) -> Response:
     return JSONResponse(
         {"matches": [{"id": s.id, "name": s.name, "status": s.status} for s in found]}
     )
+
+
+async def rename(request: Request) -> Response:
+    """``POST /session/{id}/rename``: the new name in the body's ``name`` or the query (the
+    official client sends it as a query parameter)."""
+    manager = manager_of(request)
+    keypair = await caller(request)
+    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    body = await json_body(request, required=False)
+    new_name = body.get("name") or request.query_params.get("name")
+    if not isinstance(new_name, str) or not new_name:
+        raise InvalidRequest("name: the new session name is required", field="name")
+    await manager.sessions.rename(session, new_name)
+    return Response(status_code=204)

@@ -25,6 +25,7 @@ class KeypairRow(Base):
     concurrency_limit: Mapped[int] = mapped_column(Integer)
     rate_limit: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class SessionRow(Base):
