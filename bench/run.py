@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bai.common.signing import authorization_header, sign
+from bai.common.signing import signed_headers
 
 VERSION = "v8.20240915"
 BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
@@ -57,12 +57,11 @@ class Api:
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else b""
-        date = datetime.now(UTC).isoformat()
         ctype = "application/json" if data else None
-        sig = sign(secret_key=self.secret_key, method=method, path_with_query=path, date_header=date,
-                   host=self.host, content_type=ctype, api_version=VERSION, body=data)
-        headers = {"Date": date, "X-BackendAI-Version": VERSION, "Host": self.host,
-                   "Authorization": authorization_header(self.access_key, sig)}
+        headers = signed_headers(access_key=self.access_key, secret_key=self.secret_key, api_version=VERSION,
+                                 method=method, path_with_query=path, host=self.host, content_type=ctype,
+                                 body=data, now=datetime.now(UTC))
+        headers["Host"] = self.host
         if ctype:
             headers["Content-Type"] = ctype
         self.conn.request(method, path, body=data, headers=headers)

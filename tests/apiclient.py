@@ -1,5 +1,6 @@
-"""A deliberately small signed HTTP client for API tests, independent of the SDK,
-so a wire-level test can bend any part of a request (date, version, signature)."""
+"""A deliberately small signed HTTP client for API tests, independent of the SDK
+(it shares only bai.common.signing with it), so a wire-level test can bend any part
+of a request (date, version, signature)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bai.common.signing import authorization_header, sign
+from bai.common.signing import signed_headers
 
 VERSION = "v8.20240915"
 
@@ -35,17 +36,11 @@ class SignedClient:
 
     def headers(self, method: str, path: str, body: bytes, content_type: str | None,
                 date: datetime | None = None, version: str | None = None) -> dict[str, str]:
-        version = version or self.version
-        date_header = (date or datetime.now(UTC)).isoformat()
-        signature = sign(
-            secret_key=self.secret_key, method=method, path_with_query=path, date_header=date_header,
-            host=self.host, content_type=content_type, api_version=version, body=body,
+        headers = signed_headers(
+            access_key=self.access_key, secret_key=self.secret_key, api_version=version or self.version,
+            method=method, path_with_query=path, host=self.host, content_type=content_type, body=body,
+            now=date or datetime.now(UTC),
         )
-        headers = {
-            "Date": date_header,
-            "X-BackendAI-Version": version,
-            "Authorization": authorization_header(self.access_key, signature),
-        }
         if content_type:
             headers["Content-Type"] = content_type
         return headers

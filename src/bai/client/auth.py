@@ -16,44 +16,13 @@ import httpx
 from websockets.headers import build_host
 from websockets.uri import parse_uri
 
-from bai.common.signing import authorization_header, sign
+from bai.common.signing import signed_headers
 
 Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def signed_headers(
-    *,
-    access_key: str,
-    secret_key: str,
-    api_version: str,
-    method: str,
-    path_with_query: str,
-    host: str,
-    content_type: str | None,
-    body: bytes = b"",
-    now: datetime,
-) -> dict[str, str]:
-    """The Date, version and Authorization headers of one request."""
-    date_header = now.astimezone(UTC).isoformat()
-    signature = sign(
-        secret_key=secret_key,
-        method=method,
-        path_with_query=path_with_query,
-        date_header=date_header,
-        host=host,
-        content_type=content_type,
-        api_version=api_version,
-        body=body,
-    )
-    return {
-        "Date": date_header,
-        "X-BackendAI-Version": api_version,
-        "Authorization": authorization_header(access_key, signature),
-    }
 
 
 class RequestSigner:

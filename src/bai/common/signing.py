@@ -128,3 +128,34 @@ def parse_authorization(value: str) -> tuple[str, str, str]:
 
 def signatures_match(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.lower().encode())
+
+
+def signed_headers(
+    *,
+    access_key: str,
+    secret_key: str,
+    api_version: str,
+    method: str,
+    path_with_query: str,
+    host: str,
+    content_type: str | None,
+    body: bytes = b"",
+    now: datetime,
+) -> dict[str, str]:
+    """The Date, version and Authorization headers of one request."""
+    date_header = now.astimezone(UTC).isoformat()
+    signature = sign(
+        secret_key=secret_key,
+        method=method,
+        path_with_query=path_with_query,
+        date_header=date_header,
+        host=host,
+        content_type=content_type,
+        api_version=api_version,
+        body=body,
+    )
+    return {
+        "Date": date_header,
+        "X-BackendAI-Version": api_version,
+        "Authorization": authorization_header(access_key, signature),
+    }
