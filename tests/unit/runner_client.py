@@ -107,6 +107,7 @@ class RunnerClient:
         *args: str,
         cwd: str | None = None,
         user: int | None = None,
+        src: Path = SRC,
     ) -> RunnerClient:
         ours, theirs = socket.socketpair()
         with open(log_path, "ab") as log:
@@ -115,7 +116,7 @@ class RunnerClient:
                     python,
                     "-I",
                     "-c",
-                    BOOT % str(SRC),
+                    BOOT % str(src),
                     "--fd",
                     str(theirs.fileno()),
                     "--engine",
@@ -132,7 +133,9 @@ class RunnerClient:
         theirs.close()
         client = cls(ours, proc)
         ready = client.recv(timeout=30)
-        assert isinstance(ready, Ready), ready
+        if not isinstance(ready, Ready):
+            client.close()  # do not leak the process and the socket into later tests
+            raise AssertionError(f"the runner did not start: {ready!r}")
         client.ready = ready
         return client
 

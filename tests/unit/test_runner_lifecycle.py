@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runner_client import RunnerClient, interpreters
+from runner_client import SRC, RunnerClient, interpreters
 
 from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, WaitingInput, encode
 
@@ -177,7 +179,21 @@ def test_the_runner_is_not_dumpable_but_the_repl_is(python: str, tmp_path: Path)
     user = 65534 if os.geteuid() == 0 else None
     if user is not None and os.path.realpath(python).startswith("/root/"):
         pytest.skip("nobody cannot run an interpreter under /root")
-    with RunnerClient.start(python, os.devnull, cwd="/", user=user) as runner:
+    # a copy of the runner nobody can read, wherever the checkout lives (CI clones into 0700 dirs)
+    src = Path(tempfile.mkdtemp(prefix="bai-runner-"))
+    src.chmod(0o755)
+    shutil.copytree(SRC / "bai" / "runner", src / "bai" / "runner",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in src.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    try:
+        _check_not_dumpable(python, user, src)
+    finally:
+        shutil.rmtree(src)
+
+
+def _check_not_dumpable(python: str, user: int | None, src: Path) -> None:
+    with RunnerClient.start(python, os.devnull, cwd="/", user=user, src=src) as runner:
         repl_pid = int(runner.run("import os\nos.getpid()").stdout)
         runner_owner = os.stat(f"/proc/{runner.proc.pid}/status").st_uid
         repl_owner = os.stat(f"/proc/{repl_pid}/status").st_uid
