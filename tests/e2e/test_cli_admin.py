@@ -79,3 +79,12 @@ def test_a_user_keypair_cannot_administer(server: Any) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_keypair_can_be_made_to_expire(server: Any) -> None:
+    result = bai(server, "admin", "keypair", "create", "--user-id", "temp", "--expires-in-days", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["expires_at"] is not None
+    bad = bai(server, "admin", "keypair", "create", "--expires-in-days", "0")
+    assert bad.returncode != 0 and "expires-in-days" in bad.stderr

@@ -43,7 +43,7 @@ class AdminAPI(AsyncAPI):
             expires_at=expires_at,
         )
         return await self._api.request_model(
-            KeypairCreated, "POST", "/admin/keypairs", json=body.model_dump(mode="json")
+            KeypairCreated, "POST", "/admin/keypairs", json=body.model_dump(mode="json", exclude_none=True)
         )
 
     async def deactivate_keypair(self, access_key: str) -> KeypairInfo:
