@@ -44,7 +44,3 @@ class IllegalTransition(Exception):
 def check_transition(current: str, new: str) -> None:
     if new not in _NEXT[current]:
         raise IllegalTransition(f"a session cannot go from {current} to {new}")
-
-
-def is_live(status: str) -> bool:
-    return status not in TERMINAL

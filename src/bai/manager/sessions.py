@@ -33,7 +33,6 @@ from bai.common.errors import (
     InvalidRequest,
     QuotaExceeded,
     SessionAlreadyExists,
-    SessionCreationFailed,
     SessionNotFound,
     SessionRestartFailed,
     TooManySessionsMatched,
@@ -455,7 +454,3 @@ class SessionRegistry:
         except BaiError:
             return session.last_stat
         return stats_payload(stats, "live")
-
-
-def creation_failure(session: LiveSession) -> SessionCreationFailed:
-    return SessionCreationFailed(f"session {session.name} could not start: {session.status_info}")
