@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,15 @@ class ManagerThread:
         return await self.api.publish_credentials(data_dir)
 
 
+@dataclass
+class Cluster:
+    api: SignedClient
+    agent: subprocess.Popen[bytes]
+    manager: ManagerThread
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[SignedClient, subprocess.Popen[bytes]]]:
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     if reason := sandbox_unavailable():
         pytest.skip(reason)
     secret = secrets.token_hex(16)
@@ -64,7 +72,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[SignedClient, subprocess.Popen[byt
     )
     api = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
     try:
-        yield api, agent
+        yield Cluster(api, agent, mgr)
     finally:
         api.close()
         if agent.poll() is None:
@@ -88,8 +96,8 @@ def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster) -> None:  # type: ignore[no-untyped-def]
-    api, agent = cluster
+def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster: Cluster) -> None:
+    api, agent = cluster.api, cluster.agent
     assert wait_for(lambda: api.post("/session", {"image": "python", "name": "remote"}).status_code == 201)
     assert api.get("/session/remote").json()["agent"] == "node-1"
     api.run("remote", "x = 41")
@@ -105,7 +113,26 @@ def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster) -> Non
     assert api.get("/session/remote").json()["statusInfo"] == "agent-lost"
 
 
-def test_a_wrong_cluster_secret_is_refused(tmp_path: Path, cluster) -> None:  # type: ignore[no-untyped-def]
-    api, _agent = cluster
+def test_a_wrong_cluster_secret_is_refused(cluster: Cluster) -> None:
+    api = cluster.api
     r = api.http.post("/internal/agents/heartbeat", json={}, headers={"X-BAI-Cluster-Secret": "nope"})
     assert r.status_code == 401
+
+
+def test_sandboxes_the_manager_does_not_know_are_destroyed(cluster: Cluster) -> None:
+    """A manager that lost track of a session (here it forgets one, as a restarted manager
+    would) has the agent stop that sandbox at the agent's next heartbeat."""
+    api, mgr = cluster.api, cluster.manager
+    assert wait_for(lambda: api.post("/session", {"image": "python", "name": "forgotten"}).status_code == 201)
+    session_id = api.get("/session/forgotten").json()["sessionId"]
+    agent_state = mgr.manager.agents.get("node-1")
+    assert agent_state is not None
+    assert wait_for(lambda: session_id in agent_state.info.sessions)
+
+    async def forget() -> None:
+        registry = mgr.manager.sessions
+        session = registry._live.pop(session_id)
+        registry._names.pop((session.access_key, session.name))
+
+    mgr.call(forget())
+    assert wait_for(lambda: session_id not in agent_state.info.sessions)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from bai.common.agent_rpc import AgentInfo
+from bai.common.errors import BaiError
 from bai.manager.agent_http import HttpAgentLink
 from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
@@ -31,6 +34,7 @@ class Manager:
         self.sessions = SessionRegistry(config, self.db, self.agents, self.events)
         self.rate_limiter = RateLimiter(config.rate_limit_window_s)
         self._monitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         if config.cluster_secret:
             secret = config.cluster_secret
             self.agents.register_link_factory("http", lambda info: HttpAgentLink(info, secret))
@@ -47,6 +51,8 @@ class Manager:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        for task in list(self._tasks):
+            task.cancel()
         await self.sessions.shutdown()
         await self.agents.close()
         await self.db.close()
@@ -69,6 +75,26 @@ class Manager:
         if joined:
             log.info("agent %s joined (%s)", info.agent_id, info.rpc_url)
             self.sessions.agent_joined()
+        orphans = self.sessions.orphans(info.agent_id, info.sessions)
+        if orphans:
+            self._spawn(self._destroy_orphans(info.agent_id, orphans))
+
+    async def _destroy_orphans(self, agent_id: str, session_ids: list[str]) -> None:
+        """Sandboxes an agent runs for sessions this manager does not know as live (it
+        restarted, or the session ended while the agent was unreachable): stop them, so
+        they hold no resources and run no code that nobody can reach."""
+        link = self.agents.link(agent_id)
+        for session_id in session_ids:
+            log.warning("agent %s runs session %s, which is not live here: destroying it", agent_id, session_id)
+            try:
+                await link.destroy_session(session_id)
+            except BaiError as exc:
+                log.warning("could not destroy orphan session %s: %s", session_id, exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _watch_agents(self) -> None:
         interval = max(0.05, self.config.agent_lost_after_s / 4)

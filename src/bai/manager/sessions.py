@@ -413,6 +413,14 @@ class SessionRegistry:
     def agent_joined(self) -> None:
         self._schedule()
 
+    def orphans(self, agent_id: str, running: list[str]) -> list[str]:
+        """Of the sessions an agent says it runs, those not live here on that agent.
+        A session still being created is live here, so it is never taken for an orphan."""
+        return [
+            sid for sid in running
+            if (session := self._live.get(sid)) is None or session.agent_id != agent_id
+        ]
+
     async def agent_lost(self, agent_id: str) -> None:
         for session in [s for s in self._live.values() if s.agent_id == agent_id]:
             await self._end(session, st.ERROR, "agent-lost")
