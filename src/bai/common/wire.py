@@ -159,7 +159,24 @@ class StatMetric(BaseModel):
     capacity: str | None = None
     pct: str | None = None
     unit_hint: str
-    stats_max: str | None = Field(default=None, alias="stats.max")
+    stats_max: str | None = Field(
+        default=None, validation_alias=AliasChoices("stats.max", "stats_max"), serialization_alias="stats.max"
+    )
+
+
+class UsageStats(BaseModel):
+    """A session's usage in the Backend.AI shape: destroy's ``stats`` and info's ``lastStat``.
+    Dump with ``by_alias=True`` (``stats.max``) and ``exclude_none=True``."""
+
+    version: int = 2
+    status: str  # "terminated" at destroy, "live" while running; the official CLI needs it
+    cpu_used: StatMetric
+    mem: StatMetric
+    io_read: StatMetric
+    io_write: StatMetric
+    net_rx: StatMetric
+    net_tx: StatMetric
+    io_scratch_size: StatMetric
 
 
 class KeypairInfo(BaseModel):

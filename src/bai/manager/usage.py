@@ -5,32 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from bai.common.agent_rpc import SessionStats
+from bai.common.wire import StatMetric, UsageStats
 
 
-def _metric(current: int | str, unit: str, peak: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"current": str(current), "capacity": None, "pct": None, "unit_hint": unit}
-    if peak is not None:
-        out["stats.max"] = str(peak)
-    return out
+def _bytes(current: int, peak: int | None = None, capacity: int | None = None) -> StatMetric:
+    return StatMetric(
+        current=str(current),
+        unit_hint="bytes",
+        stats_max=None if peak is None else str(peak),
+        capacity=None if capacity is None else str(capacity),
+    )
+
+
+def usage(stats: SessionStats, status: str) -> UsageStats:
+    return UsageStats(
+        status=status,
+        cpu_used=StatMetric(current=str(stats.cpu_used_ms), unit_hint="msec", capacity=stats.cpu_limit),
+        mem=_bytes(stats.mem_current, peak=stats.mem_max, capacity=stats.mem_limit),
+        io_read=_bytes(stats.io_read),
+        io_write=_bytes(stats.io_write),
+        net_rx=_bytes(stats.net_rx),
+        net_tx=_bytes(stats.net_tx),
+        io_scratch_size=_bytes(stats.io_scratch_size),
+    )
 
 
 def stats_payload(stats: SessionStats, status: str) -> dict[str, Any]:
-    """The ``stats`` object of a destroy answer and of ``lastStat``: decimal strings,
-    with ``version`` and ``status``, which the official CLI needs."""
-    mem = _metric(stats.mem_current, "bytes", peak=stats.mem_max)
-    if stats.mem_limit is not None:
-        mem["capacity"] = str(stats.mem_limit)
-    cpu = _metric(stats.cpu_used_ms, "msec")
-    if stats.cpu_limit is not None:
-        cpu["capacity"] = stats.cpu_limit
-    return {
-        "version": 2,
-        "status": status,
-        "cpu_used": cpu,
-        "mem": mem,
-        "io_read": _metric(stats.io_read, "bytes"),
-        "io_write": _metric(stats.io_write, "bytes"),
-        "net_rx": _metric(stats.net_rx, "bytes"),
-        "net_tx": _metric(stats.net_tx, "bytes"),
-        "io_scratch_size": _metric(stats.io_scratch_size, "bytes"),
-    }
+    """The JSON object itself, as stored with the session and sent on the wire."""
+    return usage(stats, status).model_dump(by_alias=True, exclude_none=True)
