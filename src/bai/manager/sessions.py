@@ -299,6 +299,8 @@ class SessionRegistry:
 
     async def _start(self, session: LiveSession) -> None:
         async with session.lock:
+            if session.status != st.PENDING:  # cancelled between placement and this task
+                return
             await self._transition(session, st.SCHEDULED)
             await self._transition(session, st.PREPARING)
             spec = SandboxSpec(
