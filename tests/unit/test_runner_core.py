@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from runner_client import SRC, RunnerClient, interpreters
+from runner_client import SRC, RunnerClient
+from runner_fixtures import python, runner
 
 from bai.runner.protocol import (
     Complete,
@@ -22,24 +20,7 @@ from bai.runner.protocol import (
     WaitingInput,
 )
 
-INTERPRETERS = [
-    pytest.param(path, id=name, marks=() if path else pytest.mark.skip(reason=f"no {name} interpreter here"))
-    for name, path in interpreters()
-]
-
-
-@pytest.fixture(params=INTERPRETERS)
-def python(request: pytest.FixtureRequest) -> str:
-    path: str = request.param
-    return path
-
-
-@pytest.fixture
-def runner(python: str, tmp_path: Path) -> Iterator[RunnerClient]:
-    with RunnerClient.start(
-        python, tmp_path / "runner.log", "--interrupt-grace", "0.5", cwd=str(tmp_path)
-    ) as client:
-        yield client
+__all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
 
 def test_ready_names_engine_and_version(runner: RunnerClient, python: str) -> None:

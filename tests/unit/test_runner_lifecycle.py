@@ -11,33 +11,15 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from runner_client import SRC, RunnerClient, interpreters
+from runner_fixtures import GRACE, python, runner
 
 from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, WaitingInput, encode
 
-GRACE = 0.5
-INTERPRETERS = [
-    pytest.param(path, id=name, marks=() if path else pytest.mark.skip(reason=f"no {name} interpreter here"))
-    for name, path in interpreters()
-]
-
-
-@pytest.fixture(params=INTERPRETERS)
-def python(request: pytest.FixtureRequest) -> str:
-    path: str = request.param
-    return path
-
-
-@pytest.fixture
-def runner(python: str, tmp_path: Path) -> Iterator[RunnerClient]:
-    with RunnerClient.start(
-        python, tmp_path / "runner.log", "--interrupt-grace", str(GRACE), cwd=str(tmp_path)
-    ) as client:
-        yield client
+__all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
 
 def _interrupt_once_started(runner: RunnerClient, code: str) -> Finished:
