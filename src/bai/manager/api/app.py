@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
-from bai.manager.api import execute, misc, session, stream
+from bai.manager.api import events, execute, misc, session, stream
 from bai.manager.api.middleware import EdgeMiddleware
 from bai.manager.api.problems import problem, problem_for
 from bai.manager.core import Manager
@@ -53,6 +53,8 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/auth", misc.auth_test, methods=["GET", "POST"]),
         Route("/auth/test", misc.auth_test, methods=["GET", "POST"]),
         *_session_routes(),
+        Route("/events/session", events.session_events, methods=["GET"]),
+        Route("/stream/kernel/_/events", events.session_events, methods=["GET"]),
         WebSocketRoute("/stream/session/{id}/execute", stream.stream_execute),
         WebSocketRoute("/stream/kernel/{id}/execute", stream.stream_execute),
         Route("/admin/keypairs", misc.list_keypairs, methods=["GET"]),
