@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bai.common.errors import InvalidRequest
-from bai.common.wire import KeypairInfo, RunResult, RunStatus, SessionInfo, StatMetric
+from bai.common.wire import KeypairInfo, RunResult, RunStatus, SessionEventData, SessionInfo, StatMetric
 
 
 class _Answer(BaseModel):
@@ -140,3 +140,10 @@ def request_body(model: type[Body], **fields: Any) -> Body:
         where = f"{field}: " if field else ""
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidRequest(f"{where}{message}", field=field) from exc
+
+
+class SessionEvent(BaseModel):
+    """One lifecycle event: its name (``session_started``...) and its data."""
+
+    name: str
+    data: SessionEventData

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -32,8 +32,8 @@ from bai.client.base import AsyncAPI
 from bai.client.compute import ComputeSessionFactory
 from bai.client.config import APIConfig
 from bai.client.errors import ConnectionFailed, ProtocolError, error_from_problem
-from bai.client.models import AuthTestResult, ServerVersion, SessionList
-from bai.common.wire import SessionInfo
+from bai.client.models import AuthTestResult, ServerVersion, SessionEvent, SessionList
+from bai.common.wire import SessionEventData, SessionInfo
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -103,6 +103,34 @@ class AsyncSession(AsyncAPI):
         params = {"all": "true"} if all_ else None
         answer = await self.request_model(SessionList, "GET", "/session", params=params)
         return answer.items
+
+    async def session_events(
+        self, *, name: str | None = None, session_id: str | None = None, scope: str = "session"
+    ) -> AsyncIterator[SessionEvent]:
+        """``GET /events/session``: this keypair's lifecycle events as they happen, until the
+        caller stops iterating. ``name`` / ``session_id`` narrow it to one session."""
+        params = {"scope": scope}
+        if name:
+            params["sessionName"] = name
+        if session_id:
+            params["sessionId"] = session_id
+        request = self.build_request("GET", "/events/session", params=params)
+        # the stream idles between events (the server sends a comment every 15 s): no read timeout
+        request.extensions["timeout"] = httpx.Timeout(self.config.connection_timeout, read=None).as_dict()
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(describe_network_error(self.config.endpoint, exc)) from exc
+        try:
+            if response.is_error:
+                await response.aread()
+                raise error_from_problem(response.status_code, response.content, reason=response.reason_phrase)
+            async for event in parse_sse(response.aiter_lines()):
+                yield event
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"lost the event stream from {self.config.endpoint}: {exc}") from exc
+        finally:
+            await response.aclose()
 
     # -- transport, for the API objects bound to this session ----------------------------
 
@@ -190,6 +218,22 @@ class AsyncSession(AsyncAPI):
             return f"timed out connecting to {self.config.endpoint}"
         limit = self.config.read_timeout
         return f"{self.config.endpoint} did not answer within {limit} s (BACKEND_READ_TIMEOUT)"
+
+
+async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[SessionEvent]:
+    """Server-sent event records (``event:`` then ``data:`` lines, a blank line ends one);
+    comments and unknown fields are skipped."""
+    name = ""
+    async for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:") and name:
+            try:
+                data = SessionEventData.model_validate_json(line[5:].strip())
+            except ValidationError as exc:
+                raise ProtocolError(f"a malformed {name} event: {exc}") from exc
+            yield SessionEvent(name=name, data=data)
+            name = ""
 
 
 def describe_network_error(endpoint: str, exc: BaseException) -> str:

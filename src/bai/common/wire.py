@@ -179,6 +179,17 @@ class UsageStats(BaseModel):
     io_scratch_size: StatMetric
 
 
+class SessionEventData(BaseModel):
+    """The ``data`` of one server-sent lifecycle event (API.md section 7)."""
+
+    reason: str = ""
+    sessionName: str
+    ownerAccessKey: str
+    sessionId: str
+    exitCode: int | None = None
+    kernelId: str
+
+
 class KeypairInfo(BaseModel):
     access_key: str
     user_id: str

@@ -36,3 +36,7 @@ class EventBus:
 
     def unsubscribe(self, queue: asyncio.Queue[SessionEvent]) -> None:
         self._subscribers.discard(queue)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

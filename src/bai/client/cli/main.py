@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from bai.client.cli import admin, connection, run, sessions
+from bai.client.cli import admin, connection, events, run, sessions
 from bai.client.cli.context import CliState
 from bai.client.cli.output import print_error, print_warning
 from bai.common.errors import BaiError
@@ -31,6 +31,7 @@ BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     admin.admin,
     connection.auth_test,
     connection.version,
+    events.events,
 )
 
 EntryPointSource = Callable[[], Iterable[EntryPoint]]

@@ -10,7 +10,6 @@ closing the stream."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bai.common.errors import InsufficientPrivilege, InvalidRequest
+from bai.common.wire import SessionEventData
 from bai.manager.api.deps import caller, manager_of
 from bai.manager.events import EventBus, SessionEvent
 
@@ -43,14 +43,14 @@ class EventFilter:
 
 
 def sse_records(event: SessionEvent, families: tuple[str, ...]) -> str:
-    data = json.dumps({
-        "reason": event.reason,
-        "sessionName": event.session_name,
-        "ownerAccessKey": event.access_key,
-        "sessionId": event.session_id,
-        "exitCode": event.exit_code,
-        "kernelId": event.session_id,
-    })
+    data = SessionEventData(
+        reason=event.reason,
+        sessionName=event.session_name,
+        ownerAccessKey=event.access_key,
+        sessionId=event.session_id,
+        exitCode=event.exit_code,
+        kernelId=event.session_id,
+    ).model_dump_json()
     suffix = event.name.removeprefix("session_")
     return "".join(f"event: {family}_{suffix}\ndata: {data}\n\n" for family in families)
 
