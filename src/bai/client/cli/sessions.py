@@ -10,6 +10,7 @@ import click
 from bai.client.cli.context import CliState, pass_state
 from bai.client.cli.output import (
     format_age,
+    format_bytes,
     print_error,
     print_fields,
     print_json,
@@ -130,7 +131,10 @@ async def _act(config: APIConfig, name: str, action: Callable[[AsyncComputeSessi
 
 
 def _info_fields(details: SessionInfo) -> list[tuple[str, str]]:
-    slots = ", ".join(f"{slot}={amount}" for slot, amount in details.occupiedSlots.items())
+    slots = ", ".join(
+        f"{slot}={format_bytes(float(amount)) if slot == 'mem' else amount}"
+        for slot, amount in (details.occupiedSlots or details.requestedSlots).items()
+    )
     return [
         ("id", details.sessionId),
         ("image", details.image),
