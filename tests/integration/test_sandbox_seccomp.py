@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stderr_of, stdout_of
 
 from bai.agent.agent import Agent
+from bai.agent.backends.base import BackendUnavailable
 
 REASON = sandbox_unavailable() or (None if platform.machine() == "x86_64" else "syscall numbers are x86-64's")
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -161,3 +163,28 @@ q.put('queued'); print(q.get(timeout=5))
 """
     out = (await inside(agent, session, code)).splitlines()
     assert out == ["sub 42", "threads 328350", "pkg 42", "gcc 42", "mp 100", "queued"]
+
+
+async def test_an_overlay_loosens_and_tightens(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text('allow = ["keyctl"]\n[[deny]]\nsyscall = "mincore"\nwhy = "a test"\n')
+    async with running_agent(seccomp_overlay=overlay) as agent:
+        code = (
+            "import ctypes, mmap\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "page = mmap.mmap(-1, 4096)\n"
+            "vec = ctypes.create_string_buffer(1)\n"
+            "addr = ctypes.addressof(ctypes.c_char.from_buffer(page))\n"
+            "print(libc.syscall(27, ctypes.c_void_p(addr), 4096, vec), ctypes.get_errno())\n"  # mincore
+            "print(libc.syscall(250, 0, ctypes.c_long(-3), 0) > 0)\n"  # keyctl
+        )
+        out = (await inside(agent, await new_session(agent), code)).split()
+    assert out == ["-1", "1", "True"]
+
+
+async def test_a_bad_policy_stops_the_backend_start(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text('[[deny]]\nsyscall = "no_such_call"\n')
+    with pytest.raises(BackendUnavailable, match="no_such_call"):
+        async with running_agent(seccomp_overlay=overlay, data_dir=tmp_path / "agent"):  # compiled before any state
+            pass

@@ -15,9 +15,7 @@ from __future__ import annotations
 import errno
 import os
 
-import pyseccomp
-
-from bai.agent.seccomp.policy import Policy, PolicyError, Rule
+from bai.agent.seccomp.policy import Policy, PolicyError
 
 #: bwrap reads the program from a pipe the agent fills before exec: it must fit the buffer.
 MAX_PROGRAM_BYTES = 64 * 1024
@@ -25,14 +23,30 @@ MAX_PROGRAM_BYTES = 64 * 1024
 
 def compile_bpf(policy: Policy) -> bytes:
     """The BPF program (struct sock_filter array) for the native architecture plus its
-    32-bit siblings. Raises PolicyError for a syscall libseccomp does not know."""
+    32-bit siblings. Raises PolicyError for a syscall libseccomp does not know, or
+    where libseccomp itself is missing."""
+    try:
+        # imported here: pyseccomp raises at import on a host without libseccomp, and
+        # that must fail the local backend's start, not every import of the agent
+        import pyseccomp  # noqa: PLC0415
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise PolicyError(f"libseccomp is not usable (apt-get install libseccomp2): {exc}") from exc
     filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     if pyseccomp.system_arch() == pyseccomp.Arch.X86_64:
         for arch in (pyseccomp.Arch.X86, pyseccomp.Arch.X32):
             if not filt.exist_arch(arch):
                 filt.add_arch(arch)
     for rule in policy.rules:
-        _add(filt, rule)
+        args = [
+            pyseccomp.Arg(arg.index, pyseccomp.EQ, arg.value)
+            if arg.mask is None
+            else pyseccomp.Arg(arg.index, pyseccomp.MASKED_EQ, arg.mask, arg.value)
+            for arg in rule.args
+        ]
+        try:
+            filt.add_rule(pyseccomp.ERRNO(errno.EPERM), rule.syscall, *args)
+        except OSError as exc:
+            raise PolicyError(f"libseccomp rejects the rule for {rule.syscall!r}: {exc}") from exc
     fd = os.memfd_create("bai-seccomp", os.MFD_CLOEXEC)
     try:
         with os.fdopen(fd, "w+b", closefd=False) as out:
@@ -45,15 +59,3 @@ def compile_bpf(policy: Policy) -> bytes:
         raise PolicyError(f"the seccomp program is {len(program)} bytes, over {MAX_PROGRAM_BYTES}")
     return program
 
-
-def _add(filt: pyseccomp.SyscallFilter, rule: Rule) -> None:
-    args = [
-        pyseccomp.Arg(arg.index, pyseccomp.EQ, arg.value)
-        if arg.mask is None
-        else pyseccomp.Arg(arg.index, pyseccomp.MASKED_EQ, arg.mask, arg.value)
-        for arg in rule.args
-    ]
-    try:
-        filt.add_rule(pyseccomp.ERRNO(errno.EPERM), rule.syscall, *args)
-    except OSError as exc:
-        raise PolicyError(f"libseccomp rejects the rule for {rule.syscall!r}: {exc}") from exc
