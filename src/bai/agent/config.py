@@ -36,6 +36,10 @@ class AgentConfig(BaseSettings):
     sandbox_uid_base: int = Field(default=1_000_000, ge=1000)
     sandbox_uid_count: int = Field(default=65_536, ge=1)
     tmp_size: int = 256 * 2**20  # the private /tmp's size cap, bytes
+    #: the syscall filter (bai.agent.seccomp): off only for measurements and debugging
+    seccomp: bool = True
+    #: an overlay on the default policy for every environment (TOML: [[deny]] entries, allow = [...])
+    seccomp_overlay: Path | None = None
 
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)

@@ -2,8 +2,9 @@
 
 File descriptors the sandbox's first process receives (set up by
 ``LocalSandbox`` before exec): 3 the runner's socket, 4 bwrap's --info-fd,
-5/6/7 the synthetic /etc/passwd, /etc/group and /etc/hosts. Inside, the
-runner keeps only fd 3: bwrap consumes and closes the others.
+5/6/7 the synthetic /etc/passwd, /etc/group and /etc/hosts, 8 the seccomp
+program (bai.agent.seccomp; absent when the agent runs without a filter).
+Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
 
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
 the host has them, a trimmed /etc, fresh /proc and /dev, a private size-capped
@@ -25,7 +26,8 @@ INFO_FD = 4
 PASSWD_FD = 5
 GROUP_FD = 6
 HOSTS_FD = 7
-CHILD_FDS = (SOCKET_FD, INFO_FD, PASSWD_FD, GROUP_FD, HOSTS_FD)
+SECCOMP_FD = 8
+CHILD_FDS = (SOCKET_FD, INFO_FD, PASSWD_FD, GROUP_FD, HOSTS_FD, SECCOMP_FD)
 
 SANDBOX_UID = 1000
 SANDBOX_USER = "work"
@@ -125,6 +127,7 @@ class SandboxCommand:
     engine: str
     environ: Mapping[str, str]
     tmp_size: int
+    seccomp: bool = True  # the program is on SECCOMP_FD
 
     def argv(self) -> list[str]:
         args = [
@@ -147,6 +150,8 @@ class SandboxCommand:
             "--info-fd", str(INFO_FD),
             "--clearenv",
         ]  # fmt: skip
+        if self.seccomp:
+            args += ["--seccomp", str(SECCOMP_FD)]
         for name, value in {**BASE_ENV, **self.environ}.items():
             args += ["--setenv", name, value]
         args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT]

@@ -34,6 +34,8 @@ from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandb
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import create_scratch, reachable_by_others, remove_scratch
+from bai.agent.seccomp import PolicyError, default_policy, load_overlay
+from bai.agent.seccomp.bpf import compile_bpf
 from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
 from bai.runner import protocol
@@ -131,6 +133,7 @@ class LocalBackend(Backend):
                 cgroups.check_writable(driver)
         except CgroupError as exc:
             raise BackendUnavailable(f"cgroups unusable: {exc}") from exc
+        seccomp = self._compile_seccomp()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         try:
@@ -144,11 +147,27 @@ class LocalBackend(Backend):
             config=config,
             cgroups=driver,
             layout=bwrap.host_layout(),
+            seccomp=seccomp,
             runner_dir=runner_dir,
             spawner=Spawner(),
             released=self._released,
         )
         await self._clean_leftovers()
+
+    def _compile_seccomp(self) -> dict[str, bytes]:
+        """Each environment's BPF program, compiled once per distinct policy (all share the
+        default plus the configured overlay today; an environment's own overlay goes here)."""
+        if not self.config.seccomp:
+            log.warning("the syscall filter is off (BAI_AGENT_SECCOMP=false)")
+            return {}
+        try:
+            policy = default_policy()
+            if self.config.seccomp_overlay is not None:
+                policy = policy.merged(load_overlay(self.config.seccomp_overlay))
+            programs = {policy: compile_bpf(policy)}
+        except PolicyError as exc:
+            raise BackendUnavailable(f"seccomp policy: {exc}") from exc
+        return {name: programs[policy] for name in ENVIRONMENTS}
 
     def _lock_data_dir(self) -> None:
         """One agent per data dir: its leftovers cleanup must not hit a live neighbour."""

@@ -7,8 +7,8 @@ Start (all on the event loop, the fork on the spawner thread; no sleeps):
    socketpair;
 2. the spawner forks bwrap; the child, before exec (``_child_setup``), joins the
    cgroups (``b"0"`` into each join file), drops to the session's host uid, and
-   puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-7
-   (bai.agent.backends.bwrap), leaving every other fd close-on-exec;
+   puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-8
+   (bai.agent.backends.bwrap; fd 8 is the environment's seccomp program), leaving every other fd close-on-exec;
 3. bwrap builds the namespaces and execs the runner as the sandbox's PID 1;
 4. after the runner's Ready, the runner (and bwrap's monitor) get
    ``oom_score_adj = -1000``, so the OOM killer takes the user's processes.
@@ -57,6 +57,7 @@ class LocalHost:
     config: AgentConfig
     cgroups: CgroupDriver | None
     layout: list[str]  # bwrap.host_layout()
+    seccomp: dict[str, bytes]  # environment → BPF program, compiled once at start; absent: no filter
     runner_dir: Path
     spawner: Spawner
     released: Callable[[LocalSandbox], None]  # called once a sandbox has let go of everything
@@ -128,13 +129,17 @@ class LocalSandbox(Sandbox):
             engine=ENVIRONMENTS[self.spec.environment],
             environ=self.spec.environ,
             tmp_size=config.tmp_size,
+            seccomp=self.spec.environment in self.host.seccomp,
         ).argv()
 
     async def _spawn(self) -> None:
         agent_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
-        etc_files = (bwrap.passwd_data(), bwrap.group_data(), bwrap.hosts_data())
-        data_fds = [_data_pipe(data) for data in etc_files]
+        data = [bwrap.passwd_data(), bwrap.group_data(), bwrap.hosts_data()]
+        program = self.host.seccomp.get(self.spec.environment)
+        if program is not None:
+            data.append(program)
+        data_fds = [_data_pipe(chunk) for chunk in data]
         child_fds = [runner_end.fileno(), info_w, *data_fds]
         procs_fds = self.cgroup.open_procs() if self.cgroup is not None else []
         try:
@@ -307,7 +312,8 @@ class LocalSandbox(Sandbox):
 
 
 def _data_pipe(data: bytes) -> int:
-    """A pipe's read end holding ``data`` (small enough for the pipe buffer)."""
+    """A pipe's read end holding ``data`` (small enough for the pipe buffer: the seccomp
+    program is capped at bai.agent.seccomp.bpf.MAX_PROGRAM_BYTES)."""
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, data)
