@@ -3,6 +3,7 @@ the server and a neighbouring session keep working."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -120,4 +121,28 @@ def test_no_server_secret_in_the_sandbox(api: SignedClient, bai_server) -> None:
     assert bai_server.access_key not in out
     assert str(bai_server.data_dir) not in out
     assert out.strip().endswith("False False ['work']")
+    api.delete(f"/session/{name}")
+
+
+DENIED_SYSCALLS = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {"ptrace": (101, 0, 0, 0, 0), "mount": (165, 0, 0, 0, 0), "unshare": (272, 0x10000000),
+         "setns": (308, 0, 0), "keyctl": (250, 0, 0), "bpf": (321, 0, 0, 0), "perf_event_open": (298, 0, 0, 0, 0, 0)}
+for name, args in calls.items():
+    ctypes.set_errno(0)
+    result = libc.syscall(*args)
+    print(name, result, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers in this test are x86-64's")
+def test_denied_syscalls_fail_with_eperm(api: SignedClient, neighbour: str) -> None:
+    name = make_session(api)
+    lines = stdout_of(api.run(name, DENIED_SYSCALLS)).splitlines()
+    assert len(lines) == 7, lines
+    for line in lines:
+        _syscall, result, error = line.split()
+        assert (result, error) == ("-1", "EPERM"), line
+    assert_neighbour_fine(api, neighbour)
     api.delete(f"/session/{name}")
