@@ -15,6 +15,7 @@ from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, 
 from bai.agent.agent import Agent
 from bai.agent.backends.local import LocalBackend
 from bai.agent.pool import NAME_PREFIX
+from bai.common.errors import SessionCreationFailed
 
 REASON = sandbox_unavailable()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -115,3 +116,11 @@ async def test_stop_destroys_pooled_sandboxes() -> None:
         assert agent.backend.sandboxes == {}
         for sandbox in sandboxes:
             assert not sandbox.scratch.exists()
+
+
+async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly() -> None:
+    async with running_agent(runner_python="/usr/bin/no-such-python", pool_size=2) as agent:
+        with pytest.raises(SessionCreationFailed) as caught:
+            await new_session(agent)
+        assert "no-such-python" in caught.value.message
+        assert agent.info().pool == {"python": 0}

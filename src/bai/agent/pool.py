@@ -224,11 +224,12 @@ class WarmPool:
     async def _idle_gone(self, session: Session, reason: str) -> None:
         """A pooled sandbox died before anyone claimed it: drop it and start another."""
         environment = self.book.dropped(session.session_id)
+        if environment is None:
+            return  # it failed to start: _start_one destroys it and retries
         self._sessions.pop(session.session_id, None)
         log.warning("pool: the idle sandbox %s died: %s", session.session_id, reason)
         await self._destroy(session)
-        if environment is not None:
-            self.refill(environment)
+        self.refill(environment)
 
     @staticmethod
     async def _destroy(session: Session) -> None:
