@@ -8,13 +8,18 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stderr_of, stdout_of
+from agent_sandbox import spec as spec_of
 
 from bai.agent.agent import Agent
 from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local_sandbox import LocalSandbox
+from bai.agent.cgroups import Limits
 from bai.agent.pool import NAME_PREFIX
+from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
 
 REASON = sandbox_unavailable()
@@ -124,3 +129,45 @@ async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly(
             await new_session(agent)
         assert "no-such-python" in caught.value.message
         assert agent.info().pool == {"python": 0}
+
+
+async def test_a_session_with_startup_variables_starts_cold(agent: Agent) -> None:
+    session = await new_session(agent, environ={"PYTHONPATH": "/opt/extra"})
+    assert isinstance(agent.backend, LocalBackend)
+    assert agent.backend.sandboxes[session].name == session  # not a pooled one
+    assert agent.info().pool["python"] == 2
+    result = await run(agent, session, "import sys; print('/opt/extra' in sys.path)")
+    assert stdout_of(result) == "True\n"
+
+
+async def test_a_pooled_sandbox_that_refuses_the_limits_is_destroyed_and_the_session_starts_cold(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(agent.backend, LocalBackend)
+    pooled = list(agent.backend.sandboxes.values())
+
+    async def refuse(self: LocalSandbox, spec: SandboxSpec, limits: Limits) -> None:
+        raise SessionCreationFailed("the pooled sandbox already uses more")
+
+    monkeypatch.setattr(LocalSandbox, "claim", refuse)
+    session = await new_session(agent, resources={"mem": str(64 * 2**20)})
+    assert agent.backend.sandboxes[session].name == session
+    assert (await agent.session_stats(session)).mem_limit == 64 * 2**20
+    assert stdout_of(await run(agent, session, "print(2 + 2)")) == "4\n"
+    claimed = [s for s in pooled if s.name not in {x.name for x in agent.backend.sandboxes.values()}]
+    assert len(claimed) == 1 and not claimed[0].scratch.exists()  # destroyed, not reused
+
+
+async def test_a_memory_limit_below_the_pooled_sandboxs_usage_is_refused(agent: Agent) -> None:
+    assert agent.pool is not None
+    session = agent.pool.claim("python")
+    assert session is not None
+    try:
+        with pytest.raises(SessionCreationFailed, match="already uses"):
+            await session.sandbox.claim(spec_of("tiny"), Limits(cpu=Decimal(1), mem=4096, pids=64))
+        assert session.sandbox.limits.mem == agent.config.default_mem
+    finally:
+        session.closing = True
+        session.detach()
+        session.unwatch_oom()
+        await session.sandbox.destroy(grace_s=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bai.agent.pool import MAX_RETRY_DELAY_S, PoolBook
+from bai.agent.pool import MAX_RETRY_DELAY_S, PoolBook, startup_variables
 
 
 def filled(target: int = 2) -> PoolBook:
@@ -74,3 +74,10 @@ def test_stop_returns_the_ready_ones_and_refuses_the_rest() -> None:
     assert book.claim("python") is None
     assert not book.started("python", "late")  # the caller destroys it
     assert book.counts() == {"python": 0}
+
+
+def test_startup_variables_send_a_session_cold() -> None:
+    assert startup_variables({"A": "1", "HOME": "/x"}) == []
+    assert startup_variables({"PYTHONPATH": "/x", "LANG": "C", "LC_ALL": "C", "LANGUAGE": "en"}) == [
+        "LANG", "LC_ALL", "PYTHONPATH",
+    ]

@@ -23,7 +23,7 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.bwrap import invalid_env_names
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
-from bai.agent.pool import WarmPool
+from bai.agent.pool import WarmPool, startup_variables
 from bai.agent.session import GoneCallback, Session
 from bai.common.agent_rpc import (
     AgentInfo,
@@ -167,8 +167,9 @@ class Agent:
 
     async def _claim_pooled(self, spec: SandboxSpec, limits: Limits) -> Session | None:
         """A pooled session made into ``spec``'s, or None (no pool for its environment,
-        none ready, or the claimed one could not take the session's limits)."""
-        if self.pool is None:
+        none ready, variables only a fresh interpreter reads, or the claimed one could
+        not take the session's limits)."""
+        if self.pool is None or startup_variables(spec.environ):
             return None
         session = self.pool.claim(spec.environment)
         if session is None:

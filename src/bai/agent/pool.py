@@ -38,6 +38,13 @@ NAME_PREFIX = "_pool-"  # SESSION_ID_RE makes a session id start with a letter o
 MAX_RETRY_DELAY_S = 30.0
 
 
+def startup_variables(environ: dict[str, str]) -> list[str]:
+    """The variables of ``environ`` that a running interpreter reads only at its start
+    (PYTHON*: sys.path, hash seed, stdio...; LANG and LC_*: the locale). A pooled
+    REPL started without them cannot honour them, so such a session starts cold."""
+    return sorted(name for name in environ if name.startswith(("PYTHON", "LC_")) or name == "LANG")
+
+
 @dataclass
 class _Shelf:
     """One environment's share of the pool."""
