@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 NAME_PREFIX = "_pool-"  # SESSION_ID_RE makes a session id start with a letter or digit
 MAX_RETRY_DELAY_S = 30.0
+# A claim's refill waits this long: its synchronous set-up (cgroup dirs, scratch dir,
+# the fork) would otherwise run on the event loop between the claim and the answer to
+# the create request (the manager's status write and HTTP response, embedded or not).
+REFILL_DELAY_S = 0.05
 
 
 def startup_variables(environ: dict[str, str]) -> list[str]:
@@ -175,7 +179,7 @@ class WarmPool:
         name = self.book.claim(environment)
         if name is None:
             return None
-        self.refill(environment)
+        self.refill(environment, REFILL_DELAY_S)
         return self._sessions.pop(name)
 
     async def stop(self) -> None:
