@@ -171,3 +171,12 @@ async def test_a_memory_limit_below_the_pooled_sandboxs_usage_is_refused(agent: 
         session.detach()
         session.unwatch_oom()
         await session.sandbox.destroy(grace_s=0)
+
+
+async def test_a_restarted_pooled_session_keeps_its_environment(agent: Agent) -> None:
+    session = await new_session(agent, environ={"GREETING": "again"})
+    assert isinstance(agent.backend, LocalBackend)
+    assert agent.backend.sandboxes[session].name.startswith(NAME_PREFIX)
+    await agent.restart_session(session)
+    result = await run(agent, session, "import os; print(os.environ['GREETING'])")
+    assert stdout_of(result) == "again\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bai.agent.pool import MAX_RETRY_DELAY_S, PoolBook, startup_variables
+from bai.common.agent_rpc import AgentInfo
 
 
 def filled(target: int = 2) -> PoolBook:
@@ -81,3 +82,9 @@ def test_startup_variables_send_a_session_cold() -> None:
     assert startup_variables({"PYTHONPATH": "/x", "LANG": "C", "LC_ALL": "C", "LANGUAGE": "en"}) == [
         "LANG", "LC_ALL", "PYTHONPATH",
     ]
+
+
+def test_agent_info_from_an_agent_without_a_pool_still_validates() -> None:
+    body = {"agent_id": "a", "rpc_url": "inproc://a", "backend": "local", "capacity": {}, "environments": [],
+            "version": "0.1.0"}
+    assert AgentInfo.model_validate(body).pool == {}
