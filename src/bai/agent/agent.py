@@ -176,15 +176,19 @@ class Agent:
             return None
         session.adopt(spec, self._session_gone)
         try:
+            if not session.runner_connected():
+                raise SessionCreationFailed("the pooled sandbox died")
             await session.sandbox.claim(spec, limits)
             if spec.environ:
                 await session.configure(spec.environ, self.config.startup_timeout_s)
-        except SessionCreationFailed as exc:
-            log.info("session %s: the pooled sandbox is unusable (%s); starting cold", spec.session_id, exc)
+        except BaseException as exc:
             session.closing = True
             session.detach()
             session.unwatch_oom()
             await session.sandbox.destroy(grace_s=0)
+            if not isinstance(exc, SessionCreationFailed):
+                raise
+            log.info("session %s: the pooled sandbox is unusable (%s); starting cold", spec.session_id, exc)
             return None
         return session
 

@@ -151,6 +151,12 @@ class Session:
         self.session_id = spec.session_id
         self.on_gone = on_gone
 
+    def runner_connected(self) -> bool:
+        """The runner's socket is open and no death was reported (a pooled session
+        may have died while its report is still on the way)."""
+        transport = self.link.transport if self.link is not None else None
+        return self.gone_reason is None and transport is not None and not transport.is_closing()
+
     async def configure(self, environ: dict[str, str], timeout_s: float) -> None:
         """Set environment variables in the runner and its REPL before the first run
         (a claimed pooled sandbox). Raises SessionCreationFailed."""
