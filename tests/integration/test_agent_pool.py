@@ -180,3 +180,22 @@ async def test_a_restarted_pooled_session_keeps_its_environment(agent: Agent) ->
     await agent.restart_session(session)
     result = await run(agent, session, "import os; print(os.environ['GREETING'])")
     assert stdout_of(result) == "again\n"
+
+
+async def test_the_pool_empties_under_memory_pressure_and_refills_after() -> None:
+    async with running_agent(pool_size=2) as agent:
+        pool = agent.pool
+        assert pool is not None
+        await pool_count(agent, 2)
+        pool.min_available_mem = 2**62  # more than any host has: under pressure
+        pool.check_memory()
+        assert agent.info().pool == {"python": 0}
+        assert isinstance(agent.backend, LocalBackend)
+        async with asyncio.timeout(15):
+            while agent.backend.sandboxes:
+                await asyncio.sleep(0.02)
+        session = await new_session(agent)  # cold
+        assert agent.backend.sandboxes[session].name == session
+        pool.min_available_mem = 1
+        pool.check_memory()
+        assert await pool_count(agent, 2) == 2

@@ -88,3 +88,15 @@ def test_agent_info_from_an_agent_without_a_pool_still_validates() -> None:
     body = {"agent_id": "a", "rpc_url": "inproc://a", "backend": "local", "capacity": {}, "environments": [],
             "version": "0.1.0"}
     assert AgentInfo.model_validate(body).pool == {}
+
+
+def test_memory_pressure_empties_the_pool_until_it_is_gone() -> None:
+    book = filled()
+    book.launched("python")  # in flight when the pressure comes
+    assert sorted(book.memory_pressure(True)) == ["p0", "p1"]
+    assert book.wanted("python") == 0
+    assert book.claim("python") is None
+    assert not book.started("python", "late")  # the caller destroys it
+    assert book.memory_pressure(True) == []
+    assert book.memory_pressure(False) == []
+    assert book.wanted("python") == 2

@@ -78,8 +78,9 @@ class Agent:
                 limits=Limits(cpu=config.default_cpu, mem=config.default_mem, pids=config.default_pids),
                 make_session=self._make_session,
                 startup_timeout_s=config.startup_timeout_s,
+                min_available_mem=config.pool_min_available_mem,
             )
-            self.pool.refill_all()
+            self.pool.start()
 
     async def stop(self) -> None:
         """Destroy the pool and every session, then release the backend."""

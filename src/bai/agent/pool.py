@@ -12,7 +12,9 @@ A sandbox leaves the pool once, for one session, and is destroyed with it.
 succeeded, failed; a sandbox was claimed or died) and answers what to do (how many
 starts to launch, which sandbox to hand out). ``WarmPool`` is the async shell that
 starts and destroys sandboxes. Refills run in the background, never on a request's
-path. Callers: Agent only (start, claim, stop, counts).
+path. The pool empties itself while the host's available memory is under
+``AgentConfig.pool_min_available_mem`` and refills when it is back.
+Callers: Agent only (start, claim, stop, counts).
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ MAX_RETRY_DELAY_S = 30.0
 # the fork) would otherwise run on the event loop between the claim and the answer to
 # the create request (the manager's status write and HTTP response, embedded or not).
 REFILL_DELAY_S = 0.05
+MEMORY_CHECK_INTERVAL_S = 2.0
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo, bytes (0 when it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def startup_variables(environ: dict[str, str]) -> list[str]:
@@ -71,6 +86,7 @@ class PoolBook:
         self._shelves = {env: _Shelf(target) for env, target in targets.items() if target > 0}
         self._where: dict[str, str] = {}  # ready name → environment
         self.stopped = False
+        self.pressure = False  # the host is short of memory: hold nothing ready
 
     def serves(self, environment: str) -> bool:
         return environment in self._shelves and not self.stopped
@@ -78,7 +94,7 @@ class PoolBook:
     def wanted(self, environment: str) -> int:
         """How many starts to launch now for ``environment`` (each then ``launched``)."""
         shelf = self._shelves.get(environment)
-        if shelf is None or self.stopped:
+        if shelf is None or self.stopped or self.pressure:
             return 0
         return max(0, shelf.target - len(shelf.ready) - shelf.starting)
 
@@ -86,11 +102,12 @@ class PoolBook:
         self._shelves[environment].starting += 1
 
     def started(self, environment: str, name: str) -> bool:
-        """A launched start succeeded. False: the pool was stopped meanwhile (destroy it)."""
+        """A launched start succeeded. False: the pool was stopped, or the host came under
+        memory pressure, meanwhile (destroy it)."""
         shelf = self._shelves[environment]
         shelf.starting -= 1
         shelf.failures = 0
-        if self.stopped:
+        if self.stopped or self.pressure:
             return False
         shelf.ready.append(name)
         self._where[name] = environment
@@ -120,9 +137,21 @@ class PoolBook:
             self._shelves[environment].ready.remove(name)
         return environment
 
+    def memory_pressure(self, under_pressure: bool) -> list[str]:
+        """The host's memory state changed (or was read again). Under pressure the pool
+        shrinks to nothing: the names returned are to destroy, and ``wanted`` asks for
+        no start until the pressure is gone."""
+        self.pressure = under_pressure
+        if not under_pressure:
+            return []
+        return self._take_all()
+
     def stop(self) -> list[str]:
         """No more claims or starts: the names of every ready sandbox, to destroy."""
         self.stopped = True
+        return self._take_all()
+
+    def _take_all(self) -> list[str]:
         names = list(self._where)
         self._where.clear()
         for shelf in self._shelves.values():
@@ -147,8 +176,12 @@ class WarmPool:
         limits: Limits,
         make_session: SessionFactory,
         startup_timeout_s: float,
+        min_available_mem: int = 0,
+        read_available_mem: Callable[[], int] = available_memory,
     ) -> None:
         self.backend = backend
+        self.min_available_mem = min_available_mem  # below it, the pool holds nothing (0: never)
+        self.read_available_mem = read_available_mem
         self.book = PoolBook(targets)
         self.limits = limits
         self.make_session = make_session
@@ -174,6 +207,30 @@ class WarmPool:
         for environment in self.book.counts():
             self.refill(environment)
 
+    def start(self) -> None:
+        """Fill the pool, and watch the host's memory while it runs. Called by Agent.start."""
+        if self.min_available_mem > 0:
+            self.check_memory()
+            self._spawn(self._watch_memory())
+        self.refill_all()
+
+    def check_memory(self) -> None:
+        """Shrink the pool to nothing while the host's available memory is under
+        ``min_available_mem``; refill it once it is back."""
+        available = self.read_available_mem()
+        under = available < self.min_available_mem
+        was_under = self.book.pressure
+        for name in self.book.memory_pressure(under):
+            session = self._sessions.pop(name, None)
+            if session is not None:
+                self._spawn(self._destroy(session))
+        if under and not was_under:
+            log.warning("pool: %d bytes of memory available, under %d: the pool is emptied",
+                        available, self.min_available_mem)
+        elif was_under and not under:
+            log.info("pool: memory available again, refilling")
+            self.refill_all()
+
     def claim(self, environment: str) -> Session | None:
         """A ready session of ``environment``, out of the pool (a refill is launched), or None."""
         name = self.book.claim(environment)
@@ -196,6 +253,14 @@ class WarmPool:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _watch_memory(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MEMORY_CHECK_INTERVAL_S):
+                    await self._stopping.wait()
+            if not self._stopping.is_set():
+                self.check_memory()
 
     async def _start_one(self, environment: str, delay_s: float) -> None:
         if delay_s > 0:
