@@ -4,6 +4,10 @@ requests over one kept-alive connection), with baselines measured in the same
 run: a plain ``python3 -c pass`` spawn, a bare ``bwrap … python3 -c pass``, and a
 Jupyter kernel start (jupyter_client).
 
+Create → ready is measured twice: served from the warm pool (the default; between
+two creates the bench waits POOL_REFILL_WAIT_S so each one finds a ready sandbox),
+and cold, by a second server started with ``BAI_AGENT_POOL_SIZE=0``.
+
     ./dev bench [--creates N] [--execs N] [--kernels N] [--json PATH]
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 from bai.common.signing import signed_headers
 
 VERSION = "v8.20240915"
+POOL_REFILL_WAIT_S = 0.25  # a refill takes ~40 ms on 2 idle cores; leave it room
 BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
@@ -76,11 +81,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     port = free_port()
     bai = Path(sys.executable).with_name("bai")
+    environ = dict(os.environ)
+    if pool_size is not None:
+        environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
     proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environ)
     env_file = data_dir / "client.env"
     for _ in range(300):
         if env_file.exists():
@@ -90,9 +98,10 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str
     return proc, env
 
 
-def bench_api(creates: int, execs: int) -> dict[str, dict[str, float]]:
+def bench_api(creates: int, execs: int, pooled: bool = True) -> dict[str, dict[str, float]]:
+    """Create → RUNNING (and, when ``execs``, the exec round trip) against a fresh server."""
     with tempfile.TemporaryDirectory(prefix="bai-bench-") as tmp:
-        proc, env = start_server(Path(tmp))
+        proc, env = start_server(Path(tmp), None if pooled else 0)
         try:
             api = Api(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"])
             # warm up the code paths once
@@ -100,6 +109,8 @@ def bench_api(creates: int, execs: int) -> dict[str, dict[str, float]]:
             api.call("POST", "/session/bench-warm", {"mode": "query", "code": "1+1"})
             create_ms = []
             for i in range(creates):
+                if pooled:
+                    time.sleep(POOL_REFILL_WAIT_S)
                 start = time.perf_counter()
                 status, body = api.call("POST", "/session", {"image": "python", "name": f"bench-{i}"})
                 create_ms.append((time.perf_counter() - start) * 1000)
@@ -110,12 +121,16 @@ def bench_api(creates: int, execs: int) -> dict[str, dict[str, float]]:
                 status, body = api.call("POST", "/session/bench-warm", {"mode": "query", "code": "1+1"})
                 assert status == 200 and body["result"]["status"] == "finished", body  # type: ignore[index]
 
-            timed(one_exec, 20)
-            exec_ms = timed(one_exec, execs)
+            exec_ms: list[float] = []
+            if execs:
+                timed(one_exec, 20)  # warm-up
+                exec_ms = timed(one_exec, execs)
             api.call("DELETE", "/session/bench-warm")
         finally:
             proc.terminate()
             proc.wait(30)
+    if not pooled:
+        return {"api_create_ready_cold": percentiles(create_ms)}
     return {"api_create_ready": percentiles(create_ms), "api_exec_1plus1": percentiles(exec_ms)}
 
 
@@ -155,9 +170,16 @@ def report(results: dict[str, dict[str, float]]) -> str:
     create = results["api_create_ready"]["p50"]
     lines.append("")
     lines.append("Ratios (p50):")
+    if "api_create_ready_cold" in results:
+        cold = results["api_create_ready_cold"]
+        lines.append(f"- create → ready, cold / pooled: {cold['p50'] / create:.2f}× "
+                     f"(p99: {cold['p99'] / results['api_create_ready']['p99']:.2f}×)")
     for base in ("python3_c_pass", "bwrap_python3_c_pass", "jupyter_kernel_start"):
         if base in results:
-            lines.append(f"- create → ready / {base}: {create / results[base]['p50']:.2f}×")
+            lines.append(f"- pooled create → ready / {base}: {create / results[base]['p50']:.2f}×")
+            if "api_create_ready_cold" in results:
+                cold_p50 = results["api_create_ready_cold"]["p50"]
+                lines.append(f"- cold create → ready / {base}: {cold_p50 / results[base]['p50']:.2f}×")
     if "jupyter_exec_1plus1" in results:
         ratio = results["api_exec_1plus1"]["p50"] / results["jupyter_exec_1plus1"]["p50"]
         lines.append(f"- exec 1+1 through the API / Jupyter execute: {ratio:.2f}×")
@@ -174,6 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     results = bench_baselines(args.spawns, args.kernels)
     results.update(bench_api(args.creates, args.execs))
+    results.update(bench_api(args.creates, 0, pooled=False))
     print(f"# bai benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs\n")
     print(report(results))
     if args.json:

@@ -200,7 +200,8 @@ async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, se
 
 
 async def test_create_failure_reports_the_reason_and_leaves_nothing() -> None:
-    async with running_agent(runner_python="/usr/bin/no-such-python") as agent:
+    # no pool: its retries would hold sandboxes of their own while this one fails
+    async with running_agent(runner_python="/usr/bin/no-such-python", pool_size=0) as agent:
         with pytest.raises(SessionCreationFailed) as caught:
             await agent.create_session(spec())
         assert "no-such-python" in caught.value.message

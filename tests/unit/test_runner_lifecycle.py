@@ -17,7 +17,18 @@ import pytest
 from runner_client import SRC, RunnerClient, interpreters
 from runner_fixtures import GRACE, python, runner
 
-from bai.runner.protocol import HEADER, Execute, Failure, Finished, Interrupt, Ready, WaitingInput, encode
+from bai.runner.protocol import (
+    HEADER,
+    Configure,
+    Configured,
+    Execute,
+    Failure,
+    Finished,
+    Interrupt,
+    Ready,
+    WaitingInput,
+    encode,
+)
 
 __all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
@@ -244,3 +255,14 @@ def test_the_runner_ignores_sigint_from_the_users_code(runner: RunnerClient) -> 
     time.sleep(0.2)
     assert runner.proc.poll() is None
     assert runner.run("1").stdout == "1\n"
+
+
+def test_configure_sets_the_environment_of_the_repl_and_of_a_restarted_one(runner: RunnerClient) -> None:
+    runner.send(Configure(environ={"BAI_POOL_T": "x y", "HOME": "/home/work"}))
+    runner.expect(Configured)
+    code = "import os, subprocess\nprint(os.environ['BAI_POOL_T'])\n"
+    code += "print(subprocess.run(['sh', '-c', 'echo $BAI_POOL_T'], capture_output=True, text=True).stdout, end='')"
+    assert runner.run(code).stdout == "x y\nx y\n"
+    crashed = runner.run("import os; os._exit(3)")
+    assert crashed.finished.engine_restarted
+    assert runner.run("import os; print(os.environ['BAI_POOL_T'])").stdout == "x y\n"

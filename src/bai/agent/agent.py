@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 
 from bai.agent.backends import Backend, create_backend
+from bai.agent.backends.base import Sandbox
 from bai.agent.backends.bwrap import invalid_env_names
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
-from bai.agent.session import Session
+from bai.agent.pool import WarmPool, startup_variables
+from bai.agent.session import GoneCallback, Session
 from bai.common.agent_rpc import (
     AgentInfo,
     CompleteRequest,
@@ -62,14 +64,29 @@ class Agent:
         self._creating: set[str] = set()
         self.on_session_gone: SessionGoneHandler | None = None
         self.rpc_url = config.advertised_url  # where the manager reaches this agent
+        self.pool: WarmPool | None = None
         self._started = False
 
     async def start(self) -> None:
         await self.backend.start()
         self._started = True
+        config = self.config
+        if config.pool_size > 0:
+            self.pool = WarmPool(
+                self.backend,
+                targets={env: config.pool_size for env in self.backend.environments()},
+                limits=Limits(cpu=config.default_cpu, mem=config.default_mem, pids=config.default_pids),
+                make_session=self._make_session,
+                startup_timeout_s=config.startup_timeout_s,
+                min_available_mem=config.pool_min_available_mem,
+            )
+            self.pool.start()
 
     async def stop(self) -> None:
-        """Destroy every session, then release the backend."""
+        """Destroy the pool and every session, then release the backend."""
+        if self.pool is not None:
+            await self.pool.stop()
+            self.pool = None
         ids = list(self.sessions)
         await asyncio.gather(*(self.destroy_session(i) for i in ids), return_exceptions=True)
         if self._started:
@@ -85,6 +102,7 @@ class Agent:
             environments=self.backend.environments(),
             version=VERSION,
             sessions=sorted(self.sessions),
+            pool=self.pool.counts() if self.pool is not None else {},
         )
 
     def schedulable_capacity(self) -> dict[str, Decimal]:
@@ -133,23 +151,60 @@ class Agent:
         return self.limits_for(spec)
 
     async def create_session(self, spec: SandboxSpec) -> None:
-        """Start a sandbox; returns when its runner is Ready."""
+        """Claim a pooled sandbox, else start one; returns when its runner is Ready
+        and has the session's environment."""
         limits = self._validate(spec)
         self._creating.add(spec.session_id)
         try:
-            sandbox = await self.backend.create(spec, limits)
-            session = Session(spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=self._session_gone)
-            try:
-                await session.connect(self.config.startup_timeout_s)
-            except BaseException:
-                session.closing = True
-                session.detach()
-                await sandbox.destroy(grace_s=0)
-                raise
-            session.watch_oom()
+            session = await self._claim_pooled(spec, limits)
+            if session is None:
+                session = await self._start_cold(spec, limits)
             self.sessions[spec.session_id] = session
         finally:
             self._creating.discard(spec.session_id)
+
+    def _make_session(self, spec: SandboxSpec, sandbox: Sandbox, on_gone: GoneCallback) -> Session:
+        return Session(spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=on_gone)
+
+    async def _claim_pooled(self, spec: SandboxSpec, limits: Limits) -> Session | None:
+        """A pooled session made into ``spec``'s, or None (no pool for its environment,
+        none ready, variables only a fresh interpreter reads, or the claimed one could
+        not take the session's limits)."""
+        if self.pool is None or startup_variables(spec.environ):
+            return None
+        session = self.pool.claim(spec.environment)
+        if session is None:
+            return None
+        session.adopt(spec, self._session_gone)
+        try:
+            if not session.runner_connected():
+                raise SessionCreationFailed("the pooled sandbox died")
+            await session.sandbox.claim(spec, limits)
+            if spec.environ:
+                await session.configure(spec.environ, self.config.startup_timeout_s)
+        except BaseException as exc:
+            session.closing = True
+            session.detach()
+            session.unwatch_oom()
+            await session.sandbox.destroy(grace_s=0)
+            if not isinstance(exc, SessionCreationFailed):
+                raise
+            log.info("session %s: the pooled sandbox is unusable (%s); starting cold", spec.session_id, exc)
+            return None
+        return session
+
+    async def _start_cold(self, spec: SandboxSpec, limits: Limits) -> Session:
+        sandbox = await self.backend.create(spec, limits)
+        session = self._make_session(spec, sandbox, self._session_gone)
+        try:
+            await session.connect(self.config.startup_timeout_s)
+        except BaseException:
+            session.closing = True
+            session.detach()
+            await sandbox.destroy(grace_s=0)
+            raise
+        session.watch_oom()
+        return session
 
     async def destroy_session(self, session_id: str) -> SessionStats:
         session = self._session(session_id)

@@ -50,6 +50,10 @@ class AgentConfig(BaseSettings):
     #: for its next query uses no CPU and a few MiB. See docs/decisions/0005.
     cpu_overcommit: Decimal = Field(default=Decimal(4), ge=1)
     mem_overcommit: Decimal = Field(default=Decimal(2), ge=1)
+    #: ready sandboxes kept per environment (bai.agent.pool); 0 starts every session cold
+    pool_size: int = Field(default=2, ge=0)
+    #: the pool holds nothing while the host's MemAvailable is under this (bytes; 0: no check)
+    pool_min_available_mem: int = Field(default=512 * 2**20, ge=0)
     startup_timeout_s: float = 15.0
     shutdown_grace_s: float = 1.0
     max_backlog_bytes: int = 4 * 2**20  # stop reading a runner while this much output is undelivered

@@ -100,6 +100,7 @@ class Session:
         self.oom_events = 0  # OOM notifications seen
         self._oom_baseline = (0, 0)  # (oom_kills, oom_events) when the current run started
         self._ready: asyncio.Future[p.Ready] | None = None
+        self._configured: asyncio.Future[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._completion: asyncio.Future[list[str]] | None = None
         self._exec_timer: asyncio.TimerHandle | None = None
@@ -114,6 +115,7 @@ class Session:
             p.WaitingInput: self._on_waiting_input,
             p.Finished: self._on_finished,
             p.Completions: self._on_completions,
+            p.Configured: self._on_configured,
             p.Failure: self._on_failure,
         }
 
@@ -141,6 +143,34 @@ class Session:
             ) from None
         self.sandbox.runner_started()
         return ready
+
+    def adopt(self, spec: SandboxSpec, on_gone: GoneCallback) -> None:
+        """A pooled session (bai.agent.pool) becomes the session ``spec``: from now on it
+        reports under that id to ``on_gone``. Called by WarmPool.claim only."""
+        self.spec = spec
+        self.session_id = spec.session_id
+        self.on_gone = on_gone
+
+    def runner_connected(self) -> bool:
+        """The runner's socket is open and no death was reported (a pooled session
+        may have died while its report is still on the way)."""
+        transport = self.link.transport if self.link is not None else None
+        return self.gone_reason is None and transport is not None and not transport.is_closing()
+
+    async def configure(self, environ: dict[str, str], timeout_s: float) -> None:
+        """Set environment variables in the runner and its REPL before the first run
+        (a claimed pooled sandbox). Raises SessionCreationFailed."""
+        if self.link is None or self.gone_reason is not None:
+            raise SessionCreationFailed("the pooled sandbox is gone")
+        self._configured = asyncio.get_running_loop().create_future()
+        try:
+            self.link.send(p.Configure(environ=dict(environ)))
+            async with asyncio.timeout(timeout_s):
+                await self._configured
+        except (TimeoutError, ExecutionFailed, ConnectionError) as exc:
+            raise SessionCreationFailed(f"cannot configure the pooled sandbox: {exc!r}") from None
+        finally:
+            self._configured = None
 
     def _diagnostics_suffix(self) -> str:
         text = self.sandbox.diagnostics()
@@ -171,6 +201,10 @@ class Session:
     def _on_ready(self, message: p.Ready) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(message)
+
+    def _on_configured(self, message: p.Configured) -> None:
+        if self._configured is not None and not self._configured.done():
+            self._configured.set_result(None)
 
     def _on_output(self, message: p.Output) -> None:
         self.runs.on_output(message.run_id, message.stream, message.data)
@@ -344,6 +378,8 @@ class Session:
             return
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ConnectionError("runner socket closed"))
+        if self._configured is not None and not self._configured.done():
+            self._configured.set_exception(ConnectionError("runner socket closed"))
         if link.closing or self.closing:
             return
         task = asyncio.get_running_loop().create_task(self._report_gone())

@@ -22,6 +22,7 @@ class AgentInfo(BaseModel):
     environments: list[str]
     version: str
     sessions: list[str] = Field(default_factory=list)  # ids of the sessions it runs now
+    pool: dict[str, int] = Field(default_factory=dict)  # ready pooled sandboxes per environment
 
 
 class SandboxSpec(BaseModel):

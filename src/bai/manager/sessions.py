@@ -301,7 +301,9 @@ class SessionRegistry:
         async with session.lock:
             if session.status != st.PENDING:  # cancelled between placement and this task
                 return
-            await self._transition(session, st.SCHEDULED)
+            # SCHEDULED is published but not written: PREPARING follows at once and
+            # is, one database write fewer on the create path (the warm pool's target)
+            await self._transition(session, st.SCHEDULED, persist=False)
             await self._transition(session, st.PREPARING)
             spec = SandboxSpec(
                 session_id=session.id,
@@ -362,12 +364,15 @@ class SessionRegistry:
                 raise SessionRestartFailed(f"session {session.name} could not restart: {exc.message}") from exc
             await self._transition(session, st.RUNNING)
 
-    async def _transition(self, session: LiveSession, status: str, info: str | None = None) -> None:
+    async def _transition(
+        self, session: LiveSession, status: str, info: str | None = None, *, persist: bool = True
+    ) -> None:
         st.check_transition(session.status, status)
         session.status, session.status_info = status, info
         if status in st.SETTLED:
             session.settled.set()
-        await self._persist(session)
+        if persist:
+            await self._persist(session)
         self._publish(session)
 
     async def _end(self, session: LiveSession, status: str, reason: str, exit_code: int | None = None) -> None:

@@ -3,7 +3,7 @@
 Two socketpairs connect them, so that no reader ever takes a reply meant for another:
 
 * the **command** channel, read by the child only while it is idle:
-  runner → child ``RunCode`` / ``CompleteCode``; child → runner ``RunDone`` / ``CompleteDone``.
+  runner → child ``RunCode`` / ``CompleteCode`` / ``SetEnviron``; child → runner ``RunDone`` / ``CompleteDone``.
 * the **request** channel, used by whichever thread of the user's code writes output or
   reads input: child → runner ``Fence`` / ``AskInput``; runner → child ``FenceDone`` /
   ``InputGiven``, each carrying the ``seq`` of the request it answers.
@@ -51,6 +51,15 @@ class CompleteDone(Message):
 
 
 @dataclass
+class SetEnviron(Message):
+    """Update the REPL's os.environ (a pooled sandbox claimed by a session); no answer:
+    the command channel is ordered, so the next ``RunCode`` sees it."""
+
+    TYPE: ClassVar[str] = "set-environ"
+    environ: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Fence(Message):
     """Read both output pipes empty, then answer: what was written before is forwarded."""
 
@@ -84,7 +93,9 @@ class InputGiven(Message):
 
 CONTROL_TYPES: Dict[str, Type[Message]] = {
     cls.TYPE: cls
-    for cls in (RunCode, RunDone, CompleteCode, CompleteDone, Fence, FenceDone, AskInput, InputGiven)
+    for cls in (
+        RunCode, RunDone, CompleteCode, CompleteDone, SetEnviron, Fence, FenceDone, AskInput, InputGiven,
+    )
 }
 
 

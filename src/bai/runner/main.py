@@ -26,7 +26,17 @@ from bai.runner.engines.base import EngineContext, RunnerError
 from bai.runner.link import AgentLink
 from bai.runner.loop import Loop
 from bai.runner.process import read_oom_score_adj, set_dumpable, write_oom_score_adj
-from bai.runner.protocol import Complete, Execute, Failure, Input, Interrupt, Message, Shutdown
+from bai.runner.protocol import (
+    Complete,
+    Configure,
+    Configured,
+    Execute,
+    Failure,
+    Input,
+    Interrupt,
+    Message,
+    Shutdown,
+)
 
 USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS]" % "|".join(sorted(ENGINES))
 
@@ -86,6 +96,7 @@ class Runner:
             Input: self.engine.provide_input,
             Interrupt: self.engine.interrupt,
             Complete: self.engine.complete,
+            Configure: self._configure,
             Shutdown: self._shutdown,
         }
 
@@ -106,6 +117,11 @@ class Runner:
             handler(message)
         except RunnerError as exc:
             self.link.send(Failure(message=exc.message, run_id=exc.run_id))
+
+    def _configure(self, message: Configure) -> None:
+        os.environ.update(message.environ)
+        self.engine.configure(message.environ)
+        self.link.send(Configured())
 
     def _shutdown(self, message: Shutdown) -> None:
         self.loop.stop()

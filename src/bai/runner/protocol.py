@@ -8,6 +8,7 @@ the sandbox (Python >= 3.9, standard library only) and the agent.
 
 Flow of one run:  agent ``Execute`` → runner ``Output``* [``WaitingInput`` ←
 agent ``Input``]* → runner ``Finished``. ``Interrupt`` may arrive at any time.
+A pooled sandbox gets ``Configure`` → ``Configured`` once, before its first run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ class Complete(Message):
 
 
 @dataclass
+class Configure(Message):
+    """Claim a pooled sandbox for a session: set these environment variables in the
+    runner and the REPL before the first ``Execute``. Answered by ``Configured``."""
+
+    TYPE: ClassVar[str] = "configure"
+    environ: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Shutdown(Message):
     TYPE: ClassVar[str] = "shutdown"
 
@@ -129,6 +139,13 @@ class Completions(Message):
 
 
 @dataclass
+class Configured(Message):
+    """``Configure`` is done: the next ``Execute`` sees the new environment."""
+
+    TYPE: ClassVar[str] = "configured"
+
+
+@dataclass
 class Failure(Message):
     """The runner could not do what a message asked (bad frame, busy engine...)."""
 
@@ -138,15 +155,15 @@ class Failure(Message):
 
 
 AnyMessage = Union[
-    Execute, Input, Interrupt, Complete, Shutdown,
-    Ready, Output, Media, WaitingInput, Finished, Completions, Failure,
+    Execute, Input, Interrupt, Complete, Configure, Shutdown,
+    Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure,
 ]
 
 MESSAGE_TYPES: Dict[str, Type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Execute, Input, Interrupt, Complete, Shutdown,
-        Ready, Output, Media, WaitingInput, Finished, Completions, Failure,
+        Execute, Input, Interrupt, Complete, Configure, Shutdown,
+        Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure,
     )
 }
 

@@ -28,7 +28,7 @@ import traceback
 import types
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
-from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone
+from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone, SetEnviron
 from bai.runner.protocol import Message
 from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamSwitch
 
@@ -157,7 +157,11 @@ class Repl:
             raise KeyboardInterrupt
 
     def serve(self) -> NoReturn:
-        handlers: Dict[type, Callable[[Any], None]] = {RunCode: self._run, CompleteCode: self._complete}
+        handlers: Dict[type, Callable[[Any], None]] = {
+            RunCode: self._run,
+            CompleteCode: self._complete,
+            SetEnviron: self._set_environ,
+        }
         while True:
             try:  # KeyboardInterrupt here: the user's code installed a SIGINT handler that raises
                 message: Optional[Message] = self._commands.recv()
@@ -220,6 +224,9 @@ class Repl:
         sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
         setattr(sys, "last_exc", exc)  # noqa: B010 (3.12+ name; setattr keeps 3.9 and mypy quiet)
         self._stderr.write(format_exception(exc))
+
+    def _set_environ(self, message: SetEnviron) -> None:
+        os.environ.update(message.environ)
 
     def _complete(self, message: CompleteCode) -> None:
         try:

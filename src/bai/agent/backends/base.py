@@ -23,7 +23,7 @@ from typing import ClassVar
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import SandboxSpec, SessionStats
-from bai.common.errors import ServiceUnavailable
+from bai.common.errors import ServiceUnavailable, SessionCreationFailed
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -84,6 +84,15 @@ class Sandbox(ABC):
         """Kill every process of the sandbox and start a fresh one on the same scratch
         dir, with a new runner socket. Called by Agent.restart_session, after the agent
         stopped listening to the old socket. Raises SessionRestartFailed."""
+
+    async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
+        """Make this pooled sandbox (started for no session) the sandbox of ``spec``:
+        set ``limits`` on its running processes and take the session's id. Called by
+        WarmPool.claim (bai.agent.pool) before the environment is sent to the runner.
+        Raises SessionCreationFailed when the limits cannot be applied (the caller
+        destroys the sandbox and starts the session cold). A backend without a pool
+        keeps this default."""
+        raise SessionCreationFailed(f"the {type(self).__name__} cannot be claimed from a pool")
 
     @abstractmethod
     async def destroy(self, grace_s: float) -> SessionStats:

@@ -113,7 +113,7 @@ class LocalBackend(Backend):
         super().__init__(config)
         self.switch_uid = os.geteuid() == 0
         self.uids = UidPool(config.sandbox_uid_base, config.sandbox_uid_count)
-        self.sandboxes: dict[str, LocalSandbox] = {}
+        self.sandboxes: dict[str, LocalSandbox] = {}  # by session id (a pooled one's: its pool name)
         self.share_root = config.data_dir / "sandbox"
         self._fallback_share = False
         self._locks: list[int] = []
@@ -151,6 +151,7 @@ class LocalBackend(Backend):
             runner_dir=runner_dir,
             spawner=Spawner(),
             released=self._released,
+            renamed=self._renamed,
         )
         await self._clean_leftovers()
 
@@ -300,3 +301,7 @@ class LocalBackend(Backend):
         if sandbox.uid is not None:
             self.uids.release(sandbox.uid)
         self.sandboxes.pop(sandbox.session_id, None)
+
+    def _renamed(self, sandbox: LocalSandbox, old_id: str) -> None:
+        self.sandboxes.pop(old_id, None)
+        self.sandboxes[sandbox.session_id] = sandbox

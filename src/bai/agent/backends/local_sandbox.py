@@ -61,6 +61,7 @@ class LocalHost:
     runner_dir: Path
     spawner: Spawner
     released: Callable[[LocalSandbox], None]  # called once a sandbox has let go of everything
+    renamed: Callable[[LocalSandbox, str], None]  # (sandbox, old session id): a pooled one was claimed
 
 
 async def kill_cgroup(driver: CgroupDriver, cgroup: SessionCgroup, what: str) -> None:
@@ -95,6 +96,7 @@ def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
 class LocalSandbox(Sandbox):
     def __init__(self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Path) -> None:
         self.host = host
+        self.name = spec.session_id  # of the cgroup and scratch dir; a pooled one keeps it when claimed
         self.session_id = spec.session_id
         self.spec = spec
         self.limits = limits
@@ -114,7 +116,7 @@ class LocalSandbox(Sandbox):
     async def start(self) -> None:
         driver = self.host.cgroups
         if driver is not None:
-            self.cgroup = driver.create(self.session_id, self.limits)
+            self.cgroup = driver.create(self.name, self.limits)
             self._oom_fd = driver.oom_watch(self.cgroup)
         await self._spawn()
 
@@ -252,6 +254,22 @@ class LocalSandbox(Sandbox):
             io_scratch_size=await asyncio.to_thread(scratch_size, self.scratch),
             oom_kills=figures.oom_kills,
         )
+
+    async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
+        driver = self.host.cgroups
+        if driver is not None and self.cgroup is not None:
+            try:
+                in_use = driver.stats(self.cgroup).mem_current
+                if in_use >= limits.mem:
+                    raise SessionCreationFailed(f"the pooled sandbox already uses {in_use} bytes, over {limits.mem}")
+                driver.apply_limits(self.cgroup, limits)
+                driver.reset_peak(self.cgroup)
+            except (OSError, CgroupError) as exc:
+                raise SessionCreationFailed(f"cannot set the session's limits: {exc}") from exc
+        old_id, self.session_id = self.session_id, spec.session_id
+        self.host.renamed(self, old_id)
+        self.spec = spec  # a restart starts bwrap with the session's own environment
+        self.limits = limits
 
     async def restart(self) -> None:
         try:

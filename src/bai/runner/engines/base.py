@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Dict, Optional
 
 from bai.runner.loop import Loop
 from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message, Ready
@@ -74,6 +74,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, message: Complete) -> None: ...
+
+    def configure(self, environ: Dict[str, str]) -> None:
+        """The runner has updated its own os.environ with ``environ`` (a pooled sandbox
+        was claimed); pass it on to a user's process already started."""
 
     @abc.abstractmethod
     def child_exited(self, pid: int, status: int) -> None:

@@ -36,6 +36,7 @@ from bai.runner.control import (
     InputGiven,
     RunCode,
     RunDone,
+    SetEnviron,
 )
 from bai.runner.engines.base import Busy, Engine, EngineContext, NotWaiting, Unsupported
 from bai.runner.engines.python_child import OutputPipe, ReplChild
@@ -171,6 +172,10 @@ class PythonEngine(Engine):
             return
         self._completions_pending += 1
         self._send_command(CompleteCode(text))
+
+    def configure(self, environ: Dict[str, str]) -> None:
+        if self._child is not None:  # a later child inherits the runner's os.environ
+            self._send_command(SetEnviron(dict(environ)))
 
     def child_exited(self, pid: int, status: int) -> None:
         if self._child is not None and pid == self._child.pid:
