@@ -301,8 +301,8 @@ class SessionRegistry:
         async with session.lock:
             if session.status != st.PENDING:  # cancelled between placement and this task
                 return
-            # SCHEDULED is published but not written: PREPARING follows at once and
-            # is, one database write fewer on the create path (the warm pool's target)
+            # SCHEDULED is published but not written: PREPARING follows at once, and one
+            # database write fewer matters on the warm pool's ~10 ms create path
             await self._transition(session, st.SCHEDULED, persist=False)
             await self._transition(session, st.PREPARING)
             spec = SandboxSpec(
