@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.apiclient import SignedClient
+
 if TYPE_CHECKING:
     from bai.server.embedded import EmbeddedServer
 
@@ -96,3 +98,11 @@ def fresh_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run
     Options for EmbeddedServer come from ``@pytest.mark.parametrize("fresh_server", [{...}],
     indirect=True)``."""
     yield from _serve(tmp_path / "data", **getattr(request, "param", {}))
+
+
+@pytest.fixture
+def api(bai_server: RunningServer) -> Iterator[SignedClient]:
+    """A signed client of the shared server, with its admin keypair."""
+    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
+    yield client
+    client.close()

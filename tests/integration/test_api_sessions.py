@@ -15,13 +15,6 @@ pytestmark = pytest.mark.sandbox
 
 
 @pytest.fixture
-def api(bai_server) -> Iterator[SignedClient]:
-    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def session(api: SignedClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     r = api.post("/session", {"image": "python", "name": name})

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from tests.apiclient import SignedClient
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture
-def api(bai_server) -> Iterator[SignedClient]:
-    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
-    yield client
-    client.close()
 
 
 class Listener:

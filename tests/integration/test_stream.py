@@ -16,13 +16,6 @@ pytestmark = pytest.mark.sandbox
 
 
 @pytest.fixture
-def api(bai_server) -> Iterator[SignedClient]:
-    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def session(api: SignedClient) -> Iterator[str]:
     name = f"ws-{uuid.uuid4().hex[:8]}"
     assert api.post("/session", {"image": "python", "name": name}).status_code == 201

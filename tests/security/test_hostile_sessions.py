@@ -16,13 +16,6 @@ from tests.apiclient import SignedClient, stderr_of, stdout_of
 pytestmark = pytest.mark.sandbox
 
 
-@pytest.fixture
-def api(bai_server) -> Iterator[SignedClient]:
-    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
-    yield client
-    client.close()
-
-
 def make_session(api: SignedClient, **resources: str) -> str:
     name = f"h-{uuid.uuid4().hex[:8]}"
     body: dict = {"image": "python", "name": name}
