@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bai.agent.agent import Agent
+from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local_sandbox import LocalSandbox
 from bai.agent.cgroups import CgroupError, check_writable, detect_driver
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import ExecRequest, ExecResult, SandboxSpec
@@ -114,3 +116,9 @@ def stdout_of(result: ExecResult) -> str:
 
 def stderr_of(result: ExecResult) -> str:
     return text_of(result, "stderr")
+
+
+def sandbox_of(agent: Agent, session_id: str) -> LocalSandbox:
+    """The local sandbox behind one of ``agent``'s sessions."""
+    assert isinstance(agent.backend, LocalBackend)
+    return agent.backend.sandboxes[session_id]

@@ -10,11 +10,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stderr_of, stdout_of
+from agent_sandbox import (
+    new_session,
+    run,
+    running_agent,
+    sandbox_of,
+    sandbox_unavailable,
+    stderr_of,
+    stdout_of,
+)
 
 from bai.agent.agent import Agent
 from bai.agent.backends.local import LocalBackend
-from bai.agent.backends.local_sandbox import LocalSandbox
 from bai.common.errors import InvalidRequest
 
 REASON = sandbox_unavailable()
@@ -25,11 +32,6 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason
 async def agent() -> AsyncIterator[Agent]:
     async with running_agent() as started:
         yield started
-
-
-def sandbox_of(agent: Agent, session_id: str) -> LocalSandbox:
-    assert isinstance(agent.backend, LocalBackend)
-    return agent.backend.sandboxes[session_id]
 
 
 async def inside(agent: Agent, session_id: str, code: str) -> str:

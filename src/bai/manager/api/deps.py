@@ -16,6 +16,7 @@ from bai.common.versions import SERVER_VERSION, ApiVersion
 from bai.manager.auth import SignedRequest, authenticate, request_version
 from bai.manager.core import Manager
 from bai.manager.keypairs import Keypair
+from bai.manager.sessions import LiveSession
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -61,6 +62,13 @@ def owner_key(conn: HTTPConnection, keypair: Keypair) -> str:
     if not keypair.is_admin:
         raise InsufficientPrivilege("owner_access_key: only an admin keypair may act for another keypair")
     return owner
+
+
+async def live_session(conn: HTTPConnection) -> LiveSession:
+    """Authenticate, then find the live session named by the path's ``{id}`` among the
+    owner's (see ``owner_key``); SessionNotFound otherwise."""
+    keypair = await caller(conn)
+    return manager_of(conn).sessions.find_live(owner_key(conn, keypair), conn.path_params["id"])
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str:

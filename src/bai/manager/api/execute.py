@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult
 from bai.common.errors import InvalidRequest, NotImplementedFeature
 from bai.common.wire import CompleteOptions, ExecuteRequest, RunResult
-from bai.manager.api.deps import body_as, caller, manager_of, owner_key, validate
+from bai.manager.api.deps import body_as, live_session, manager_of, validate
 from bai.manager.sessions import LiveSession
 
 
@@ -57,8 +57,7 @@ async def _complete(request: Request, session: LiveSession, code: str, raw_optio
 
 async def execute(request: Request) -> Response:
     manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     req = await body_as(request, ExecuteRequest)
     if req.mode == "complete":
         return await _complete(request, session, req.code, req.options)
@@ -70,15 +69,12 @@ async def execute(request: Request) -> Response:
 
 async def interrupt(request: Request) -> Response:
     manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     await manager.sessions.interrupt(session)
     return Response(status_code=204)
 
 
 async def complete(request: Request) -> Response:
-    manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     body = await body_as(request, ExecuteRequest, required=False)
     return await _complete(request, session, body.code, body.options)

@@ -13,7 +13,7 @@ from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCrea
 from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
 from bai.manager import lifecycle as st
-from bai.manager.api.deps import api_version, body_as, caller, json_body, manager_of, owner_key
+from bai.manager.api.deps import api_version, body_as, caller, json_body, live_session, manager_of, owner_key
 from bai.manager.config import ManagerConfig
 from bai.manager.sessions import CreateParams, LiveSession
 
@@ -144,16 +144,14 @@ async def list_sessions(request: Request) -> Response:
 
 async def destroy(request: Request) -> Response:
     manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     await manager.sessions.destroy(session)
     return JSONResponse({"stats": session.last_stat or {"version": 2, "status": "terminated"}})
 
 
 async def restart(request: Request) -> Response:
     manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     await manager.sessions.restart(session)
     return Response(status_code=204)
 
@@ -174,8 +172,7 @@ async def rename(request: Request) -> Response:
     """``POST /session/{id}/rename``: the new name in the body's ``name`` or the query (the
     official client sends it as a query parameter)."""
     manager = manager_of(request)
-    keypair = await caller(request)
-    session = manager.sessions.find_live(owner_key(request, keypair), request.path_params["id"])
+    session = await live_session(request)
     body = await json_body(request, required=False)
     new_name = body.get("name") or request.query_params.get("name")
     if not isinstance(new_name, str) or not new_name:

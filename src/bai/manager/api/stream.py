@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from bai.common.agent_rpc import ExecRequest, ExecResult
 from bai.common.errors import BaiError, InvalidRequest
 from bai.common.wire import ExecuteRequest
-from bai.manager.api.deps import caller, manager_of, owner_key, validate
+from bai.manager.api.deps import live_session, manager_of, validate
 from bai.manager.api.execute import exec_request, run_result
 from bai.manager.api.problems import problem_for
 from bai.manager.core import Manager
@@ -95,8 +95,7 @@ async def _relay(ws: WebSocket, inbox: _Inbox, manager: Manager, session: LiveSe
 async def stream_execute(ws: WebSocket) -> None:
     manager = manager_of(ws)
     try:
-        keypair = await caller(ws)
-        session = manager.sessions.find_live(owner_key(ws, keypair), ws.path_params["id"])
+        session = await live_session(ws)
     except BaiError as exc:
         await _deny(ws, exc)
         return
