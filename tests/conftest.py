@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -15,21 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
+
+__all__ = ["sandbox_unavailable"]  # the one check, shared with the agent's tests
 
 if TYPE_CHECKING:
     from bai.server.embedded import EmbeddedServer
-
-
-def sandbox_unavailable() -> str | None:
-    """Why real sandboxes cannot run here, or None when they can."""
-    if shutil.which("bwrap") is None:
-        return "bubblewrap (bwrap) is not installed"
-    if os.geteuid() != 0:
-        return "the local backend needs root to set up cgroups and sandbox uids"
-    if not (Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cgroup.controllers").exists()):
-        return "no writable memory cgroup"
-    return None
 
 
 @dataclass
