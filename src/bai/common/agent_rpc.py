@@ -34,6 +34,11 @@ class SandboxSpec(BaseModel):
     resources: dict[str, str]  # normalised slots: cpu (cores), mem (bytes), ...
     environ: dict[str, str] = Field(default_factory=dict)
     exec_timeout_s: float | None = None  # wall-time limit per execution; None: none
+    #: the cap on /home/work, bytes (writes past it fail with ENOSPC); None: the agent's default
+    scratch_bytes: int | None = None
+    #: output kept per run, bytes of stdout + stderr; past it the rest is dropped and a
+    #: marker says so. None: the agent's default
+    output_limit_bytes: int | None = None
 
 
 class ExecRequest(BaseModel):
@@ -44,12 +49,26 @@ class ExecRequest(BaseModel):
     flush_timeout_s: float = 2.0  # return what there is after this long
 
 
+class RunStats(BaseModel):
+    """What one run used, from the sandbox's cgroup: reported with its ``finished`` answer."""
+
+    cpu_ms: float  # user + system CPU time of every process of the sandbox during the run
+    wall_ms: float  # from the Execute frame's send to the Finished frame's arrival
+    mem_peak: int  # bytes: the memory high-water mark during the run
+    #: "run": the peak was reset when the run started; "session": the kernel cannot reset it,
+    #: so this is the session's high-water mark so far
+    mem_peak_scope: Literal["run", "session"] = "run"
+    output_bytes: int = 0  # stdout + stderr the run wrote, dropped output included
+    output_truncated: bool = False
+
+
 class ExecResult(BaseModel):
     run_id: str
     status: Literal["continued", "waiting-input", "finished", "exec-timeout", "build-finished", "clean-finished"]
     exit_code: int | None = None
     console: list[ConsoleEntry] = Field(default_factory=list)
     is_password: bool = False
+    stats: RunStats | None = None  # with status "finished" (and "exec-timeout") only
 
 
 class CompleteRequest(BaseModel):
