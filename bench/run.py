@@ -88,7 +88,7 @@ def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Pope
     if pool_size is not None:
         environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
     proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environ)
+                            stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BAI_BENCH_LOG", os.devnull), "w"), env=environ)
     env_file = data_dir / "client.env"
     for _ in range(300):
         if env_file.exists():

@@ -95,6 +95,30 @@ class LiveSession:
     last_stat: dict[str, Any] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: one store write of this session at a time, each with the state at its start, so
+    #: concurrent writes (create's and a placement's) neither race to insert nor land stale
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _session_to_row(session: LiveSession) -> SessionRow:
+    return SessionRow(
+        id=session.id,
+        name=session.name,
+        access_key=session.access_key,
+        image=session.image,
+        type=session.type,
+        tag=session.tag,
+        status=session.status,
+        status_info=session.status_info,
+        agent_id=session.agent_id,
+        requested_slots=format_slots(session.requested),
+        occupied_slots=format_slots(session.requested) if session.agent_id else {},
+        environ=session.environ,
+        num_queries=session.num_queries,
+        last_stat=session.last_stat,
+        created_at=session.created_at,
+        terminated_at=session.terminated_at,
+    )
 
 
 def _row_to_session(row: SessionRow) -> LiveSession:
@@ -394,26 +418,10 @@ class SessionRegistry:
             self._events.publish(self._event(name, session, session.status_info or ""))
 
     async def _persist(self, session: LiveSession) -> None:
-        row = SessionRow(
-            id=session.id,
-            name=session.name,
-            access_key=session.access_key,
-            image=session.image,
-            type=session.type,
-            tag=session.tag,
-            status=session.status,
-            status_info=session.status_info,
-            agent_id=session.agent_id,
-            requested_slots=format_slots(session.requested),
-            occupied_slots=format_slots(session.requested) if session.agent_id else {},
-            environ=session.environ,
-            num_queries=session.num_queries,
-            last_stat=session.last_stat,
-            created_at=session.created_at,
-            terminated_at=session.terminated_at,
-        )
-        async with self._db.sessionmaker() as s, s.begin():
-            await s.merge(row)
+        async with session.write_lock:
+            row = _session_to_row(session)
+            async with self._db.sessionmaker() as s, s.begin():
+                await s.merge(row)
 
     # -- agents come and go -----------------------------------------------------------
 
