@@ -8,7 +8,16 @@ Create → ready is measured twice: served from the warm pool (the default; betw
 two creates the bench waits POOL_REFILL_WAIT_S so each one finds a ready sandbox),
 and cold, by a second server started with ``BAI_AGENT_POOL_SIZE=0``.
 
-    ./dev bench [--creates N] [--execs N] [--kernels N] [--json PATH]
+Two more measure the pool under load, against the same server:
+
+- sustained create + destroy: WORKERS clients, each on its own connection, create a
+  session and destroy it in a loop for SECONDS; the rate is cycles per second;
+- idle sessions per GiB: N sessions created and left idle, then the sum of their
+  cgroup memory (``lastStat.mem.current`` of each, the same figure the API reports)
+  and the fall of the host's MemAvailable; a Jupyter kernel's memory (PSS of the
+  kernel process) is the baseline.
+
+    ./dev bench [--creates N] [--execs N] [--kernels N] [--seconds S] [--workers W] [--idle N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -87,8 +97,10 @@ def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Pope
     environ = dict(os.environ)
     if pool_size is not None:
         environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
-    proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BAI_BENCH_LOG", os.devnull), "w"), env=environ)
+    # the server's log: BAI_BENCH_LOG names a file for it (appended), else it is dropped
+    with open(os.environ.get("BAI_BENCH_LOG", os.devnull), "a") as log:
+        proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log, env=environ)
     env_file = data_dir / "client.env"
     for _ in range(300):
         if env_file.exists():
@@ -134,6 +146,114 @@ def bench_api(creates: int, execs: int, pooled: bool = True) -> dict[str, dict[s
     return {"api_create_ready": percentiles(create_ms), "api_exec_1plus1": percentiles(exec_ms)}
 
 
+def admin_api(env: dict[str, str]) -> Api:
+    return Api(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"])
+
+
+def bench_sustained(env: dict[str, str], seconds: float, workers: int) -> dict[str, dict[str, float]]:
+    """Create + destroy cycles per second, WORKERS clients in parallel."""
+    create_ms: list[float] = []
+    destroy_ms: list[float] = []
+    failures: list[object] = []
+    deadline = time.monotonic() + seconds
+
+    def worker(index: int) -> None:
+        api = admin_api(env)
+        i = 0
+        while time.monotonic() < deadline and not failures:
+            name = f"sus-{index}-{i}"
+            t0 = time.perf_counter()
+            status, body = api.call("POST", "/session", {"image": "python", "name": name})
+            t1 = time.perf_counter()
+            if status != 201:
+                failures.append(body)
+                return
+            status, body = api.call("DELETE", f"/session/{name}")
+            t2 = time.perf_counter()
+            if status != 200:
+                failures.append(body)
+                return
+            create_ms.append((t1 - t0) * 1000)
+            destroy_ms.append((t2 - t1) * 1000)
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    assert not failures, failures[0]
+    cycles = len(create_ms)
+    return {
+        "sustained_cycles_per_s": {"n": cycles, "p50": cycles / elapsed, "p99": cycles / elapsed, "min": 0.0},
+        "sustained_create": percentiles(create_ms),
+        "sustained_destroy": percentiles(destroy_ms),
+    }
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def bench_idle(env: dict[str, str], n: int) -> dict[str, dict[str, float]]:
+    """The memory of N idle sessions: their cgroups' sum, and the host's view."""
+    admin = admin_api(env)
+    status, keypair = admin.call("POST", "/admin/keypairs", {"user_id": "bench-idle", "concurrency_limit": n + 10})
+    assert status == 201, keypair
+    api = Api(env["BACKEND_ENDPOINT"], keypair["access_key"], keypair["secret_key"])  # type: ignore[index]
+    # small slots, so that N sessions fit the agent's schedulable capacity of a 2-core box
+    config = {"resources": {"cpu": "0.02", "mem": "128m"}}
+    available_before = mem_available()
+    names = [f"idle-{i}" for i in range(n)]
+    try:
+        for name in names:
+            status, body = api.call("POST", "/session", {"image": "python", "name": name, "config": config})
+            assert status == 201 and body["status"] == "RUNNING", body  # type: ignore[index]
+        time.sleep(2.0)  # let the pool's refills and the sessions settle
+        available_after = mem_available()
+        per_session = []
+        for name in names:
+            status, info = api.call("GET", f"/session/{name}")
+            assert status == 200, info
+            per_session.append(int(info["lastStat"]["mem"]["current"]))  # type: ignore[index]
+    finally:
+        for name in names:
+            api.call("DELETE", f"/session/{name}")
+    total = sum(per_session)
+    host_drop = max(0, available_before - available_after)
+    mib = [b / 2**20 for b in per_session]
+    return {
+        "idle_session_cgroup_mib": percentiles(mib),
+        "idle_sessions_per_gib_cgroup": {"n": n, "p50": n * 2**30 / total, "p99": n * 2**30 / total, "min": 0.0},
+        "idle_sessions_per_gib_host": {"n": n, "p50": n * 2**30 / host_drop if host_drop else float("inf"),
+                                       "p99": 0.0, "min": 0.0},
+    }
+
+
+def bench_load(seconds: float, workers: int, idle: int, pooled: bool = True) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="bai-bench-") as tmp:
+        proc, env = start_server(Path(tmp), None if pooled else 0)
+        try:
+            warm = admin_api(env)
+            warm.call("POST", "/session", {"image": "python", "name": "bench-warm"})
+            warm.call("DELETE", "/session/bench-warm")
+            results: dict[str, dict[str, float]] = {}
+            if seconds > 0:
+                results.update(bench_sustained(env, seconds, workers))
+            if idle > 0:
+                time.sleep(1.0)
+                results.update(bench_idle(env, idle))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return results
+
+
 def bench_baselines(n: int, kernels: int) -> dict[str, dict[str, float]]:
     python = "/usr/bin/python3"
     out = {
@@ -149,24 +269,53 @@ def bench_baselines(n: int, kernels: int) -> dict[str, dict[str, float]]:
 def bench_jupyter(n: int) -> dict[str, dict[str, float]]:
     from jupyter_client.manager import start_new_kernel
 
-    starts, execs = [], []
+    starts, execs, memory = [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
         km, kc = start_new_kernel(kernel_name="python3")
         starts.append((time.perf_counter() - t0) * 1000)
+        memory.append(process_pss(km.provisioner.process.pid) / 2**20)  # type: ignore[union-attr]
         for _ in range(20):
             t1 = time.perf_counter()
             kc.execute_interactive("1+1", timeout=30, output_hook=lambda msg: None)
             execs.append((time.perf_counter() - t1) * 1000)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    return {"jupyter_kernel_start": percentiles(starts), "jupyter_exec_1plus1": percentiles(execs)}
+    return {"jupyter_kernel_start": percentiles(starts), "jupyter_exec_1plus1": percentiles(execs),
+            "jupyter_kernel_idle_pss_mib": percentiles(memory)}
+
+
+def process_pss(pid: int) -> int:
+    """Proportional set size of one process, bytes (what it alone costs the host)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss for pid {pid}")
+
+
+LOAD_FIGURES = {  # name → (unit, whether the figure is a single value rather than a distribution)
+    "sustained_cycles_per_s": ("cycles/s", True),
+    "sustained_cycles_per_s_cold": ("cycles/s", True),
+    "idle_sessions_per_gib_cgroup": ("sessions/GiB", True),
+    "idle_sessions_per_gib_host": ("sessions/GiB", True),
+    "idle_session_cgroup_mib": ("MiB", False),
+    "jupyter_kernel_idle_pss_mib": ("MiB", False),
+}
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
     lines = ["| measurement | n | p50 ms | p99 ms |", "|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {int(r['n'])} | {r['p50']:.2f} | {r['p99']:.2f} |")
+        if name not in LOAD_FIGURES:
+            lines.append(f"| {name} | {int(r['n'])} | {r['p50']:.2f} | {r['p99']:.2f} |")
+    load = [name for name in LOAD_FIGURES if name in results]
+    if load:
+        lines += ["", "| load figure | n | value (p50) | p99 | unit |", "|---|---|---|---|---|"]
+        for name in load:
+            unit, single = LOAD_FIGURES[name]
+            r = results[name]
+            p99 = "" if single else f"{r['p99']:.2f}"
+            lines.append(f"| {name} | {int(r['n'])} | {r['p50']:.2f} | {p99} | {unit} |")
     create = results["api_create_ready"]["p50"]
     lines.append("")
     lines.append("Ratios (p50):")
@@ -183,7 +332,27 @@ def report(results: dict[str, dict[str, float]]) -> str:
     if "jupyter_exec_1plus1" in results:
         ratio = results["api_exec_1plus1"]["p50"] / results["jupyter_exec_1plus1"]["p50"]
         lines.append(f"- exec 1+1 through the API / Jupyter execute: {ratio:.2f}×")
+    lines += load_ratios(results)
     return "\n".join(lines)
+
+
+def load_ratios(results: dict[str, dict[str, float]]) -> list[str]:
+    lines = []
+    rate = results.get("sustained_cycles_per_s", {}).get("p50")
+    if rate:
+        if "sustained_cycles_per_s_cold" in results:
+            cold = results["sustained_cycles_per_s_cold"]["p50"]
+            lines.append(f"- sustained create+destroy, pooled / cold: {rate / cold:.2f}×")
+        if "jupyter_kernel_start" in results:
+            kernels_per_s = 1000 / results["jupyter_kernel_start"]["p50"]
+            lines.append(f"- sustained create+destroy / Jupyter kernel starts per second ({kernels_per_s:.2f}): "
+                         f"{rate / kernels_per_s:.1f}×")
+    per_gib = results.get("idle_sessions_per_gib_cgroup", {}).get("p50")
+    if per_gib and "jupyter_kernel_idle_pss_mib" in results:
+        kernels_per_gib = 1024 / results["jupyter_kernel_idle_pss_mib"]["p50"]
+        lines.append(f"- idle sessions per GiB / idle Jupyter kernels per GiB ({kernels_per_gib:.1f}): "
+                     f"{per_gib / kernels_per_gib:.1f}×")
+    return lines
 
 
 def main() -> None:
@@ -192,11 +361,18 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--spawns", type=int, default=50)
     parser.add_argument("--kernels", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="sustained create+destroy duration")
+    parser.add_argument("--workers", type=int, default=4, help="parallel clients for the sustained run")
+    parser.add_argument("--idle", type=int, default=200, help="idle sessions whose memory is measured")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = bench_baselines(args.spawns, args.kernels)
     results.update(bench_api(args.creates, args.execs))
     results.update(bench_api(args.creates, 0, pooled=False))
+    results.update(bench_load(args.seconds, args.workers, args.idle))
+    if args.seconds > 0:
+        cold = bench_load(args.seconds, args.workers, 0, pooled=False)
+        results["sustained_cycles_per_s_cold"] = cold["sustained_cycles_per_s"]
     print(f"# bai benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs\n")
     print(report(results))
     if args.json:

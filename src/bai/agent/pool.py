@@ -1,7 +1,8 @@
 """The warm pool: ready sandboxes per environment, claimed by sessions in milliseconds.
 
 A pooled sandbox is started for no session (its cgroup and scratch dir are named
-``_pool-<n>``, a name no session id can take), with the agent's default limits and no
+``_pool-<random>``, a name no session id can take, and unique on the host: two agents
+with one agent id, e.g. two embedded servers, share the cgroup parent), with the agent's default limits and no
 environment variables; it is ready once its runner sent Ready (the REPL is forked by
 then). ``Agent.create_session`` claims one: the backend sets the session's limits on
 its cgroup (``Sandbox.claim``) and the runner sets the session's variables
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,7 +188,6 @@ class WarmPool:
         self.make_session = make_session
         self.startup_timeout_s = startup_timeout_s
         self._sessions: dict[str, Session] = {}  # ready ones, by pool name
-        self._names = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -270,7 +270,7 @@ class WarmPool:
         if self.book.stopped:
             self.book.start_failed(environment)
             return
-        name = f"{NAME_PREFIX}{next(self._names)}"
+        name = f"{NAME_PREFIX}{secrets.token_hex(6)}"
         spec = SandboxSpec(session_id=name, session_name=name, environment=environment, resources={})
         try:
             session = await self._connect(spec)
