@@ -188,3 +188,24 @@ async def test_a_bad_policy_stops_the_backend_start(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable, match="no_such_call"):
         async with running_agent(seccomp_overlay=overlay, data_dir=tmp_path / "agent"):  # compiled before any state
             pass
+
+
+async def test_an_environments_own_overlay_applies_after_the_operators(tmp_path: Path) -> None:
+    operator = tmp_path / "operator.toml"
+    operator.write_text('[[deny]]\nsyscall = "mincore"\nwhy = "the operator\'s"\n')
+    environments = tmp_path / "environments"
+    environments.mkdir()
+    (environments / "python.toml").write_text('allow = ["mincore", "keyctl"]\n')
+    async with running_agent(seccomp_overlay=operator, seccomp_environment_dir=environments) as agent:
+        code = (
+            "import ctypes, mmap\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "page = mmap.mmap(-1, 4096)\n"
+            "vec = ctypes.create_string_buffer(1)\n"
+            "addr = ctypes.addressof(ctypes.c_char.from_buffer(page))\n"
+            "print(libc.syscall(27, ctypes.c_void_p(addr), 4096, vec))\n"  # mincore: allowed again
+            "print(libc.syscall(250, 0, ctypes.c_long(-3), 0) > 0)\n"  # keyctl
+            "print(libc.syscall(165, 0, 0, 0, 0, 0), ctypes.get_errno())\n"  # mount: still denied
+        )
+        out = (await inside(agent, await new_session(agent), code)).split()
+    assert out == ["0", "True", "-1", "1"]

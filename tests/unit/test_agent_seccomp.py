@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from bai.agent.backends import bwrap
-from bai.agent.seccomp import ArgMatch, Overlay, Policy, PolicyError, Rule, default_policy, load_overlay
+from bai.agent.seccomp import (
+    ArgMatch,
+    Overlay,
+    Policy,
+    PolicyError,
+    Rule,
+    default_policy,
+    load_overlay,
+    policy_for,
+)
 from bai.agent.seccomp.bpf import compile_bpf
 from bai.agent.seccomp.docker import docker_profile
 from bai.agent.seccomp.policy import parse_overlay
@@ -109,3 +118,49 @@ def test_bwrap_gets_the_program_fd() -> None:
     assert argv[argv.index("--seccomp") + 1] == str(bwrap.SECCOMP_FD)
     assert argv.index("--seccomp") < argv.index("--")
     assert "--seccomp" not in bwrap.SandboxCommand(**common, seccomp=False).argv()  # type: ignore[arg-type]
+
+
+def test_policy_for_layers_the_operator_and_the_environment(tmp_path: Path) -> None:
+    operator = tmp_path / "operator.toml"
+    operator.write_text('[[deny]]\nsyscall = "mincore"\n')
+    environments = tmp_path / "envs"
+    environments.mkdir()
+    (environments / "python.toml").write_text('allow = ["keyctl"]\n[[deny]]\nsyscall = "sched_setaffinity"\n')
+    base = default_policy()
+    assert policy_for("python") == base
+    assert policy_for("python", environment_dir=environments) != base
+    layered = policy_for("python:3.11", operator, environments)  # the version tag is not part of the file name
+    assert "mincore" in layered.syscalls and "sched_setaffinity" in layered.syscalls
+    assert "keyctl" not in layered.syscalls
+    assert policy_for("r", operator, environments) == base.merged(load_overlay(operator))  # no r.toml
+    for bad in ("../python", ".hidden", ""):
+        with pytest.raises(PolicyError):
+            policy_for(bad, environment_dir=environments)
+
+
+def test_cli_shows_and_exports_the_policy(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bai.agent.cli import seccomp
+
+    environments = tmp_path / "envs"
+    environments.mkdir()
+    (environments / "python.toml").write_text('allow = ["keyctl"]\n')
+    runner = CliRunner()
+    shown = runner.invoke(seccomp, ["show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.output)
+    assert {"syscall": "mount", "when": "always"}.items() <= rows[0].items()
+    assert any(row["syscall"] == "ioctl" and "0x5412" in row["when"] for row in rows)  # TIOCSTI
+    table = runner.invoke(seccomp, ["show"])
+    assert table.exit_code == 0 and "SYSCALL" in table.output and "EPERM" in table.output
+    exported = runner.invoke(seccomp, ["export", "--environment-dir", str(environments), "--machine", "x86_64"])
+    assert exported.exit_code == 0, exported.output
+    profile = json.loads(exported.output)
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW" and "SCMP_ARCH_X86_64" in profile["architectures"]
+    names = {name for entry in profile["syscalls"] for name in entry["names"]}
+    assert "mount" in names and "keyctl" not in names
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[deny]]\nsyscall = 3\n")
+    failed = runner.invoke(seccomp, ["show", "--overlay", str(broken)])
+    assert failed.exit_code != 0 and "syscall" in failed.output

@@ -4,6 +4,7 @@ Registered on the CLI through the ``bai.cli`` entry-point group."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -14,6 +15,8 @@ from pydantic import SecretStr
 
 from bai.agent.config import AgentConfig
 from bai.agent.main import serve
+from bai.agent.seccomp import Policy, PolicyError, Rule, policy_for
+from bai.agent.seccomp.docker import docker_profile
 
 
 @click.command("agent")
@@ -55,3 +58,71 @@ def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: st
         await serve(config, stop)
 
     asyncio.run(run())
+
+
+@click.group("seccomp")
+def seccomp() -> None:
+    """The sandbox's syscall policy: show it, export it for Docker."""
+
+
+_ENVIRONMENT = click.option("-e", "--environment", default="python", show_default=True,
+                            help="Whose policy: the environment's overlay applies when there is one.")
+_OVERLAY = click.option("--overlay", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        envvar="BAI_AGENT_SECCOMP_OVERLAY", default=None,
+                        help="The operator's overlay for every environment (TOML).")
+_ENV_DIR = click.option("--environment-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+                        envvar="BAI_AGENT_SECCOMP_ENVIRONMENT_DIR", default=None,
+                        help="A dir of per-environment overlays, <environment>.toml.")
+
+
+def _policy(environment: str, overlay: Path | None, environment_dir: Path | None) -> Policy:
+    try:
+        return policy_for(environment, overlay, environment_dir)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@seccomp.command("export")
+@_ENVIRONMENT
+@_OVERLAY
+@_ENV_DIR
+@click.option("--machine", default=None, help="The architecture (uname -m); default: this machine's.")
+def export(environment: str, overlay: Path | None, environment_dir: Path | None, machine: str | None) -> None:
+    """Print the policy as a Docker seccomp profile (docker run --security-opt seccomp=FILE)."""
+    profile = docker_profile(_policy(environment, overlay, environment_dir), machine)
+    click.echo(profile.model_dump_json(indent=2, exclude_none=True))
+
+
+@seccomp.command("show")
+@_ENVIRONMENT
+@_OVERLAY
+@_ENV_DIR
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of rules.")
+def show(environment: str, overlay: Path | None, environment_dir: Path | None, as_json: bool) -> None:
+    """List the denied syscalls (each fails with EPERM inside a sandbox)."""
+    policy = _policy(environment, overlay, environment_dir)
+    rows = [
+        {"syscall": rule.syscall, "when": _describe_args(rule), "why": rule.why}
+        for rule in policy.rules
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(row["syscall"]) for row in rows)
+    when_width = max(len(row["when"]) for row in rows)
+    click.echo(f"{'SYSCALL':<{width}}  {'WHEN':<{when_width}}  WHY")
+    for row in rows:
+        click.echo(f"{row['syscall']:<{width}}  {row['when']:<{when_width}}  {row['why']}")
+    click.echo(f"\n{len(rows)} rules, default: allow; a denied call fails with EPERM")
+
+
+def _describe_args(rule: Rule) -> str:
+    if not rule.args:
+        return "always"
+    parts = []
+    for arg in rule.args:
+        if arg.mask is None:
+            parts.append(f"arg{arg.index} == {arg.value:#x}")
+        else:
+            parts.append(f"arg{arg.index} & {arg.mask:#x} == {arg.value:#x}")
+    return " and ".join(parts)

@@ -40,6 +40,8 @@ class AgentConfig(BaseSettings):
     seccomp: bool = True
     #: an overlay on the default policy for every environment (TOML: [[deny]] entries, allow = [...])
     seccomp_overlay: Path | None = None
+    #: a dir of per-environment overlays, ``<environment>.toml``, applied after seccomp_overlay
+    seccomp_environment_dir: Path | None = None
 
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)

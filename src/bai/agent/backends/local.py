@@ -34,7 +34,7 @@ from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandb
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import create_scratch, reachable_by_others, remove_scratch
-from bai.agent.seccomp import PolicyError, default_policy, load_overlay
+from bai.agent.seccomp import Policy, PolicyError, policy_for
 from bai.agent.seccomp.bpf import compile_bpf
 from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
@@ -156,19 +156,22 @@ class LocalBackend(Backend):
         await self._clean_leftovers()
 
     def _compile_seccomp(self) -> dict[str, bytes]:
-        """Each environment's BPF program, compiled once per distinct policy (all share the
-        default plus the configured overlay today; an environment's own overlay goes here)."""
+        """Each environment's BPF program (bai.agent.seccomp.policy_for), compiled once per
+        distinct policy."""
         if not self.config.seccomp:
             log.warning("the syscall filter is off (BAI_AGENT_SECCOMP=false)")
             return {}
+        programs: dict[Policy, bytes] = {}
+        out: dict[str, bytes] = {}
         try:
-            policy = default_policy()
-            if self.config.seccomp_overlay is not None:
-                policy = policy.merged(load_overlay(self.config.seccomp_overlay))
-            programs = {policy: compile_bpf(policy)}
+            for name in ENVIRONMENTS:
+                policy = policy_for(name, self.config.seccomp_overlay, self.config.seccomp_environment_dir)
+                if policy not in programs:
+                    programs[policy] = compile_bpf(policy)
+                out[name] = programs[policy]
         except PolicyError as exc:
             raise BackendUnavailable(f"seccomp policy: {exc}") from exc
-        return {name: programs[policy] for name in ENVIRONMENTS}
+        return out
 
     def _lock_data_dir(self) -> None:
         """One agent per data dir: its leftovers cleanup must not hit a live neighbour."""

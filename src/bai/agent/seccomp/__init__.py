@@ -11,6 +11,15 @@ know) is the only one raised; callers at start-up turn it into
 ``BackendUnavailable``.
 """
 
-from bai.agent.seccomp.policy import ArgMatch, Overlay, Policy, PolicyError, Rule, default_policy, load_overlay
+from bai.agent.seccomp.policy import (
+    ArgMatch,
+    Overlay,
+    Policy,
+    PolicyError,
+    Rule,
+    default_policy,
+    load_overlay,
+    policy_for,
+)
 
-__all__ = ["ArgMatch", "Overlay", "Policy", "PolicyError", "Rule", "default_policy", "load_overlay"]
+__all__ = ["ArgMatch", "Overlay", "Policy", "PolicyError", "Rule", "default_policy", "load_overlay", "policy_for"]

@@ -80,6 +80,24 @@ def default_policy() -> Policy:
     return Policy(parse_overlay(text, "default.toml").deny)
 
 
+def policy_for(environment: str, overlay: Path | None = None, environment_dir: Path | None = None) -> Policy:
+    """The policy of one environment: the default, then the operator's ``overlay`` for
+    every environment, then ``<environment_dir>/<base name>.toml`` if that file exists
+    (the environment's own: it may loosen what its language needs or tighten more).
+    The base name is the environment's name without its version tag."""
+    policy = default_policy()
+    if overlay is not None:
+        policy = policy.merged(load_overlay(overlay))
+    if environment_dir is not None:
+        base = environment.split(":", 1)[0]
+        if not base or "/" in base or base.startswith("."):
+            raise PolicyError(f"not an environment name: {environment!r}")
+        own = environment_dir / f"{base}.toml"
+        if own.is_file():
+            policy = policy.merged(load_overlay(own))
+    return policy
+
+
 def load_overlay(path: Path) -> Overlay:
     try:
         text = path.read_text()
