@@ -8,17 +8,22 @@ from urllib.parse import quote
 
 from bai.client.base import AsyncAPI
 from bai.client.models import KeypairList, request_body
-from bai.common.wire import KeypairCreated, KeypairCreateRequest, KeypairInfo
+from bai.common.wire import AgentList, AgentStatus, KeypairCreated, KeypairCreateRequest, KeypairInfo
 
 if TYPE_CHECKING:
     from bai.client.session import AsyncSession
 
 
 class AdminAPI(AsyncAPI):
-    """``/admin/keypairs``: list, create, (de)activate and delete keypairs."""
+    """``/admin/keypairs``: list, create, (de)activate and delete keypairs; ``/admin/agents``."""
 
     def __init__(self, api: AsyncSession) -> None:
         self._api = api
+
+    async def list_agents(self) -> list[AgentStatus]:
+        """The agents the manager knows: capacity, load, warm pool (``GET /admin/agents``)."""
+        answer = await self._api.request_model(AgentList, "GET", "/admin/agents")
+        return answer.items
 
     async def list_keypairs(self) -> list[KeypairInfo]:
         answer = await self._api.request_model(KeypairList, "GET", "/admin/keypairs")

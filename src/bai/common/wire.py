@@ -214,3 +214,23 @@ class KeypairCreateRequest(_Lenient):
     )
     rate_limit: int = Field(default=10000, ge=1, validation_alias=AliasChoices("rate_limit", "rateLimit"))
     expires_at: datetime | None = Field(default=None, validation_alias=AliasChoices("expires_at", "expiresAt"))
+
+
+class AgentStatus(BaseModel):
+    """One agent as ``GET /admin/agents`` lists it (bai's own admin route)."""
+
+    agent_id: str
+    status: Literal["ALIVE", "LOST"]
+    backend: str
+    version: str
+    rpc_url: str
+    environments: list[str]
+    capacity: dict[str, str]  # schedulable slots (hardware × overcommit), decimal strings
+    occupied: dict[str, str]  # what its live sessions requested
+    sessions: int
+    pool: dict[str, int]  # ready pooled sandboxes per environment
+    last_heartbeat_s: float  # seconds since its last heartbeat
+
+
+class AgentList(BaseModel):
+    items: list[AgentStatus]

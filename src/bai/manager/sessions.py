@@ -296,7 +296,8 @@ class SessionRegistry:
 
     # -- scheduling and start ----------------------------------------------------
 
-    def _occupied(self) -> dict[str, Slots]:
+    def occupied(self) -> dict[str, Slots]:
+        """Per agent, the slots its live sessions requested."""
         occupied: dict[str, Slots] = {}
         for s in self._live.values():
             if s.agent_id is not None:
@@ -310,7 +311,7 @@ class SessionRegistry:
         pending = [
             PendingSession(sid, self._live[sid].image, self._live[sid].requested) for sid in self._pending
         ]
-        for assignment in schedule_fifo(pending, self._agents.capacities(self._occupied())):
+        for assignment in schedule_fifo(pending, self._agents.capacities(self.occupied())):
             self._pending.remove(assignment.session_id)
             session = self._live[assignment.session_id]
             session.agent_id = assignment.agent_id

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
-from bai.manager.api import events, execute, misc, session, stream
+from bai.manager.api import agents, events, execute, misc, session, stream
 from bai.manager.api.middleware import EdgeMiddleware
 from bai.manager.api.problems import problem, problem_for
 from bai.manager.core import Manager
@@ -57,6 +57,7 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/stream/kernel/_/events", events.session_events, methods=["GET"]),
         WebSocketRoute("/stream/session/{id}/execute", stream.stream_execute),
         WebSocketRoute("/stream/kernel/{id}/execute", stream.stream_execute),
+        Route("/admin/agents", agents.list_agents, methods=["GET"]),
         Route("/admin/keypairs", misc.list_keypairs, methods=["GET"]),
         Route("/admin/keypairs", misc.create_keypair, methods=["POST"]),
         Route("/admin/keypairs/{ak}/{action:str}", misc.set_keypair_active, methods=["POST"]),
