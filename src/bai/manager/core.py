@@ -79,7 +79,7 @@ class Manager:
         return [k for k in self.keypairs.all() if k.resource_policy == policy]
 
     async def set_keypair_policy(self, access_key: str, policy: str) -> Keypair:
-        self.policies.require(policy, "resource_policy")
+        self.policies.named_by(policy, "resource_policy")
         return await self.keypairs.set_policy(access_key, policy)
 
     async def delete_policy(self, name: str) -> None:

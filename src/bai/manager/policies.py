@@ -274,11 +274,19 @@ class PolicyRegistry:
     def get(self, name: str) -> ResourcePolicy | None:
         return self._cache.get(name)
 
-    def require(self, name: str, where: str = "name") -> ResourcePolicy:
+    def require(self, name: str) -> ResourcePolicy:
+        """The policy a path names; NotFound otherwise."""
+        policy = self._cache.get(name)
+        if policy is None:
+            raise NotFound(f"no such resource policy: {name!r}")
+        return policy
+
+    def named_by(self, name: str, field: str) -> ResourcePolicy:
+        """The policy a request field names; InvalidRequest naming the field otherwise."""
         policy = self._cache.get(name)
         if policy is None:
             known = ", ".join(sorted(self._cache)) or "none"
-            raise NotFound(f"{where}: no such resource policy: {name!r} (known: {known})")
+            raise InvalidRequest(f"{field}: no such resource policy: {name!r} (known: {known})", field=field)
         return policy
 
     async def create(self, name: str, changes: dict[str, Any]) -> ResourcePolicy:

@@ -38,6 +38,9 @@ class Activity:
     #: a run is in progress (a ``continued`` answer was the last seen) until this time
     run_until: float | None = None
 
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
     def enter(self) -> None:
         self.in_flight += 1
         self.last = time.monotonic()

@@ -352,9 +352,9 @@ class SessionRegistry:
                 await self._end(session, st.ERROR, f"creation-failed: {exc.message}")
                 return
             if session.status == st.PREPARING:
-                await self._transition(session, st.RUNNING)
-                session.activity = Activity()
+                session.activity.touch()  # idle time and lifetime count from the start
                 self._reaper.watch(session.id, session.activity, session.limits)
+                await self._transition(session, st.RUNNING)
 
     # -- idle timeout and lifetime ---------------------------------------------------
 
@@ -376,11 +376,12 @@ class SessionRegistry:
     @contextlib.contextmanager
     def in_use(self, session: LiveSession) -> Iterator[None]:
         """The session is not idle while this is open (a streaming WebSocket)."""
-        session.activity.enter()
+        activity = session.activity
+        activity.enter()
         try:
             yield
         finally:
-            session.activity.leave()
+            activity.leave()
 
     async def rename(self, session: LiveSession, new_name: str) -> None:
         if not SESSION_NAME_RE.match(new_name):

@@ -66,7 +66,7 @@ async def list_keypairs(request: Request) -> Response:
 async def create_keypair(request: Request) -> Response:
     require_admin(await caller(request))
     req = await body_as(request, KeypairCreateRequest, required=False)
-    manager_of(request).policies.require(req.resource_policy, "resource_policy")
+    manager_of(request).policies.named_by(req.resource_policy, "resource_policy")
     keypair = await manager_of(request).keypairs.create(
         user_id=req.user_id, is_admin=req.is_admin,
         concurrency_limit=req.concurrency_limit, rate_limit=req.rate_limit, expires_at=req.expires_at,

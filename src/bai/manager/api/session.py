@@ -34,9 +34,9 @@ def _requested_slots(config: SessionConfig | None) -> Slots:
         slots.update(parse_slots(config.resources or {}))
     except ValueError as exc:
         raise InvalidRequest(f"config.{exc}", field="config.resources") from None
-    if slots.get("cpu", 1) <= 0:
+    if "cpu" in slots and slots["cpu"] <= 0:
         raise InvalidRequest("config.resources.cpu: must be more than 0", field="config.resources.cpu")
-    if slots.get("mem", 1) < 16 * 2**20:
+    if "mem" in slots and slots["mem"] < 16 * 2**20:
         raise InvalidRequest("config.resources.mem: must be at least 16m", field="config.resources.mem")
     return slots
 
@@ -78,7 +78,7 @@ async def create(request: Request) -> Response:
     if req.owner_access_key and req.owner_access_key != keypair.access_key:
         raise NotImplementedFeature("owner_access_key: creating sessions for another keypair is not supported")
     params = _create_params(req)
-    policy = manager.policies.require(keypair.resource_policy, "resourcePolicy")
+    policy = manager.policies.named_by(keypair.resource_policy, "resourcePolicy")
     session, created = await manager.sessions.create(keypair, params, policy)
     status = session.status
     if not req.enqueue_only:
