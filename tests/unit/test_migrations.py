@@ -55,7 +55,8 @@ async def test_upgrade_from_0002_gives_every_keypair_the_default_policy(tmp_path
     async with db.engine.connect() as conn:
         keypairs = (await conn.execute(text("SELECT access_key, user_id, resource_policy FROM keypairs"))).all()
         policies = (await conn.execute(text(
-            "SELECT name, total_resource_slots, max_session_slots, exec_timeout_s, idle_timeout_s FROM resource_policies"
+            "SELECT name, total_resource_slots, max_session_slots, exec_timeout_s, idle_timeout_s "
+            "FROM resource_policies"
         ))).all()
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await db.close()
