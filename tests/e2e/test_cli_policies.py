@@ -21,16 +21,44 @@ def _policy_name() -> str:
 
 def test_policy_lifecycle(server: Any) -> None:
     name = _policy_name()
-    made = bai(server, "admin", "policy", "create", name, "--idle-timeout", "600", "--max-scratch", "1g",
-               "--session-slot", "cpu=2", "--session-slot", "mem=4g", "--total-slot", "cpu=4", "--json")
+    made = bai(
+        server,
+        "admin",
+        "policy",
+        "create",
+        name,
+        "--idle-timeout",
+        "600",
+        "--max-scratch",
+        "1g",
+        "--session-slot",
+        "cpu=2",
+        "--session-slot",
+        "mem=4g",
+        "--total-slot",
+        "cpu=4",
+        "--json",
+    )
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
     assert (created["name"], created["idle_timeout_s"], created["max_scratch_bytes"]) == (name, 600.0, 2**30)
     assert created["max_session_slots"] == {"cpu": "2", "mem": str(4 * 2**30)}
     assert created["total_resource_slots"] == {"cpu": "4"}
 
-    updated = bai(server, "admin", "policy", "update", name, "--idle-timeout", "none", "--max-pids", "64",
-                  "--total-slot", "none", "--json")
+    updated = bai(
+        server,
+        "admin",
+        "policy",
+        "update",
+        name,
+        "--idle-timeout",
+        "none",
+        "--max-pids",
+        "64",
+        "--total-slot",
+        "none",
+        "--json",
+    )
     assert updated.returncode == 0, updated.stderr
     changed = json.loads(updated.stdout)
     assert (changed["idle_timeout_s"], changed["max_pids"], changed["total_resource_slots"]) == (None, 64, {})

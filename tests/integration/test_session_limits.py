@@ -25,10 +25,18 @@ def _name(prefix: str) -> str:
 def user(api: SignedClient) -> Iterator[SignedClient]:
     """A fresh non-admin keypair on a fresh policy of its own (``policy`` attribute)."""
     policy = _name("pol")
-    made = api.post("/admin/resource-policies", {
-        "name": policy, "maxSessionSlots": {"cpu": "1", "mem": "512m"}, "totalResourceSlots": {"cpu": "2"},
-        "max_pids": 128, "idle_timeout_s": 600, "max_session_lifetime_s": 900, "max_output_bytes": "1m",
-    })
+    made = api.post(
+        "/admin/resource-policies",
+        {
+            "name": policy,
+            "maxSessionSlots": {"cpu": "1", "mem": "512m"},
+            "totalResourceSlots": {"cpu": "2"},
+            "max_pids": 128,
+            "idle_timeout_s": 600,
+            "max_session_lifetime_s": 900,
+            "max_output_bytes": "1m",
+        },
+    )
     assert made.status_code == 201, made.text
     created = api.post("/admin/keypairs", {"user_id": "limits", "resourcePolicy": policy}).json()
     assert created["resource_policy"] == policy
@@ -53,18 +61,24 @@ def _problem(response: Any, status: int, slug: str) -> str:
     return msg
 
 
-def test_the_effective_limits_reach_the_sandbox_and_the_info(
-    user: SignedClient, bai_server: RunningServer
-) -> None:
+def test_the_effective_limits_reach_the_sandbox_and_the_info(user: SignedClient, bai_server: RunningServer) -> None:
     name = _name("lim")
-    r = _create(user, name, resources={"mem": "256m"},
-                limits={"pids": 64, "scratch": "64m", "execTimeout": 30, "idleTimeout": 120})
+    r = _create(
+        user,
+        name,
+        resources={"mem": "256m"},
+        limits={"pids": 64, "scratch": "64m", "execTimeout": 30, "idleTimeout": 120},
+    )
     assert r.status_code == 201, r.text
     info = user.get(f"/session/{name}").json()
     assert info["limits"] == {
         "resourcePolicy": user.policy,  # type: ignore[attr-defined]
-        "pids": 64, "scratchBytes": 64 * 2**20, "execTimeout": 30.0, "idleTimeout": 120.0,
-        "maxLifetime": 900.0, "outputBytes": 2**20,
+        "pids": 64,
+        "scratchBytes": 64 * 2**20,
+        "execTimeout": 30.0,
+        "idleTimeout": 120.0,
+        "maxLifetime": 900.0,
+        "outputBytes": 2**20,
     }
     assert info["requestedSlots"] == {"cpu": "1", "mem": str(256 * 2**20)}
     spec = bai_server.server.agent.sessions[info["sessionId"]].spec

@@ -136,6 +136,14 @@ async def test_create_sends_the_camel_case_body(manager: FakeManager) -> None:
     }
 
 
+async def test_create_sends_the_limits(manager: FakeManager) -> None:
+    async with AsyncSession(CONFIG, transport=manager.transport()) as api:
+        await api.ComputeSession.get_or_create("python", name="demo", limits={"idle_timeout": 60, "scratch": "1g"})
+        with pytest.raises(domain.InvalidRequest, match=r"^pids: "):
+            await api.ComputeSession.get_or_create("python", name="demo", limits={"pids": "many"})
+    assert manager.body_of("POST", "/session")["config"] == {"limits": {"scratch": "1g", "idle_timeout": 60.0}}
+
+
 async def test_a_bad_name_is_refused_before_anything_is_sent(manager: FakeManager) -> None:
     async with AsyncSession(CONFIG, transport=manager.transport()) as api:
         with pytest.raises(domain.InvalidRequest, match=r"^name: must be 4 to 64 characters") as caught:

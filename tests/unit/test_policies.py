@@ -37,8 +37,13 @@ def test_the_request_wins_within_the_policy_and_the_policy_fills_in() -> None:
     req = SessionLimitsRequest.model_validate({"pids": 64, "scratch": "512m", "idleTimeout": 10, "output": 1000})
     limits = session_limits(requested_limits(req), POLICY)
     assert limits == SessionLimits(
-        policy="default", pids=64, scratch_bytes=512 * 2**20, exec_timeout_s=60, idle_timeout_s=10,
-        max_lifetime_s=None, output_bytes=1000,
+        policy="default",
+        pids=64,
+        scratch_bytes=512 * 2**20,
+        exec_timeout_s=60,
+        idle_timeout_s=10,
+        max_lifetime_s=None,
+        output_bytes=1000,
     )
     assert session_limits(RequestedLimits(), POLICY).pids == 256
 
@@ -169,3 +174,9 @@ async def test_the_reaper_fires_once_for_an_idle_session_and_not_for_a_used_one(
     await asyncio.sleep(0.35)
     assert fired[-1] == ("used", IDLE_TIMEOUT)
     reaper.close()
+
+
+def test_limits_take_snake_case_too() -> None:
+    raw = {"idle_timeout": 5, "max_lifetime": 9, "exec_timeout": 3}
+    limits = requested_limits(SessionLimitsRequest.model_validate(raw))
+    assert (limits.idle_timeout_s, limits.max_lifetime_s, limits.exec_timeout_s) == (5, 9, 3)
