@@ -261,11 +261,19 @@ async def test_policy_admin_calls_send_only_what_is_given(manager: FakeManager) 
     manager.answers[("POST", "/admin/resource-policies")] = (201, policy)
     manager.answers[("GET", "/admin/resource-policies")] = (200, {"items": [policy]})
     manager.answers[("PATCH", "/admin/resource-policies/small")] = (200, {**policy, "idle_timeout_s": None})
-    manager.answers[("PATCH", "/admin/keypairs/AKIANEWKEY0000000000")] = (200, {
-        "access_key": "AKIANEWKEY0000000000", "user_id": "bob", "is_admin": False, "is_active": True,
-        "concurrency_limit": 3, "rate_limit": 100, "created_at": "2024-01-01T00:00:00+00:00",
-        "resource_policy": "small",
-    })
+    manager.answers[("PATCH", "/admin/keypairs/AKIANEWKEY0000000000")] = (
+        200,
+        {
+            "access_key": "AKIANEWKEY0000000000",
+            "user_id": "bob",
+            "is_admin": False,
+            "is_active": True,
+            "concurrency_limit": 3,
+            "rate_limit": 100,
+            "created_at": "2024-01-01T00:00:00+00:00",
+            "resource_policy": "small",
+        },
+    )
     async with AsyncSession(CONFIG, transport=manager.transport()) as api:
         created = await api.Admin.create_policy("small", idle_timeout_s=600, max_session_slots={"cpu": 2})
         assert created.max_session_slots == {"cpu": "2"}
@@ -278,7 +286,9 @@ async def test_policy_admin_calls_send_only_what_is_given(manager: FakeManager) 
         with pytest.raises(domain.InvalidRequest, match="exec_timeout_s"):
             await api.Admin.update_policy("small", exec_timeout_s="soon")
     assert manager.body_of("POST", "/admin/resource-policies") == {
-        "name": "small", "idle_timeout_s": 600, "max_session_slots": {"cpu": 2},
+        "name": "small",
+        "idle_timeout_s": 600,
+        "max_session_slots": {"cpu": 2},
     }
     assert manager.body_of("PATCH", "/admin/keypairs/AKIANEWKEY0000000000") == {"resource_policy": "small"}
     assert manager.requests[-1][:2] == ("DELETE", "/admin/resource-policies/small")
