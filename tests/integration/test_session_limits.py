@@ -3,6 +3,7 @@ the admin routes, and the idle timeout and lifetime the manager enforces."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from tests.apiclient import SignedClient, stdout_of
 from tests.conftest import RunningServer
 from tests.integration.test_events import Listener
+from tests.integration.test_stream import open_ws
 
 pytestmark = pytest.mark.sandbox
 
@@ -151,10 +153,28 @@ def test_a_running_session_is_not_idle(api: SignedClient) -> None:
     assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
 
 
+def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedClient) -> None:
+    name = _name("ws")
+    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
+    with open_ws(api, name) as ws:
+        ws.send(json.dumps({"code": "print('got', input('> '))", "mode": "query", "options": {}}))
+        assert json.loads(ws.recv(timeout=20))["status"] == "waiting-input"
+        time.sleep(2)  # blocked on the user, but the stream is open
+        assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
+        ws.send("me")
+        while json.loads(ws.recv(timeout=20))["status"] != "finished":
+            pass
+    # over REST, a run waiting for input is the user's to answer: the session idles out
+    first = api.post(f"/session/{name}", {"mode": "query", "code": "input()"}).json()["result"]
+    assert first["status"] == "waiting-input"
+    info = _wait_status(api, name, "TERMINATED")
+    assert info["statusInfo"] == "idle-timeout"
+
+
 def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient) -> None:
     name = _name("life")
     listener = Listener(api, f"/events/session?sessionName={name}")
-    assert _create(api, name, limits={"maxLifetime": 2, "idleTimeout": 60}).status_code == 201
+    assert _create(api, name, limits={"maxLifetime": 4, "idleTimeout": 60}).status_code == 201
     first = api.post(f"/session/{name}", {"mode": "query", "code": "import time; time.sleep(30)"}).json()
     assert first["result"]["status"] == "continued"
     api.post(f"/session/{name}", {"mode": "continue", "runId": first["result"]["runId"]})
