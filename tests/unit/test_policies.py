@@ -112,6 +112,8 @@ def test_policy_changes_parse_only_what_is_given() -> None:
     }
     with pytest.raises(InvalidRequest, match=r"^total_resource_slots\.cpu: "):
         policy_changes(ResourcePolicyFields.model_validate({"total_resource_slots": {"cpu": "many"}}))
+    with pytest.raises(InvalidRequest, match=r"^max_session_slots\.mem: must be at least 16m"):
+        policy_changes(ResourcePolicyFields.model_validate({"max_session_slots": {"mem": "1m"}}))
     with pytest.raises(InvalidRequest, match=r"^exec_timeout_s: must be a positive"):
         policy_changes(ResourcePolicyFields.model_validate({"exec_timeout_s": 0}))
 

@@ -33,6 +33,8 @@ DEFAULT_POLICY = "default"
 POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", re.ASCII)
 #: the agent refuses fewer (its MIN_PIDS): a Python REPL needs a few processes
 MIN_PIDS = 8
+#: nor less memory than this (its MIN_MEM)
+MIN_MEM = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,12 @@ def check_total(policy: ResourcePolicy, held: Iterable[Slots], wanted: Slots) ->
 
 def _slots(raw: dict[str, str | int | float] | None, where: str) -> Slots:
     try:
-        return parse_slots(raw or {})
+        slots = parse_slots(raw or {})
     except ValueError as exc:  # "resources.cpu: ..."
         raise InvalidRequest(f"{where}.{str(exc).removeprefix('resources.')}", field=where) from None
+    if slots.get("mem", MIN_MEM) < MIN_MEM:  # no session could start under it
+        raise InvalidRequest(f"{where}.mem: must be at least 16m", field=f"{where}.mem")
+    return slots
 
 
 _PARSERS: dict[str, Any] = {
