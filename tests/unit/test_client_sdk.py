@@ -136,6 +136,14 @@ async def test_create_sends_the_camel_case_body(manager: FakeManager) -> None:
     }
 
 
+async def test_create_sends_the_limits(manager: FakeManager) -> None:
+    async with AsyncSession(CONFIG, transport=manager.transport()) as api:
+        await api.ComputeSession.get_or_create("python", name="demo", limits={"idle_timeout": 60, "scratch": "1g"})
+        with pytest.raises(domain.InvalidRequest, match=r"^pids: "):
+            await api.ComputeSession.get_or_create("python", name="demo", limits={"pids": "many"})
+    assert manager.body_of("POST", "/session")["config"] == {"limits": {"scratch": "1g", "idle_timeout": 60.0}}
+
+
 async def test_a_bad_name_is_refused_before_anything_is_sent(manager: FakeManager) -> None:
     async with AsyncSession(CONFIG, transport=manager.transport()) as api:
         with pytest.raises(domain.InvalidRequest, match=r"^name: must be 4 to 64 characters") as caught:
@@ -243,8 +251,47 @@ async def test_admin_calls(manager: FakeManager) -> None:
         "is_admin": False,
         "concurrency_limit": 3,
         "rate_limit": 100,
+        "resource_policy": "default",
     }
     assert manager.requests[-1][:2] == ("DELETE", "/admin/keypairs/AKIANEWKEY0000000000")
+
+
+async def test_policy_admin_calls_send_only_what_is_given(manager: FakeManager) -> None:
+    policy = {"name": "small", "idle_timeout_s": 600.0, "max_session_slots": {"cpu": "2"}}
+    manager.answers[("POST", "/admin/resource-policies")] = (201, policy)
+    manager.answers[("GET", "/admin/resource-policies")] = (200, {"items": [policy]})
+    manager.answers[("PATCH", "/admin/resource-policies/small")] = (200, {**policy, "idle_timeout_s": None})
+    manager.answers[("PATCH", "/admin/keypairs/AKIANEWKEY0000000000")] = (
+        200,
+        {
+            "access_key": "AKIANEWKEY0000000000",
+            "user_id": "bob",
+            "is_admin": False,
+            "is_active": True,
+            "concurrency_limit": 3,
+            "rate_limit": 100,
+            "created_at": "2024-01-01T00:00:00+00:00",
+            "resource_policy": "small",
+        },
+    )
+    async with AsyncSession(CONFIG, transport=manager.transport()) as api:
+        created = await api.Admin.create_policy("small", idle_timeout_s=600, max_session_slots={"cpu": 2})
+        assert created.max_session_slots == {"cpu": "2"}
+        assert [p.name for p in await api.Admin.list_policies()] == ["small"]
+        assert (await api.Admin.update_policy("small", idle_timeout_s=None)).idle_timeout_s is None
+        assert manager.body_of("PATCH", "/admin/resource-policies/small") == {"idle_timeout_s": None}
+        moved = await api.Admin.set_keypair_policy("AKIANEWKEY0000000000", "small")
+        assert moved.resource_policy == "small"
+        await api.Admin.delete_policy("small")
+        with pytest.raises(domain.InvalidRequest, match="exec_timeout_s"):
+            await api.Admin.update_policy("small", exec_timeout_s="soon")
+    assert manager.body_of("POST", "/admin/resource-policies") == {
+        "name": "small",
+        "idle_timeout_s": 600,
+        "max_session_slots": {"cpu": 2},
+    }
+    assert manager.body_of("PATCH", "/admin/keypairs/AKIANEWKEY0000000000") == {"resource_policy": "small"}
+    assert manager.requests[-1][:2] == ("DELETE", "/admin/resource-policies/small")
 
 
 def test_the_blocking_api_wraps_the_async_one(manager: FakeManager) -> None:

@@ -27,6 +27,7 @@ from bai.common.wire import (
     RunResult,
     SessionConfig,
     SessionInfo,
+    SessionLimitsRequest,
 )
 
 if TYPE_CHECKING:
@@ -133,12 +134,15 @@ class ComputeSessionFactory(AsyncAPI):
         envs: Mapping[str, str] | None = None,
         resources: Mapping[str, ResourceValue] | None = None,
         tag: str | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> AsyncComputeSession:
         """``POST /session``: create a session, or reuse the caller's session of that name.
 
         Returns once it runs, unless ``enqueue_only``; ``max_wait`` seconds
         (0: forever) bound the wait. A name without a session of that name
         creates one; with ``no_reuse`` an existing one is SessionAlreadyExists.
+        ``limits`` (``pids``, ``scratch``, ``exec_timeout``, ``idle_timeout``, ``max_lifetime``,
+        ``output``) tighten the keypair's resource policy for this session.
         """
         body = request_body(
             CreateSessionRequest,
@@ -152,7 +156,9 @@ class ComputeSessionFactory(AsyncAPI):
             max_wait_seconds=max_wait,
             reuse_if_exists=not no_reuse,
             config=SessionConfig(
-                resources=dict(resources) if resources else None, environ=dict(envs) if envs else None
+                resources=dict(resources) if resources else None,
+                environ=dict(envs) if envs else None,
+                limits=request_body(SessionLimitsRequest, **limits) if limits else None,
             ),
         )
         answer = await self._api.request_model(CreateSessionResponse, "POST", "/session", json=_camel(body))

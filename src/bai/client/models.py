@@ -12,7 +12,15 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bai.common.errors import InvalidRequest
-from bai.common.wire import KeypairInfo, RunResult, RunStatus, SessionEventData, SessionInfo, StatMetric
+from bai.common.wire import (
+    KeypairInfo,
+    ResourcePolicyInfo,
+    RunResult,
+    RunStatus,
+    SessionEventData,
+    SessionInfo,
+    StatMetric,
+)
 
 
 class _Answer(BaseModel):
@@ -43,6 +51,12 @@ class KeypairList(_Answer):
     """``GET /admin/keypairs``."""
 
     items: list[KeypairInfo]
+
+
+class PolicyList(_Answer):
+    """``GET /admin/resource-policies``."""
+
+    items: list[ResourcePolicyInfo]
 
 
 class SessionStats(_Answer):

@@ -40,7 +40,20 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+class SessionLimitsRequest(_Lenient):
+    """``config.limits``, our extension: per-session limits within the keypair's resource
+    policy. Sizes are bytes or strings such as "512m"; timeouts are seconds."""
+
+    pids: int | None = None
+    scratch: str | int | None = None
+    exec_timeout: float | None = _alias("execTimeout", "exec_timeout")
+    idle_timeout: float | None = _alias("idleTimeout", "idle_timeout")
+    max_lifetime: float | None = _alias("maxLifetime", "max_lifetime")
+    output: str | int | None = None
+
+
 class SessionConfig(_Lenient):
+    limits: SessionLimitsRequest | None = None
     resources: dict[str, Any] | None = None
     resource_opts: dict[str, Any] | None = _alias("resource_opts", "resourceOpts")
     environ: dict[str, str] | None = _alias("environ", "envs")
@@ -97,6 +110,19 @@ class CreateSessionResponse(BaseModel):
     created: bool
 
 
+class SessionLimits(BaseModel):
+    """A session's effective limits (``GET /session/{id}``'s ``limits``); null: none, or the
+    agent's default."""
+
+    resourcePolicy: str
+    pids: int | None = None
+    scratchBytes: int | None = None
+    execTimeout: float | None = None
+    idleTimeout: float | None = None
+    maxLifetime: float | None = None
+    outputBytes: int | None = None
+
+
 class SessionInfo(BaseModel):
     sessionId: str
     sessionName: str
@@ -115,6 +141,8 @@ class SessionInfo(BaseModel):
     environ: dict[str, str]
     numQueriesExecuted: int
     lastStat: dict[str, Any] | None
+    #: our extension: the limits the session runs under (None from servers without them)
+    limits: SessionLimits | None = None
 
 
 class ExecuteRequest(_Lenient):
@@ -200,6 +228,7 @@ class KeypairInfo(BaseModel):
     created_at: str
     expires_at: str | None = None
     num_sessions: int = 0
+    resource_policy: str = "default"
 
 
 class KeypairCreated(KeypairInfo):
@@ -214,6 +243,54 @@ class KeypairCreateRequest(_Lenient):
     )
     rate_limit: int = Field(default=10000, ge=1, validation_alias=AliasChoices("rate_limit", "rateLimit"))
     expires_at: datetime | None = Field(default=None, validation_alias=AliasChoices("expires_at", "expiresAt"))
+    resource_policy: str = Field(default="default", validation_alias=AliasChoices("resource_policy", "resourcePolicy"))
+
+
+class KeypairUpdateRequest(_Lenient):
+    """``PATCH /admin/keypairs/{access_key}``."""
+
+    resource_policy: str = Field(validation_alias=AliasChoices("resource_policy", "resourcePolicy"))
+
+
+SizeValue = str | int
+SlotValues = dict[str, str | int | float]
+
+
+class ResourcePolicyInfo(BaseModel):
+    """A keypair resource policy (``/admin/resource-policies``). Null: no limit (or, for
+    pids, scratch and output, the agent's default)."""
+
+    name: str
+    #: the most a keypair's live sessions may hold together, per slot; {}: no limit
+    total_resource_slots: dict[str, str] = Field(default_factory=dict)
+    #: the most one session may request, per slot; {}: no limit
+    max_session_slots: dict[str, str] = Field(default_factory=dict)
+    max_pids: int | None = None
+    max_scratch_bytes: int | None = None
+    exec_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    max_session_lifetime_s: float | None = None
+    max_output_bytes: int | None = None
+    created_at: str | None = None
+    num_keypairs: int = 0
+
+
+class ResourcePolicyFields(_Lenient):
+    """The settable fields of a policy; in an update, a field given as null removes that limit
+    and a field left out keeps its value (see ``model_fields_set``)."""
+
+    total_resource_slots: SlotValues | None = _alias("total_resource_slots", "totalResourceSlots")
+    max_session_slots: SlotValues | None = _alias("max_session_slots", "maxSessionSlots")
+    max_pids: int | None = _alias("max_pids", "maxPids")
+    max_scratch_bytes: SizeValue | None = _alias("max_scratch_bytes", "maxScratchBytes")
+    exec_timeout_s: float | None = _alias("exec_timeout_s", "execTimeout")
+    idle_timeout_s: float | None = _alias("idle_timeout_s", "idleTimeout")
+    max_session_lifetime_s: float | None = _alias("max_session_lifetime_s", "maxSessionLifetime")
+    max_output_bytes: SizeValue | None = _alias("max_output_bytes", "maxOutputBytes")
+
+
+class ResourcePolicyCreateRequest(ResourcePolicyFields):
+    name: str
 
 
 class AgentStatus(BaseModel):

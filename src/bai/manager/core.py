@@ -11,12 +11,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from bai.common.agent_rpc import AgentInfo
-from bai.common.errors import BaiError
+from bai.common.errors import BaiError, InvalidRequest
 from bai.manager.agent_http import HttpAgentLink
 from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus
 from bai.manager.keypairs import Keypair, KeypairRegistry
+from bai.manager.policies import DEFAULT_POLICY, PolicyRegistry, ResourcePolicy
 from bai.manager.ratelimit import RateLimiter
 from bai.manager.sessions import SessionRegistry
 from bai.manager.store.db import Database
@@ -29,6 +30,7 @@ class Manager:
         self.config = config
         self.db = Database(config.resolved_database_url())
         self.keypairs = KeypairRegistry(self.db)
+        self.policies = PolicyRegistry(self.db)
         self.agents = AgentRegistry(config.agent_lost_after_s)
         self.events = EventBus()
         self.sessions = SessionRegistry(config, self.db, self.agents, self.events)
@@ -43,6 +45,7 @@ class Manager:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.db.migrate()
         await self.keypairs.load()
+        await self.policies.load()
         await self.sessions.recover()
         self._monitor = asyncio.get_running_loop().create_task(self._watch_agents())
 
@@ -69,6 +72,30 @@ class Manager:
             rate_limit=self.config.default_rate_limit,
         )
         return keypair, True
+
+    # -- resource policies: the checks that span keypairs and policies -----------------
+
+    def keypairs_on(self, policy: str) -> list[Keypair]:
+        return [k for k in self.keypairs.all() if k.resource_policy == policy]
+
+    async def set_keypair_policy(self, access_key: str, policy: str) -> Keypair:
+        self.policies.named_by(policy, "resource_policy")
+        return await self.keypairs.set_policy(access_key, policy)
+
+    async def delete_policy(self, name: str) -> None:
+        """Delete a resource policy no keypair uses; "default" stays (new keypairs get it)."""
+        policy: ResourcePolicy = self.policies.require(name)
+        if policy.name == DEFAULT_POLICY:
+            raise InvalidRequest('name: the "default" resource policy cannot be deleted', field="name")
+        users = self.keypairs_on(name)
+        if users:
+            listed = ", ".join(k.access_key for k in users[:5]) + (", ..." if len(users) > 5 else "")
+            raise InvalidRequest(
+                f"name: resource policy {name!r} is in use by {len(users)} keypair(s) ({listed}); "
+                "move them to another policy first",
+                field="name",
+            )
+        await self.policies.delete(name)
 
     def agent_heartbeat(self, info: AgentInfo) -> None:
         _, joined = self.agents.heartbeat(info)

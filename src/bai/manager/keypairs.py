@@ -29,6 +29,7 @@ class Keypair:
     rate_limit: int
     created_at: datetime
     expires_at: datetime | None = None
+    resource_policy: str = "default"
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -59,6 +60,7 @@ def _from_row(row: KeypairRow) -> Keypair:
         rate_limit=row.rate_limit,
         created_at=_aware(row.created_at),
         expires_at=_aware(row.expires_at) if row.expires_at is not None else None,
+        resource_policy=row.resource_policy,
     )
 
 
@@ -94,7 +96,9 @@ class KeypairRegistry:
         access_key: str | None = None,
         secret_key: str | None = None,
         expires_at: datetime | None = None,
+        resource_policy: str = "default",
     ) -> Keypair:
+        """A new keypair; the caller checks that ``resource_policy`` exists."""
         if concurrency_limit < 1 or rate_limit < 1:
             raise InvalidRequest("limits must be at least 1", field="concurrency_limit")
         now = datetime.now(UTC)
@@ -112,6 +116,7 @@ class KeypairRegistry:
             rate_limit=rate_limit,
             created_at=now,
             expires_at=expires_at,
+            resource_policy=resource_policy,
         )
         async with self._db.sessionmaker() as s, s.begin():
             s.add(KeypairRow(**keypair.__dict__))
@@ -125,6 +130,18 @@ class KeypairRegistry:
                 update(KeypairRow).where(KeypairRow.access_key == access_key).values(is_active=active)
             )
         keypair = replace(keypair, is_active=active)
+        self._cache[access_key] = keypair
+        return keypair
+
+    async def set_policy(self, access_key: str, policy: str) -> Keypair:
+        """Move a keypair to another resource policy (the caller checks it exists); its
+        sessions keep the limits they were created with."""
+        keypair = self.require(access_key)
+        async with self._db.sessionmaker() as s, s.begin():
+            await s.execute(
+                update(KeypairRow).where(KeypairRow.access_key == access_key).values(resource_policy=policy)
+            )
+        keypair = replace(keypair, resource_policy=policy)
         self._cache[access_key] = keypair
         return keypair
 

@@ -10,9 +10,11 @@ died); it never touches HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,6 +46,15 @@ from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus, SessionEvent
 from bai.manager.keypairs import Keypair
+from bai.manager.policies import (
+    RequestedLimits,
+    ResourcePolicy,
+    SessionLimits,
+    check_total,
+    session_limits,
+    session_slots,
+)
+from bai.manager.reaper import Activity, Reaper
 from bai.manager.scheduler import PendingSession, environment_name, schedule_fifo
 from bai.manager.store.db import Database
 from bai.manager.store.tables import SessionRow
@@ -71,9 +82,11 @@ class CreateParams:
     image: str
     type: str
     tag: str | None
-    requested: Slots
+    #: the slots the request names (the manager's defaults fill in the rest)
+    resources: Slots
     environ: dict[str, str]
     reuse: bool
+    limits: RequestedLimits = field(default_factory=RequestedLimits)
 
 
 @dataclass
@@ -93,6 +106,8 @@ class LiveSession:
     terminated_at: datetime | None = None
     num_queries: int = 0
     last_stat: dict[str, Any] | None = None
+    limits: SessionLimits = field(default_factory=lambda: SessionLimits(policy="default"))
+    activity: Activity = field(default_factory=Activity)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: one store write of this session at a time, each with the state at its start, so
@@ -116,6 +131,7 @@ def _session_to_row(session: LiveSession) -> SessionRow:
         environ=session.environ,
         num_queries=session.num_queries,
         last_stat=session.last_stat,
+        limits=session.limits.to_json(),
         created_at=session.created_at,
         terminated_at=session.terminated_at,
     )
@@ -143,6 +159,24 @@ def _row_to_session(row: SessionRow) -> LiveSession:
         terminated_at=aware(row.terminated_at),
         num_queries=row.num_queries,
         last_stat=row.last_stat,
+        limits=SessionLimits.from_json(row.limits) if row.limits else SessionLimits(policy="default"),
+    )
+
+
+def _sandbox_spec(session: LiveSession) -> SandboxSpec:
+    limits = session.limits
+    resources = format_slots(session.requested)
+    if limits.pids is not None:  # not a slot: the scheduler does not count it
+        resources["pids"] = str(limits.pids)
+    return SandboxSpec(
+        session_id=session.id,
+        session_name=session.name,
+        environment=session.image,
+        resources=resources,
+        environ=session.environ,
+        exec_timeout_s=limits.exec_timeout_s,
+        scratch_bytes=limits.scratch_bytes,
+        output_limit_bytes=limits.output_bytes,
     )
 
 
@@ -156,6 +190,7 @@ class SessionRegistry:
         self._names: dict[tuple[str, str], str] = {}
         self._pending: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper = Reaper(self._on_expired)
 
     # -- start and stop ----------------------------------------------------
 
@@ -169,6 +204,7 @@ class SessionRegistry:
 
     async def shutdown(self) -> None:
         """Destroy every live session (embedded mode stops its agent next)."""
+        self._reaper.close()
         for task in list(self._tasks):
             task.cancel()
         for session in list(self._live.values()):
@@ -226,8 +262,9 @@ class SessionRegistry:
 
     # -- create ------------------------------------------------------------------
 
-    async def create(self, keypair: Keypair, params: CreateParams) -> tuple[LiveSession, bool]:
-        """Create (or reuse) a session; returns it and whether it is new. Does not wait for it."""
+    async def create(self, keypair: Keypair, params: CreateParams, policy: ResourcePolicy) -> tuple[LiveSession, bool]:
+        """Create (or reuse) a session within the keypair's resource ``policy``; returns it and
+        whether it is new. Does not wait for it."""
         if params.name is not None:
             existing_id = self._names.get((keypair.access_key, params.name))
             if existing_id is not None:
@@ -239,12 +276,15 @@ class SessionRegistry:
                     + ("" if existing.image == params.image else f" with image {existing.image!r}"),
                     existing_session_id=existing.id,
                 )
-        self._check_schedulable(params)
-        live = sum(1 for s in self._live.values() if s.access_key == keypair.access_key)
-        if live >= keypair.concurrency_limit:
+        requested = session_slots(params.resources, self._config.default_resources, policy)
+        limits = session_limits(params.limits, policy, self._config.exec_timeout_s)
+        self._check_schedulable(params.image, requested)
+        mine = [s for s in self._live.values() if s.access_key == keypair.access_key]
+        if len(mine) >= keypair.concurrency_limit:
             raise QuotaExceeded(
-                f"the keypair runs {live} sessions, its concurrency limit is {keypair.concurrency_limit}"
+                f"the keypair runs {len(mine)} sessions, its concurrency limit is {keypair.concurrency_limit}"
             )
+        check_total(policy, (s.requested for s in mine), requested)
         name = params.name or self._generate_name(keypair.access_key)
         session = LiveSession(
             id=str(uuid.uuid4()),
@@ -253,9 +293,10 @@ class SessionRegistry:
             image=params.image,
             type=params.type,
             tag=params.tag,
-            requested=params.requested,
+            requested=requested,
             environ=params.environ,
             created_at=datetime.now(UTC),
+            limits=limits,
         )
         self._live[session.id] = session
         self._names[(session.access_key, name)] = session.id
@@ -271,14 +312,14 @@ class SessionRegistry:
             if (access_key, name) not in self._names:
                 return name
 
-    def _check_schedulable(self, params: CreateParams) -> None:
+    def _check_schedulable(self, image: str, requested: Slots) -> None:
         environments = self._agents.environments()
-        if environment_name(params.image) not in environments:
+        if environment_name(image) not in environments:
             known = ", ".join(sorted(environments)) or "none: no agent is connected"
-            raise InvalidRequest(f"image: unknown environment {params.image!r} (available: {known})",
+            raise InvalidRequest(f"image: unknown environment {image!r} (available: {known})",
                                  field="image")
         largest = self._agents.max_capacity()
-        for slot, amount in params.requested.items():
+        for slot, amount in requested.items():
             if amount > largest.get(slot, Decimal(0)):
                 raise InvalidRequest(
                     f"config.resources.{slot}: {amount} is more than any agent has "
@@ -330,22 +371,43 @@ class SessionRegistry:
             # database write fewer matters on the warm pool's ~10 ms create path
             await self._transition(session, st.SCHEDULED, persist=False)
             await self._transition(session, st.PREPARING)
-            spec = SandboxSpec(
-                session_id=session.id,
-                session_name=session.name,
-                environment=session.image,
-                resources=format_slots(session.requested),
-                environ=session.environ,
-                exec_timeout_s=self._config.exec_timeout_s,
-            )
             try:
-                await self._agents.link(session.agent_id).create_session(spec)
+                await self._agents.link(session.agent_id).create_session(_sandbox_spec(session))
             except BaiError as exc:
                 log.warning("session %s failed to start: %s", session.name, exc)
                 await self._end(session, st.ERROR, f"creation-failed: {exc.message}")
                 return
             if session.status == st.PREPARING:
+                session.activity.touch()  # idle time and lifetime count from the start
+                self._reaper.watch(session.id, session.activity, session.limits)
                 await self._transition(session, st.RUNNING)
+
+    # -- idle timeout and lifetime ---------------------------------------------------
+
+    def _on_expired(self, session_id: str, reason: str) -> None:
+        self._spawn(self._expire(session_id))
+
+    async def _expire(self, session_id: str) -> None:
+        session = self._live.get(session_id)
+        reason = self._reaper.expired(session_id)
+        if session is None:
+            return
+        if reason is None:  # used again since the timer fired
+            self._reaper.recheck(session_id)
+            return
+        log.info("session %s: %s", session.name, reason)
+        with contextlib.suppress(SessionNotFound):  # ended meanwhile
+            await self.destroy(session, reason=reason)
+
+    @contextlib.contextmanager
+    def in_use(self, session: LiveSession) -> Iterator[None]:
+        """The session is not idle while this is open (a streaming WebSocket)."""
+        activity = session.activity
+        activity.enter()
+        try:
+            yield
+        finally:
+            activity.leave()
 
     async def rename(self, session: LiveSession, new_name: str) -> None:
         if not SESSION_NAME_RE.match(new_name):
@@ -382,6 +444,7 @@ class SessionRegistry:
         async with session.lock:
             self._require_running(session)
             await self._transition(session, st.RESTARTING)
+            session.activity.run_ended()
             try:
                 await self._agents.link(session.agent_id).restart_session(session.id)
             except BaiError as exc:
@@ -403,6 +466,7 @@ class SessionRegistry:
     async def _end(self, session: LiveSession, status: str, reason: str, exit_code: int | None = None) -> None:
         """Move to a terminal status, release the name and the slots, and place what waits."""
         session.terminated_at = datetime.now(UTC)
+        self._reaper.forget(session.id)
         self._live.pop(session.id, None)
         self._names.pop((session.access_key, session.name), None)
         await self._transition(session, status, reason)
@@ -460,15 +524,28 @@ class SessionRegistry:
         self._require_running(session)
         if request.mode == "query":
             session.num_queries += 1
-        return await self._agents.link(session.agent_id).execute(request)
+        activity = session.activity  # the hot path: no context manager (about 2 µs)
+        activity.enter()
+        try:
+            result = await self._agents.link(session.agent_id).execute(request)
+        finally:
+            activity.leave()
+        if result.status == "continued":
+            activity.run_continues(session.limits.exec_timeout_s)
+        else:
+            activity.run_ended()
+        return result
 
     async def interrupt(self, session: LiveSession) -> None:
         self._require_running(session)
-        await self._agents.link(session.agent_id).interrupt(session.id)
+        with self.in_use(session):
+            await self._agents.link(session.agent_id).interrupt(session.id)
+        session.activity.run_ended()
 
     async def complete(self, session: LiveSession, request: CompleteRequest) -> list[str]:
         self._require_running(session)
-        return await self._agents.link(session.agent_id).complete(request)
+        with self.in_use(session):
+            return await self._agents.link(session.agent_id).complete(request)
 
     async def live_stats(self, session: LiveSession) -> dict[str, Any] | None:
         if session.status != st.RUNNING:

@@ -7,7 +7,7 @@ from decimal import Decimal
 import click
 
 from bai.client.admin import AdminAPI
-from bai.client.cli.admin import _admin, json_option
+from bai.client.cli.admin import call_admin, json_option
 from bai.client.cli.context import CliState, pass_state
 from bai.client.cli.output import print_json, print_table
 from bai.common.wire import AgentStatus
@@ -23,7 +23,7 @@ def agent() -> None:
 @pass_state
 def list_(state: CliState, as_json: bool) -> None:
     """List agents with their slots in use, sessions and ready pooled sandboxes."""
-    items = _admin(state.config, AdminAPI.list_agents)
+    items = call_admin(state.config, AdminAPI.list_agents)
     if as_json:
         print_json([item.model_dump(mode="json") for item in items])
         return

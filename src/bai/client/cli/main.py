@@ -19,12 +19,13 @@ from typing import Any
 
 import click
 
-from bai.client.cli import admin, agents, connection, events, run, sessions
+from bai.client.cli import admin, agents, connection, events, policies, run, sessions
 from bai.client.cli.context import CliState
 from bai.client.cli.output import print_error, print_warning
 from bai.common.errors import BaiError
 
 admin.admin.add_command(agents.agent)
+admin.admin.add_command(policies.policy)
 
 ENTRY_POINT_GROUP = "bai.cli"
 BUILTIN_COMMANDS: tuple[click.Command, ...] = (

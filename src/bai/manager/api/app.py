@@ -61,7 +61,12 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/admin/keypairs", misc.list_keypairs, methods=["GET"]),
         Route("/admin/keypairs", misc.create_keypair, methods=["POST"]),
         Route("/admin/keypairs/{ak}/{action:str}", misc.set_keypair_active, methods=["POST"]),
+        Route("/admin/keypairs/{ak}", misc.update_keypair, methods=["PATCH"]),
         Route("/admin/keypairs/{ak}", misc.delete_keypair, methods=["DELETE"]),
+        Route("/admin/resource-policies", misc.list_policies, methods=["GET"]),
+        Route("/admin/resource-policies", misc.create_policy, methods=["POST"]),
+        Route("/admin/resource-policies/{name}", misc.update_policy, methods=["PATCH"]),
+        Route("/admin/resource-policies/{name}", misc.delete_policy, methods=["DELETE"]),
         Route("/internal/agents/heartbeat", misc.agent_heartbeat, methods=["POST"]),
         Route("/internal/sessions/gone", misc.session_gone, methods=["POST"]),
     ]

@@ -12,16 +12,18 @@ from starlette.responses import JSONResponse, Response
 from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCreationFailed
 from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
+from bai.common.wire import SessionLimits as SessionLimitsInfo
 from bai.manager import lifecycle as st
 from bai.manager.api.deps import api_version, body_as, caller, json_body, live_session, manager_of, owner_key
-from bai.manager.config import ManagerConfig
+from bai.manager.policies import SessionLimits, requested_limits
 from bai.manager.sessions import CreateParams, LiveSession
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _requested_slots(config: SessionConfig | None, defaults: ManagerConfig) -> Slots:
-    slots: Slots = dict(defaults.default_resources)
+def _requested_slots(config: SessionConfig | None) -> Slots:
+    """The slots the request names; the session registry fills in the rest."""
+    slots: Slots = {}
     if config is None:
         return slots
     try:
@@ -32,9 +34,9 @@ def _requested_slots(config: SessionConfig | None, defaults: ManagerConfig) -> S
         slots.update(parse_slots(config.resources or {}))
     except ValueError as exc:
         raise InvalidRequest(f"config.{exc}", field="config.resources") from None
-    if slots.get("cpu", 1) <= 0:
+    if "cpu" in slots and slots["cpu"] <= 0:
         raise InvalidRequest("config.resources.cpu: must be more than 0", field="config.resources.cpu")
-    if slots.get("mem", 1) < 16 * 2**20:
+    if "mem" in slots and slots["mem"] < 16 * 2**20:
         raise InvalidRequest("config.resources.mem: must be at least 16m", field="config.resources.mem")
     return slots
 
@@ -48,7 +50,7 @@ def _environ(config: SessionConfig | None) -> dict[str, str]:
     return environ
 
 
-def _create_params(req: CreateSessionRequest, defaults: ManagerConfig) -> CreateParams:
+def _create_params(req: CreateSessionRequest) -> CreateParams:
     if not req.image:
         raise InvalidRequest("image: the environment to run is required (e.g. \"python\")", field="image")
     if req.type == "batch":
@@ -62,9 +64,10 @@ def _create_params(req: CreateSessionRequest, defaults: ManagerConfig) -> Create
         image=req.image,
         type=req.type or "interactive",
         tag=req.tag,
-        requested=_requested_slots(req.config, defaults),
+        resources=_requested_slots(req.config),
         environ=_environ(req.config),
         reuse=True if req.reuse_if_exists is None else req.reuse_if_exists,
+        limits=requested_limits(req.config.limits if req.config else None),
     )
 
 
@@ -74,7 +77,9 @@ async def create(request: Request) -> Response:
     req = await body_as(request, CreateSessionRequest)
     if req.owner_access_key and req.owner_access_key != keypair.access_key:
         raise NotImplementedFeature("owner_access_key: creating sessions for another keypair is not supported")
-    session, created = await manager.sessions.create(keypair, _create_params(req, manager.config))
+    params = _create_params(req)
+    policy = manager.policies.named_by(keypair.resource_policy, "resourcePolicy")
+    session, created = await manager.sessions.create(keypair, params, policy)
     status = session.status
     if not req.enqueue_only:
         timeout = float(req.max_wait_seconds) if req.max_wait_seconds else None
@@ -119,6 +124,19 @@ def session_info(session: LiveSession, last_stat: dict[str, Any] | None) -> Sess
         environ=session.environ,
         numQueriesExecuted=session.num_queries,
         lastStat=last_stat,
+        limits=limits_info(session.limits),
+    )
+
+
+def limits_info(limits: SessionLimits) -> SessionLimitsInfo:
+    return SessionLimitsInfo(
+        resourcePolicy=limits.policy,
+        pids=limits.pids,
+        scratchBytes=limits.scratch_bytes,
+        execTimeout=limits.exec_timeout_s,
+        idleTimeout=limits.idle_timeout_s,
+        maxLifetime=limits.max_lifetime_s,
+        outputBytes=limits.output_bytes,
     )
 
 

@@ -100,6 +100,11 @@ async def stream_execute(ws: WebSocket) -> None:
         await _deny(ws, exc)
         return
     await ws.accept()
+    with manager.sessions.in_use(session):  # an open stream keeps its session from idling out
+        await _serve(ws, manager, session)
+
+
+async def _serve(ws: WebSocket, manager: Manager, session: LiveSession) -> None:
     inbox = _Inbox(ws)
     try:
         first = await _first_request(inbox, session, manager.config.stream_flush_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -26,6 +26,25 @@ class KeypairRow(Base):
     rate_limit: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    resource_policy: Mapped[str] = mapped_column(String(64), default="default")
+
+
+class ResourcePolicyRow(Base):
+    """A keypair resource policy (Backend.AI's keypair_resource_policies, plus our per-session
+    limits). NULL: no limit, or for pids, scratch and output the agent's default."""
+
+    __tablename__ = "resource_policies"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    total_resource_slots: Mapped[dict[str, Any]] = mapped_column(JSON)
+    max_session_slots: Mapped[dict[str, Any]] = mapped_column(JSON)
+    max_pids: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_scratch_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    exec_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idle_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_session_lifetime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SessionRow(Base):
@@ -45,6 +64,7 @@ class SessionRow(Base):
     environ: Mapped[dict[str, Any]] = mapped_column(JSON)
     num_queries: Mapped[int] = mapped_column(Integer, default=0)
     last_stat: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     terminated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

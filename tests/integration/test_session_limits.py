@@ -1,0 +1,240 @@
+"""Resource policies and per-session limits through the real API: ``config.limits``,
+the admin routes, and the idle timeout and lifetime the manager enforces."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.apiclient import SignedClient, stdout_of
+from tests.conftest import RunningServer
+from tests.integration.test_events import Listener
+from tests.integration.test_stream import open_ws
+
+pytestmark = pytest.mark.sandbox
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def user(api: SignedClient) -> Iterator[SignedClient]:
+    """A fresh non-admin keypair on a fresh policy of its own (``policy`` attribute)."""
+    policy = _name("pol")
+    made = api.post(
+        "/admin/resource-policies",
+        {
+            "name": policy,
+            "maxSessionSlots": {"cpu": "1", "mem": "512m"},
+            "totalResourceSlots": {"cpu": "2"},
+            "max_pids": 128,
+            "idle_timeout_s": 600,
+            "max_session_lifetime_s": 900,
+            "max_output_bytes": "1m",
+        },
+    )
+    assert made.status_code == 201, made.text
+    created = api.post("/admin/keypairs", {"user_id": "limits", "resourcePolicy": policy}).json()
+    assert created["resource_policy"] == policy
+    client = SignedClient(api.endpoint, created["access_key"], created["secret_key"])
+    client.policy = policy  # type: ignore[attr-defined]
+    yield client
+    for item in client.get("/session").json()["items"]:
+        client.delete(f"/session/{item['sessionId']}")
+    client.close()
+    api.delete(f"/admin/keypairs/{created['access_key']}")
+    api.delete(f"/admin/resource-policies/{policy}")
+
+
+def _create(client: SignedClient, name: str, **config: Any) -> Any:
+    return client.post("/session", {"image": "python", "name": name, "config": config})
+
+
+def _problem(response: Any, status: int, slug: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.json()["type"].endswith("/" + slug)
+    msg: str = response.json()["msg"]
+    return msg
+
+
+def test_the_effective_limits_reach_the_sandbox_and_the_info(user: SignedClient, bai_server: RunningServer) -> None:
+    name = _name("lim")
+    r = _create(
+        user,
+        name,
+        resources={"mem": "256m"},
+        limits={"pids": 64, "scratch": "64m", "execTimeout": 30, "idleTimeout": 120},
+    )
+    assert r.status_code == 201, r.text
+    info = user.get(f"/session/{name}").json()
+    assert info["limits"] == {
+        "resourcePolicy": user.policy,  # type: ignore[attr-defined]
+        "pids": 64,
+        "scratchBytes": 64 * 2**20,
+        "execTimeout": 30.0,
+        "idleTimeout": 120.0,
+        "maxLifetime": 900.0,
+        "outputBytes": 2**20,
+    }
+    assert info["requestedSlots"] == {"cpu": "1", "mem": str(256 * 2**20)}
+    spec = bai_server.server.agent.sessions[info["sessionId"]].spec
+    assert (spec.exec_timeout_s, spec.scratch_bytes, spec.output_limit_bytes) == (30.0, 64 * 2**20, 2**20)
+    assert spec.resources["pids"] == "64"
+    assert bai_server.server.agent.sessions[info["sessionId"]].sandbox.limits.pids == 64
+    assert stdout_of(user.run(name, "print('ok')")) == "ok\n"
+
+
+def test_requests_beyond_the_policy_are_refused_naming_the_field(user: SignedClient) -> None:
+    policy = user.policy  # type: ignore[attr-defined]
+    msg = _problem(_create(user, _name("lim"), limits={"idleTimeout": 7200}), 400, "invalid-api-params")
+    assert msg == f'config.limits.idleTimeout: 7200 exceeds the keypair\'s resource policy "{policy}" (max 600)'
+    msg = _problem(_create(user, _name("lim"), limits={"pids": 4096}), 400, "invalid-api-params")
+    assert msg.startswith("config.limits.pids: 4096 exceeds")
+    msg = _problem(_create(user, _name("lim"), resources={"cpu": 2}), 400, "invalid-api-params")
+    assert msg.startswith("config.resources.cpu: 2 exceeds")
+    msg = _problem(_create(user, _name("lim"), limits={"scratch": "plenty"}), 400, "invalid-api-params")
+    assert msg.startswith("config.limits.scratch: ")
+    assert user.get("/session").json()["items"] == []
+
+
+def test_the_total_of_a_keypairs_sessions_is_a_quota(user: SignedClient) -> None:
+    assert _create(user, _name("lim")).status_code == 201
+    assert _create(user, _name("lim")).status_code == 201
+    msg = _problem(_create(user, _name("lim")), 412, "quota-exceeded")
+    assert "config.resources.cpu" in msg and "allows 2" in msg
+
+
+def _wait_status(client: SignedClient, name: str, wanted: str, timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, Any] = client.get(f"/session/{name}").json()
+        if info.get("status") == wanted or time.monotonic() > deadline:
+            return info
+        time.sleep(0.2)
+
+
+def test_an_idle_session_ends_with_the_reason_in_events_and_info(api: SignedClient) -> None:
+    name = _name("idle")
+    listener = Listener(api, f"/events/session?sessionName={name}")
+    started = time.monotonic()
+    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
+    listener.thread.join(15)
+    listener.client.close()
+    took = time.monotonic() - started
+    terminated = dict(listener.records)["session_terminated"]
+    assert terminated["reason"] == "idle-timeout"
+    assert "session_success" in listener.names()
+    info = api.get(f"/session/{name}").json()
+    assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
+    assert info["lastStat"]["status"] == "terminated"  # the stats at destroy were kept
+    assert info["limits"]["idleTimeout"] == 1.0
+    assert 1.0 <= took < 10
+
+
+def test_a_running_session_is_not_idle(api: SignedClient) -> None:
+    name = _name("busy")
+    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
+    # polled through "continued" answers: a request is nearly always in flight
+    assert api.run(name, "import time; time.sleep(3); print('slept')")["console"] == [["stdout", "slept\n"]]
+    # not polled: the run goes on with no request in flight, and the session with it
+    first = api.post(f"/session/{name}", {"mode": "query", "code": "time.sleep(4); print('again')"}).json()
+    assert first["result"]["status"] == "continued"
+    time.sleep(1.5)
+    assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
+    result = api.post(f"/session/{name}", {"mode": "continue", "runId": first["result"]["runId"]}).json()
+    assert result["result"]["status"] == "finished"
+    info = _wait_status(api, name, "TERMINATED")
+    assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
+
+
+def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedClient) -> None:
+    name = _name("ws")
+    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
+    with open_ws(api, name) as ws:
+        ws.send(json.dumps({"code": "print('got', input('> '))", "mode": "query", "options": {}}))
+        assert json.loads(ws.recv(timeout=20))["status"] == "waiting-input"
+        time.sleep(2)  # blocked on the user, but the stream is open
+        assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
+        ws.send("me")
+        while json.loads(ws.recv(timeout=20))["status"] != "finished":
+            pass
+    # over REST, a run waiting for input is the user's to answer: the session idles out
+    first = api.post(f"/session/{name}", {"mode": "query", "code": "input()"}).json()["result"]
+    assert first["status"] == "waiting-input"
+    info = _wait_status(api, name, "TERMINATED")
+    assert info["statusInfo"] == "idle-timeout"
+
+
+def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient) -> None:
+    name = _name("life")
+    listener = Listener(api, f"/events/session?sessionName={name}")
+    assert _create(api, name, limits={"maxLifetime": 4, "idleTimeout": 60}).status_code == 201
+    first = api.post(f"/session/{name}", {"mode": "query", "code": "import time; time.sleep(30)"}).json()
+    assert first["result"]["status"] == "continued"
+    api.post(f"/session/{name}", {"mode": "continue", "runId": first["result"]["runId"]})
+    info = _wait_status(api, name, "TERMINATED")
+    assert (info["status"], info["statusInfo"]) == ("TERMINATED", "max-lifetime-reached")
+    listener.thread.join(10)
+    listener.client.close()
+    assert dict(listener.records)["session_terminated"]["reason"] == "max-lifetime-reached"
+
+
+# -- administration ---------------------------------------------------------------------
+
+
+def test_policies_are_administered(api: SignedClient) -> None:
+    name = _name("pol")
+    made = api.post("/admin/resource-policies", {"name": name, "idleTimeout": 300, "maxScratchBytes": "1g"})
+    assert made.status_code == 201, made.text
+    assert (made.json()["idle_timeout_s"], made.json()["max_scratch_bytes"]) == (300.0, 2**30)
+    listed = {p["name"]: p for p in api.get("/admin/resource-policies").json()["items"]}
+    assert listed["default"]["idle_timeout_s"] == 3600.0 and listed["default"]["num_keypairs"] >= 1
+    assert name in listed
+    changed = api.patch(f"/admin/resource-policies/{name}", body={"idle_timeout_s": None, "max_pids": 100})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["idle_timeout_s"], changed.json()["max_pids"]) == (None, 100)
+    assert changed.json()["max_scratch_bytes"] == 2**30  # left out: kept
+    again = api.post("/admin/resource-policies", {"name": name})
+    assert "already exists" in _problem(again, 400, "invalid-api-params")
+    bad = api.patch(f"/admin/resource-policies/{name}", body={"exec_timeout_s": "soon"})
+    assert _problem(bad, 400, "invalid-api-params").startswith("exec_timeout_s: ")
+    assert api.delete(f"/admin/resource-policies/{name}").status_code == 204
+    assert api.delete(f"/admin/resource-policies/{name}").status_code == 404
+
+
+def test_a_policy_in_use_or_the_default_cannot_be_deleted(api: SignedClient) -> None:
+    name = _name("pol")
+    assert api.post("/admin/resource-policies", {"name": name}).status_code == 201
+    keypair = api.post("/admin/keypairs", {"user_id": "x"}).json()
+    assert keypair["resource_policy"] == "default"
+    moved = api.patch(f"/admin/keypairs/{keypair['access_key']}", body={"resourcePolicy": name})
+    assert moved.status_code == 200 and moved.json()["resource_policy"] == name
+    msg = _problem(api.delete(f"/admin/resource-policies/{name}"), 400, "invalid-api-params")
+    assert "in use by 1 keypair(s)" in msg and keypair["access_key"] in msg
+    assert "cannot be deleted" in _problem(api.delete("/admin/resource-policies/default"), 400, "invalid-api-params")
+    unknown = api.patch(f"/admin/keypairs/{keypair['access_key']}", body={"resourcePolicy": "nope"})
+    assert _problem(unknown, 400, "invalid-api-params").startswith("resource_policy: no such resource policy")
+    unknown = api.post("/admin/keypairs", {"resourcePolicy": "nope"})
+    assert _problem(unknown, 400, "invalid-api-params").startswith("resource_policy: ")
+    api.delete(f"/admin/keypairs/{keypair['access_key']}")
+    assert api.delete(f"/admin/resource-policies/{name}").status_code == 204
+
+
+def test_only_admins_administer_policies(api: SignedClient) -> None:
+    created = api.post("/admin/keypairs", {"user_id": "plain"}).json()
+    with SignedClient(api.endpoint, created["access_key"], created["secret_key"]) as plain:
+        for response in (
+            plain.get("/admin/resource-policies"),
+            plain.post("/admin/resource-policies", {"name": "mine"}),
+            plain.patch("/admin/resource-policies/default", body={"idle_timeout_s": None}),
+            plain.delete("/admin/resource-policies/default"),
+            plain.patch(f"/admin/keypairs/{created['access_key']}", body={"resourcePolicy": "default"}),
+        ):
+            _problem(response, 403, "insufficient-privilege")
+    api.delete(f"/admin/keypairs/{created['access_key']}")

@@ -1,0 +1,184 @@
+"""Resource policies against create requests, and the idle / lifetime decisions: no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import pytest
+
+from bai.common.errors import InvalidRequest, QuotaExceeded
+from bai.common.wire import ResourcePolicyFields, SessionLimitsRequest
+from bai.manager.policies import (
+    RequestedLimits,
+    ResourcePolicy,
+    SessionLimits,
+    check_total,
+    policy_changes,
+    requested_limits,
+    session_limits,
+    session_slots,
+)
+from bai.manager.reaper import IDLE_TIMEOUT, MAX_LIFETIME, Activity, Reaper, verdict
+
+D = Decimal
+POLICY = ResourcePolicy(
+    name="default",
+    max_session_slots={"cpu": D(2), "mem": D(2**30)},
+    total_resource_slots={"cpu": D(3)},
+    max_pids=256,
+    idle_timeout_s=3600,
+    exec_timeout_s=60,
+)
+
+
+def test_the_request_wins_within_the_policy_and_the_policy_fills_in() -> None:
+    req = SessionLimitsRequest.model_validate({"pids": 64, "scratch": "512m", "idleTimeout": 10, "output": 1000})
+    limits = session_limits(requested_limits(req), POLICY)
+    assert limits == SessionLimits(
+        policy="default",
+        pids=64,
+        scratch_bytes=512 * 2**20,
+        exec_timeout_s=60,
+        idle_timeout_s=10,
+        max_lifetime_s=None,
+        output_bytes=1000,
+    )
+    assert session_limits(RequestedLimits(), POLICY).pids == 256
+
+
+def test_the_managers_exec_timeout_applies_where_request_and_policy_are_silent() -> None:
+    bare = ResourcePolicy(name="bare")
+    assert session_limits(RequestedLimits(), bare, 30.0).exec_timeout_s == 30.0
+    assert session_limits(RequestedLimits(exec_timeout_s=90), bare, 30.0).exec_timeout_s == 90
+    assert session_limits(RequestedLimits(), POLICY, 30.0).exec_timeout_s == 60
+
+
+def test_a_request_above_the_policy_is_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        session_limits(RequestedLimits(idle_timeout_s=7200), POLICY)
+    assert caught.value.message == (
+        'config.limits.idleTimeout: 7200 exceeds the keypair\'s resource policy "default" (max 3600)'
+    )
+    assert caught.value.field == "config.limits.idleTimeout"
+    with pytest.raises(InvalidRequest, match=r"config\.limits\.pids: 1000 .* \(max 256\)"):
+        session_limits(RequestedLimits(pids=1000), POLICY)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"pids": 2}, "config.limits.pids"),
+        ({"scratch": "lots"}, "config.limits.scratch"),
+        ({"scratch": 0}, "config.limits.scratch"),
+        ({"execTimeout": -1}, "config.limits.execTimeout"),
+        ({"idleTimeout": 0}, "config.limits.idleTimeout"),
+        ({"maxLifetime": float("inf")}, "config.limits.maxLifetime"),
+        ({"output": "-5"}, "config.limits.output"),
+    ],
+)
+def test_nonsense_limits_are_refused(raw: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        requested_limits(SessionLimitsRequest.model_validate(raw))
+    assert caught.value.field == field
+    assert caught.value.message.startswith(field + ": ")
+
+
+def test_slots_within_the_per_session_maxima() -> None:
+    defaults = {"cpu": D(1), "mem": D(4 * 2**30)}
+    assert session_slots({}, defaults, POLICY) == {"cpu": D(1), "mem": D(2**30)}  # the default lowered
+    assert session_slots({"cpu": D(2)}, defaults, POLICY)["cpu"] == D(2)
+    with pytest.raises(InvalidRequest, match=r"config\.resources\.cpu: 3 exceeds .* \(max 2\)"):
+        session_slots({"cpu": D(3)}, defaults, POLICY)
+    assert session_slots({"cpu": D(8)}, defaults, ResourcePolicy(name="open"))["cpu"] == D(8)
+
+
+def test_total_slots_count_the_keypairs_live_sessions() -> None:
+    check_total(POLICY, [{"cpu": D(1)}, {"cpu": D(1)}], {"cpu": D(1)})
+    with pytest.raises(QuotaExceeded, match=r'hold 4 in total; its resource policy "default" allows 3'):
+        check_total(POLICY, [{"cpu": D(2)}, {"cpu": D(1)}], {"cpu": D(1)})
+    check_total(ResourcePolicy(name="open"), [{"cpu": D(100)}], {"cpu": D(100)})
+
+
+def test_policy_changes_parse_only_what_is_given() -> None:
+    given = ResourcePolicyFields.model_validate(
+        {"maxSessionSlots": {"cpu": "2", "mem": "4g"}, "idleTimeout": None, "max_scratch_bytes": "1g"}
+    )
+    assert policy_changes(given) == {
+        "max_session_slots": {"cpu": D(2), "mem": D(4 * 2**30)},
+        "idle_timeout_s": None,
+        "max_scratch_bytes": 2**30,
+    }
+    with pytest.raises(InvalidRequest, match=r"^total_resource_slots\.cpu: "):
+        policy_changes(ResourcePolicyFields.model_validate({"total_resource_slots": {"cpu": "many"}}))
+    with pytest.raises(InvalidRequest, match=r"^max_session_slots\.mem: must be at least 16m"):
+        policy_changes(ResourcePolicyFields.model_validate({"max_session_slots": {"mem": "1m"}}))
+    with pytest.raises(InvalidRequest, match=r"^exec_timeout_s: must be a positive"):
+        policy_changes(ResourcePolicyFields.model_validate({"exec_timeout_s": 0}))
+
+
+# -- idle timeout and lifetime -----------------------------------------------------------
+
+
+def _limits(idle: float | None = None, lifetime: float | None = None) -> SessionLimits:
+    return SessionLimits(policy="p", idle_timeout_s=idle, max_lifetime_s=lifetime)
+
+
+def test_an_unused_session_expires_after_its_idle_timeout() -> None:
+    activity = Activity(last=100.0)
+    assert verdict(activity, _limits(idle=10), started=100.0, now=105.0) == 110.0
+    assert verdict(activity, _limits(idle=10), started=100.0, now=110.0) == IDLE_TIMEOUT
+    assert verdict(activity, _limits(), started=100.0, now=1e9) is None
+
+
+def test_a_request_in_flight_or_a_run_going_on_is_not_idle() -> None:
+    activity = Activity(last=100.0, in_flight=1)
+    assert verdict(activity, _limits(idle=10), started=100.0, now=500.0) == 510.0
+    activity = Activity(last=100.0, run_until=float("inf"))
+    assert verdict(activity, _limits(idle=10), started=100.0, now=500.0) == 510.0
+    # a run unseen since its exec timeout (and grace) passed counts as ended then
+    activity = Activity(last=100.0, run_until=200.0)
+    assert verdict(activity, _limits(idle=10), started=100.0, now=205.0) == 210.0
+    assert verdict(activity, _limits(idle=10), started=100.0, now=210.0) == IDLE_TIMEOUT
+
+
+def test_the_lifetime_ends_even_a_busy_session() -> None:
+    activity = Activity(last=100.0, in_flight=3)
+    assert verdict(activity, _limits(idle=10, lifetime=50), started=100.0, now=120.0) == 130.0
+    assert verdict(activity, _limits(idle=10, lifetime=50), started=100.0, now=150.0) == MAX_LIFETIME
+
+
+def test_activity_marks() -> None:
+    activity = Activity()
+    activity.enter()
+    activity.leave()
+    activity.run_continues(exec_timeout_s=None)
+    assert activity.run_until == float("inf")
+    activity.run_ended()
+    assert activity.run_until is None
+    activity.run_continues(exec_timeout_s=30)
+    assert activity.run_until is not None and activity.run_until <= time.monotonic() + 36
+
+
+async def test_the_reaper_fires_once_for_an_idle_session_and_not_for_a_used_one() -> None:
+    fired: list[tuple[str, str]] = []
+    reaper = Reaper(lambda sid, reason: fired.append((sid, reason)))
+    idle, used = Activity(), Activity()
+    reaper.watch("idle", idle, _limits(idle=0.2))
+    reaper.watch("used", used, _limits(idle=0.2))
+    reaper.watch("free", Activity(), _limits())  # no limits: not watched at all
+    used.enter()
+    await asyncio.sleep(0.5)
+    assert fired == [("idle", IDLE_TIMEOUT)]
+    assert reaper.expired("idle") == IDLE_TIMEOUT and reaper.expired("used") is None
+    used.leave()
+    await asyncio.sleep(0.35)
+    assert fired[-1] == ("used", IDLE_TIMEOUT)
+    reaper.close()
+
+
+def test_limits_take_snake_case_too() -> None:
+    raw = {"idle_timeout": 5, "max_lifetime": 9, "exec_timeout": 3}
+    limits = requested_limits(SessionLimitsRequest.model_validate(raw))
+    assert (limits.idle_timeout_s, limits.max_lifetime_s, limits.exec_timeout_s) == (5, 9, 3)
