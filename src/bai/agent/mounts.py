@@ -70,9 +70,12 @@ def _raise_errno(what: str) -> None:
     raise OSError(code, f"{what}: {os.strerror(code)}")
 
 
-def _loop_config(backing_fd: int) -> bytes:
-    info = _LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, b"", b"", b"", 0, 0)
-    return struct.pack("=II", backing_fd, 4096) + info + _RESERVED
+def _loop_config(backing_fd: int, direct_io: bool) -> bytes:
+    """Direct I/O (with 4 KiB blocks, the file system's) keeps the image's pages out of
+    the host's page cache and lets the kernel charge the writes to the session's cgroup."""
+    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0)
+    info = _LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, b"", b"", b"", 0, 0)
+    return struct.pack("=II", backing_fd, 4096 if direct_io else 0) + info + _RESERVED
 
 
 def attach_loop(image: Path) -> tuple[str, int]:
@@ -91,13 +94,12 @@ def attach_loop(image: Path) -> tuple[str, int]:
 
 
 def _configure_free_device(control: int, backing: int) -> tuple[str, int]:
-    config = _loop_config(backing)
     for _ in range(ATTACH_TRIES):
         number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
         device = f"/dev/loop{number}"
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+            _configure(fd, backing)
         except OSError as exc:
             os.close(fd)
             if exc.errno == errno.EBUSY:
@@ -105,6 +107,15 @@ def _configure_free_device(control: int, backing: int) -> tuple[str, int]:
             raise
         return device, fd
     raise OSError(errno.EBUSY, f"no free loop device after {ATTACH_TRIES} tries")
+
+
+def _configure(fd: int, backing: int) -> None:
+    try:
+        fcntl.ioctl(fd, LOOP_CONFIGURE, _loop_config(backing, direct_io=True))
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a backing file system without direct I/O
+            raise
+        fcntl.ioctl(fd, LOOP_CONFIGURE, _loop_config(backing, direct_io=False))
 
 
 def mount(source: str, target: Path, fstype: str, flags: int, data: str = "") -> None:
