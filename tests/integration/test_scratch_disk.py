@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from agent_sandbox import make_config, new_session, run, running_agent, sandbox_
 
 from bai.agent import mounts, scratch
 from bai.agent.agent import Agent
+from bai.agent.backends import local
 from bai.agent.backends.local import SCRATCH_IMAGES, LocalBackend
 from bai.agent.scratch import ScratchDisks
 from bai.common.errors import InvalidRequest
@@ -179,3 +181,22 @@ async def test_a_restarted_agent_releases_the_disks_a_killed_one_left() -> None:
         await agent.stop()
         mounts.unmount_under(config.data_dir)
         shutil.rmtree(config.data_dir, ignore_errors=True)
+
+
+@needs_hostfile
+async def test_an_orphaned_share_roots_scratch_mounts_are_released() -> None:
+    local.FALLBACK_SHARE_BASE.mkdir(parents=True, exist_ok=True)
+    orphan = local.FALLBACK_SHARE_BASE / f"test-orphan-{uuid.uuid4().hex[:8]}"
+    (orphan / "scratch").mkdir(parents=True)
+    (orphan / "agent.lock").touch()
+    left = ScratchDisks("memory", orphan / "scratch", orphan / "images", CAP).create("dead-session", None, 0, 0)
+    (left.path / "f").write_text("x")
+    parent = Path(tempfile.mkdtemp(prefix="bai-private-", dir="/tmp"))  # mode 0700: the agent needs a fallback share
+    try:
+        async with running_agent(data_dir=parent / "agent"):
+            assert not orphan.exists()
+            assert mounts.mounts_under(orphan) == []
+    finally:
+        mounts.unmount_under(orphan)
+        shutil.rmtree(orphan, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
