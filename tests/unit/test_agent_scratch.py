@@ -5,22 +5,27 @@ root, loop devices and mkfs.ext4 and are skipped with the reason where absent.""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bai.agent import mounts, scratch
+from bai.agent.backends import local
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, ScratchType, open_disks, reconcile
+from bai.common.agent_rpc import SandboxSpec
 
 MiB = 2**20
 HOSTFILE_REASON = scratch.hostfile_unavailable()
 MEMORY_REASON = None if os.geteuid() == 0 else "mounting a tmpfs needs root"
-UID = 1_234_567  # a uid no one has: the owner the sandbox would get
+UID = 1_234_567 if os.geteuid() == 0 else os.geteuid()  # as root: a uid no one has, as a sandbox's
 needs_hostfile = pytest.mark.skipif(HOSTFILE_REASON is not None, reason=f"hostfile scratch: {HOSTFILE_REASON}")
 needs_memory = pytest.mark.skipif(MEMORY_REASON is not None, reason=MEMORY_REASON or "")
 KINDS = [
@@ -239,3 +244,28 @@ def test_open_disks_auto_picks_hostfile_and_probes_it(layout: tuple[Path, Path])
     assert disks.kind == "hostfile"
     assert list(layout[0].iterdir()) == [] and list(layout[1].iterdir()) == []  # the probe cleaned up
     assert open_disks("memory", *layout, default_cap=32 * MiB).kind == "memory"
+
+
+async def test_a_cancelled_create_removes_the_disk_it_made(layout: tuple[Path, Path]) -> None:
+    made = threading.Event()
+
+    class Slow(ScratchDisks):
+        def create(self, name: str, cap: int | None, uid: int, gid: int) -> Scratch:
+            time.sleep(0.2)  # the caller is cancelled meanwhile
+            disk = super().create(name, cap, uid, gid)
+            made.set()
+            return disk
+
+    disks = Slow("hostdir", *layout, default_cap=32 * MiB)
+    spec = SandboxSpec(session_id="s1", session_name="s1", environment="python", resources={})
+    task = asyncio.create_task(local._make_scratch(disks, spec, os.geteuid()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(made.wait, 5)
+    for _ in range(100):
+        if not (layout[0] / "s1").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not (layout[0] / "s1").exists()

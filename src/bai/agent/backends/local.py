@@ -34,7 +34,15 @@ from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandb
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
 from bai.agent.mounts import unmount_under
-from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reachable_by_others, reconcile, remove_scratch
+from bai.agent.scratch import (
+    Scratch,
+    ScratchDisks,
+    ScratchError,
+    open_disks,
+    reachable_by_others,
+    reconcile,
+    remove_scratch,
+)
 from bai.agent.seccomp import PolicyError, default_policy, load_overlay
 from bai.agent.seccomp.bpf import compile_bpf
 from bai.common.agent_rpc import SandboxSpec
@@ -107,6 +115,25 @@ def _meminfo_total() -> int:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+async def _make_scratch(disks: ScratchDisks, spec: SandboxSpec, owner: int) -> Scratch:
+    """The session's scratch disk, made in a worker thread (mkfs, mount). If the caller
+    is cancelled meanwhile, the disk is removed once made rather than left mounted."""
+    job = asyncio.ensure_future(asyncio.to_thread(disks.create, spec.session_id, spec.scratch_bytes, owner, owner))
+
+    def discard(done: asyncio.Future[Scratch]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            try:
+                disks.remove(done.result())
+            except OSError as exc:
+                log.warning("cannot remove the scratch disk of the cancelled session %s: %s", spec.session_id, exc)
+
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        job.add_done_callback(discard)
+        raise
 
 
 class LocalBackend(Backend):
@@ -311,13 +338,14 @@ class LocalBackend(Backend):
             raise SessionCreationFailed("the local backend is not started")
         uid = self.uids.acquire() if self.switch_uid else None
         owner = uid if uid is not None else os.geteuid()
-        disks = self.host.scratch
         try:
-            scratch = await asyncio.to_thread(disks.create, spec.session_id, spec.scratch_bytes, owner, owner)
-        except ScratchError as exc:
+            scratch = await _make_scratch(self.host.scratch, spec, owner)
+        except BaseException as exc:
             if uid is not None:
                 self.uids.release(uid)
-            raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+            if isinstance(exc, ScratchError):
+                raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+            raise
         sandbox = LocalSandbox(self.host, spec, limits, uid, scratch)
         self.sandboxes[spec.session_id] = sandbox
         try:
