@@ -315,6 +315,7 @@ class LocalBackend(Backend):
                 self.host.cgroups.remove_agent_dirs()
             self.host = None
         if self._fallback_share:
+            await asyncio.to_thread(unmount_under, self.share_root)  # a disk whose removal failed
             await asyncio.to_thread(shutil.rmtree, self.share_root, True)
         self._unlock_data_dir()
 
