@@ -302,8 +302,10 @@ class LocalSandbox(Sandbox):
                 async with asyncio.timeout(grace_s):
                     await self.child.wait()
         await self._kill_all()
-        self._final = await self._measure()
-        await self._release()
+        try:
+            self._final = await self._measure()
+        finally:  # a failed measurement must not leave the cgroup, uid and scratch disk behind
+            await self._release()
         return self._final
 
     # -- teardown ------------------------------------------------------------
