@@ -5,7 +5,9 @@
     session.py        one session's async shell: runner link, timers, backpressure
     runs.py           the I/O-free run core: statuses, console merging, per-response caps
     cgroups.py        per-session cgroups, v1 and v2 drivers: limits, stats, join, kill
-    scratch.py        scratch dirs: create, size and remove without following links
+    scratch.py        scratch disks (/home/work): hostfile (ext4 image), memory (tmpfs) or
+                      a plain dir; create, size, remove and reconcile without following links
+    mounts.py         loop devices, mount(2) and umount2(2) through ioctls and ctypes
     backends/         the Backend / Sandbox interface (base.py) and its registry;
                       local.py + local_sandbox.py (bubblewrap), bwrap.py (its command
                       line), child.py (processes started off the event loop)

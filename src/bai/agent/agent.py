@@ -24,6 +24,7 @@ from bai.agent.backends.bwrap import invalid_env_names
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
 from bai.agent.pool import WarmPool, startup_variables
+from bai.agent.scratch import MAX_SCRATCH_BYTES, MIN_SCRATCH_BYTES
 from bai.agent.session import GoneCallback, Session
 from bai.common.agent_rpc import (
     AgentInfo,
@@ -103,6 +104,7 @@ class Agent:
             version=VERSION,
             sessions=sorted(self.sessions),
             pool=self.pool.counts() if self.pool is not None else {},
+            scratch_type=self.backend.scratch_type(),
         )
 
     def schedulable_capacity(self) -> dict[str, Decimal]:
@@ -145,6 +147,10 @@ class Agent:
             raise InvalidRequest(
                 f"unknown environment {spec.environment!r} (this agent has: {known})", field="environment"
             )
+        if spec.scratch_bytes is not None and not MIN_SCRATCH_BYTES <= spec.scratch_bytes <= MAX_SCRATCH_BYTES:
+            raise InvalidRequest(
+                f"scratch_bytes must be between {MIN_SCRATCH_BYTES} and {MAX_SCRATCH_BYTES}", field="scratch_bytes"
+            )
         bad = invalid_env_names(spec.environ)
         if bad:
             raise InvalidRequest(f"invalid environment variable names: {', '.join(bad)}", field="environ")
@@ -168,9 +174,9 @@ class Agent:
 
     async def _claim_pooled(self, spec: SandboxSpec, limits: Limits) -> Session | None:
         """A pooled session made into ``spec``'s, or None (no pool for its environment,
-        none ready, variables only a fresh interpreter reads, or the claimed one could
-        not take the session's limits)."""
-        if self.pool is None or startup_variables(spec.environ):
+        none ready, variables only a fresh interpreter reads, a scratch disk of another
+        size, or the claimed one could not take the session's limits)."""
+        if self.pool is None or startup_variables(spec.environ) or not self.backend.poolable(spec):
             return None
         session = self.pool.claim(spec.environment)
         if session is None:

@@ -36,6 +36,13 @@ class AgentConfig(BaseSettings):
     sandbox_uid_base: int = Field(default=1_000_000, ge=1000)
     sandbox_uid_count: int = Field(default=65_536, ge=1)
     tmp_size: int = 256 * 2**20  # the private /tmp's size cap, bytes
+    #: each session's /home/work (bai.agent.scratch): "hostfile" a loop-mounted ext4 image per
+    #: session, "memory" a tmpfs charged to the session's memory, "hostdir" a plain directory
+    #: with no cap; "auto": hostfile where the host allows it (root, loop devices, mkfs.ext4),
+    #: else hostdir with a warning
+    scratch_type: Literal["auto", "hostfile", "memory", "hostdir"] = "auto"
+    #: the /home/work cap of a session that asks for none (SandboxSpec.scratch_bytes), bytes
+    scratch_size: int = Field(default=2**30, ge=8 * 2**20, le=2**44)
     #: the syscall filter (bai.agent.seccomp): off only for measurements and debugging
     seccomp: bool = True
     #: an overlay on the default policy for every environment (TOML: [[deny]] entries, allow = [...])

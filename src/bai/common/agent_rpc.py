@@ -23,6 +23,9 @@ class AgentInfo(BaseModel):
     version: str
     sessions: list[str] = Field(default_factory=list)  # ids of the sessions it runs now
     pool: dict[str, int] = Field(default_factory=dict)  # ready pooled sandboxes per environment
+    #: what backs each session's /home/work: "hostfile" (a capped disk image), "memory" (a
+    #: capped tmpfs), "hostdir" (a plain directory, no cap); None: the backend does not say
+    scratch_type: str | None = None
 
 
 class SandboxSpec(BaseModel):

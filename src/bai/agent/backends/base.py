@@ -126,6 +126,17 @@ class Backend(ABC):
     def environments(self) -> list[str]:
         """Names of the environments it can start. Called by Agent.info and create_session."""
 
+    def scratch_type(self) -> str | None:
+        """What backs each session's /home/work ("hostfile", "memory", "hostdir"), once
+        started; None where the backend does not say. Called by Agent.info."""
+        return None
+
+    def poolable(self, spec: SandboxSpec) -> bool:
+        """Whether a pooled sandbox (started with the agent's defaults) can become
+        ``spec``'s: what ``claim`` cannot change, such as the scratch disk's size, is
+        what ``spec`` asks for. Called by Agent.create_session before claiming one."""
+        return True
+
     @abstractmethod
     async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
         """Start a sandbox whose runner is connected to ``runner_socket`` (it may not

@@ -33,7 +33,16 @@ from bai.agent.backends.child import Spawner
 from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandbox, kill_cgroup
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
-from bai.agent.scratch import create_scratch, reachable_by_others, remove_scratch
+from bai.agent.mounts import unmount_under
+from bai.agent.scratch import (
+    Scratch,
+    ScratchDisks,
+    ScratchError,
+    open_disks,
+    reachable_by_others,
+    reconcile,
+    remove_scratch,
+)
 from bai.agent.seccomp import Policy, PolicyError, policy_for
 from bai.agent.seccomp.bpf import compile_bpf
 from bai.common.agent_rpc import SandboxSpec
@@ -43,6 +52,7 @@ from bai.runner import protocol
 log = logging.getLogger(__name__)
 
 FALLBACK_SHARE_BASE = Path("/var/lib/bai/sandboxes")
+SCRATCH_IMAGES = "scratch-images"  # under the data dir: hostfile images, never bound into a sandbox
 STALE_CGROUP_S = 60.0
 
 
@@ -93,6 +103,7 @@ def _sweep_orphan_shares(keep: Path) -> None:
             continue  # a live agent's
         try:
             log.info("removing the orphaned share root %s", share)
+            unmount_under(share)  # its scratch disks; their images are in their agent's data dir
             shutil.rmtree(share, ignore_errors=True)
         finally:
             os.close(fd)
@@ -104,6 +115,25 @@ def _meminfo_total() -> int:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+async def _make_scratch(disks: ScratchDisks, spec: SandboxSpec, owner: int) -> Scratch:
+    """The session's scratch disk, made in a worker thread (mkfs, mount). If the caller
+    is cancelled meanwhile, the disk is removed once made rather than left mounted."""
+    job = asyncio.ensure_future(asyncio.to_thread(disks.create, spec.session_id, spec.scratch_bytes, owner, owner))
+
+    def discard(done: asyncio.Future[Scratch]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            try:
+                disks.remove(done.result())
+            except OSError as exc:
+                log.warning("cannot remove the scratch disk of the cancelled session %s: %s", spec.session_id, exc)
+
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        job.add_done_callback(discard)
+        raise
 
 
 class LocalBackend(Backend):
@@ -118,6 +148,7 @@ class LocalBackend(Backend):
         self._fallback_share = False
         self._locks: list[int] = []
         self.host: LocalHost | None = None
+        self.scratch_kind: str | None = None  # the scratch disks' kind, once started
 
     @property
     def scratch_root(self) -> Path:
@@ -143,6 +174,12 @@ class LocalBackend(Backend):
             self._unlock_data_dir()
             raise BackendUnavailable(f"cannot prepare {self.share_root}: {exc}") from exc
         await self._precompile_runner(runner_dir)
+        try:
+            disks = await self._scratch_disks()
+        except (OSError, ScratchError) as exc:
+            self._unlock_data_dir()
+            raise BackendUnavailable(f"scratch disks: {exc}") from exc
+        self.scratch_kind = disks.kind
         self.host = LocalHost(
             config=config,
             cgroups=driver,
@@ -150,10 +187,22 @@ class LocalBackend(Backend):
             seccomp=seccomp,
             runner_dir=runner_dir,
             spawner=Spawner(),
+            scratch=disks,
             released=self._released,
             renamed=self._renamed,
         )
         await self._clean_leftovers()
+
+    async def _scratch_disks(self) -> ScratchDisks:
+        """Release the scratch mounts and images a crashed predecessor left, then open
+        the configured kind of scratch disks (trying it once)."""
+        config = self.config
+        image_dir = config.data_dir / SCRATCH_IMAGES
+        for item in await asyncio.to_thread(reconcile, self.scratch_root, image_dir):
+            log.warning("released the leftover scratch %s", item)
+        return await asyncio.to_thread(
+            open_disks, config.scratch_type, self.scratch_root, image_dir, config.scratch_size
+        )
 
     def _compile_seccomp(self) -> dict[str, bytes]:
         """Each environment's BPF program (bai.agent.seccomp.policy_for), compiled once per
@@ -269,6 +318,7 @@ class LocalBackend(Backend):
                 self.host.cgroups.remove_agent_dirs()
             self.host = None
         if self._fallback_share:
+            await asyncio.to_thread(unmount_under, self.share_root)  # a disk whose removal failed
             await asyncio.to_thread(shutil.rmtree, self.share_root, True)
         self._unlock_data_dir()
 
@@ -278,17 +328,28 @@ class LocalBackend(Backend):
     def environments(self) -> list[str]:
         return sorted(ENVIRONMENTS)
 
+    def scratch_type(self) -> str | None:
+        return self.scratch_kind
+
+    def poolable(self, spec: SandboxSpec) -> bool:
+        if self.host is None:
+            return False
+        disks = self.host.scratch
+        return disks.cap_for(spec.scratch_bytes) == disks.cap_for(None)
+
     async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
         if self.host is None:
             raise SessionCreationFailed("the local backend is not started")
         uid = self.uids.acquire() if self.switch_uid else None
         owner = uid if uid is not None else os.geteuid()
         try:
-            scratch = create_scratch(self.scratch_root, spec.session_id, owner, owner)
-        except OSError as exc:
+            scratch = await _make_scratch(self.host.scratch, spec, owner)
+        except BaseException as exc:
             if uid is not None:
                 self.uids.release(uid)
-            raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+            if isinstance(exc, ScratchError):
+                raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+            raise
         sandbox = LocalSandbox(self.host, spec, limits, uid, scratch)
         self.sandboxes[spec.session_id] = sandbox
         try:

@@ -14,7 +14,8 @@ Start (all on the event loop, the fork on the spawner thread; no sleeps):
    ``oom_score_adj = -1000``, so the OOM killer takes the user's processes.
 
 Destruction kills everything in the cgroup, reaps bwrap, reads the final
-figures, and only then removes the cgroup and the scratch dir.
+figures, and only then removes the cgroup and the scratch disk (bai.agent.scratch:
+an unmount and the image's unlink, or an fd-based rmtree for a plain dir).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
-from bai.agent.scratch import remove_scratch, scratch_size
+from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
 
@@ -60,6 +61,7 @@ class LocalHost:
     seccomp: dict[str, bytes]  # environment → BPF program, compiled once at start; absent: no filter
     runner_dir: Path
     spawner: Spawner
+    scratch: ScratchDisks
     released: Callable[[LocalSandbox], None]  # called once a sandbox has let go of everything
     renamed: Callable[[LocalSandbox, str], None]  # (sandbox, old session id): a pooled one was claimed
 
@@ -94,14 +96,15 @@ def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
 
 
 class LocalSandbox(Sandbox):
-    def __init__(self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Path) -> None:
+    def __init__(self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Scratch) -> None:
         self.host = host
         self.name = spec.session_id  # of the cgroup and scratch dir; a pooled one keeps it when claimed
         self.session_id = spec.session_id
         self.spec = spec
         self.limits = limits
         self.uid = uid
-        self.scratch = scratch
+        self.scratch_disk = scratch
+        self.scratch = scratch.path  # bound at /home/work; kept across restarts
         self.cgroup: SessionCgroup | None = None
         self.child: WatchedChild | None = None  # bwrap (its monitor process)
         self.child_pid: int | None = None  # the sandbox's PID 1, the runner
@@ -251,11 +254,22 @@ class LocalSandbox(Sandbox):
             cpu_limit=format(self.limits.cpu.normalize(), "f"),
             io_read=figures.io_read,
             io_write=figures.io_write,
-            io_scratch_size=await asyncio.to_thread(scratch_size, self.scratch),
+            io_scratch_size=await self._scratch_usage(),
             oom_kills=figures.oom_kills,
         )
 
+    async def _scratch_usage(self) -> int:
+        if self.scratch_disk.mounted:  # one fstatvfs
+            return self.host.scratch.usage(self.scratch_disk)
+        return await asyncio.to_thread(self.host.scratch.usage, self.scratch_disk)  # a walk
+
     async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
+        wanted = self.host.scratch.cap_for(spec.scratch_bytes)
+        if wanted != self.scratch_disk.cap:
+            have = self.scratch_disk.cap
+            raise SessionCreationFailed(
+                f"the pooled sandbox's scratch disk holds {have} bytes, the session asks {wanted}"
+            )
         driver = self.host.cgroups
         if driver is not None and self.cgroup is not None:
             try:
@@ -288,8 +302,10 @@ class LocalSandbox(Sandbox):
                 async with asyncio.timeout(grace_s):
                     await self.child.wait()
         await self._kill_all()
-        self._final = await self._measure()
-        await self._release()
+        try:
+            self._final = await self._measure()
+        finally:  # a failed measurement must not leave the cgroup, uid and scratch disk behind
+            await self._release()
         return self._final
 
     # -- teardown ------------------------------------------------------------
@@ -325,7 +341,10 @@ class LocalSandbox(Sandbox):
                 driver.remove(self.cgroup)
             except CgroupError as exc:
                 log.warning("session %s: %s", self.session_id, exc)
-        await asyncio.to_thread(remove_scratch, self.scratch)
+        try:
+            await asyncio.to_thread(self.host.scratch.remove, self.scratch_disk)
+        except OSError as exc:  # the next agent start reconciles what is left
+            log.warning("session %s: cannot remove the scratch disk: %s", self.session_id, exc)
         self.host.released(self)
 
 
