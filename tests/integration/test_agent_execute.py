@@ -177,8 +177,9 @@ async def test_duplicate_and_unknown_environment(agent: Agent, session: str) -> 
     assert caught.value.field == "environment"
 
 
-async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, session: str) -> None:
-    chunk, count = 65536, 200  # 12.5 MiB
+async def test_output_flood_is_capped_per_response_and_complete(agent: Agent) -> None:
+    chunk, count = 65536, 200  # 12.5 MiB: under this session's output limit, over the default
+    session = await new_session(agent, output_limit_bytes=16 * 2**20)
     result = await agent.execute(
         query(session, f"import sys\nfor _ in range({count}):\n    sys.stdout.write('x' * {chunk})\n")
     )
@@ -195,6 +196,8 @@ async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, se
         result = await agent.execute(follow(session, result.run_id))
     assert result.status == "finished" and result.exit_code == 0
     assert total == chunk * count
+    assert result.stats is not None
+    assert (result.stats.output_bytes, result.stats.output_truncated) == (chunk * count, False)
     # the socket is paused beyond the backlog limit: the agent never held the whole flood
     assert backlog_seen < agent.config.max_backlog_bytes + 2 * 2**20
 
