@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, spec, stderr_of, stdout_of
+from agent_sandbox import (
+    new_session,
+    run,
+    running_agent,
+    sandbox_of,
+    sandbox_unavailable,
+    spec,
+    stderr_of,
+    stdout_of,
+)
 
 from bai.agent.agent import Agent
 from bai.agent.backends.local import LocalBackend
@@ -134,6 +144,31 @@ async def test_exec_timeout(agent: Agent) -> None:
     assert time.monotonic() - started < 5
     quick = await agent.execute(query(session, "print('ok')"))
     assert (quick.status, stdout_of(quick)) == ("finished", "ok\n")
+    # the timed-out run's figures came with its answer: it spun until it was stopped
+    assert result.stats is not None
+    assert result.stats.wall_ms >= 500 and result.stats.cpu_ms >= 250
+
+
+async def test_a_run_whose_sandbox_dies_still_reports_its_usage(agent: Agent, session: str) -> None:
+    first = await agent.execute(query(session, "while True:\n    pass\n", flush=0.4))
+    assert first.status == "continued"
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.child_pid is not None
+    os.kill(sandbox.child_pid, signal.SIGKILL)  # the runner dies mid-run
+    result = await agent.execute(follow(session, first.run_id))
+    assert result.status == "finished" and result.exit_code == 137
+    assert result.stats is not None
+    assert result.stats.cpu_ms >= 200 and result.stats.wall_ms >= 400
+
+
+async def test_the_sessions_peak_outlives_per_run_resets(agent: Agent, session: str) -> None:
+    big = await agent.execute(query(session, "x = b'x' * (100 * 2**20)\ndel x"))
+    assert big.stats is not None and big.stats.mem_peak >= 100 * 2**20
+    small = await agent.execute(query(session, "1"))
+    assert small.stats is not None and small.stats.mem_peak < 60 * 2**20
+    # the destroy figures still show the session's high-water mark
+    final = await agent.destroy_session(session)
+    assert final.mem_max >= 100 * 2**20
 
 
 async def test_complete(agent: Agent, session: str) -> None:
