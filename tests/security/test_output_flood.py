@@ -69,8 +69,13 @@ def follow(api: SignedClient, name: str, first: dict[str, Any], on_step: Any = N
     return {**result, "console": console}
 
 
-def test_a_finite_flood_is_truncated_with_one_marker(bai_server: RunningServer, api: SignedClient, session: str) -> None:
-    code = "import sys\nfor _ in range(50 * 1024):\n    sys.stdout.write('x' * 1023 + '\\n')\nprint('after', file=sys.stderr)\n"
+def test_a_finite_flood_is_truncated_with_one_marker(
+    bai_server: RunningServer, api: SignedClient, session: str
+) -> None:
+    code = (
+        "import sys\nfor _ in range(50 * 1024):\n    sys.stdout.write('x' * 1023 + '\\n')\n"
+        "print('after', file=sys.stderr)\n"
+    )
     first = api.post(f"/session/{session}", {"mode": "query", "code": code}).json()["result"]
     backlogs: list[int] = []
     result = follow(api, session, first, lambda: backlogs.append(backlog_of(bai_server, api, session)))

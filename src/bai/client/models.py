@@ -11,8 +11,17 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
-from bai.common.wire import KeypairInfo, RunResult, RunStatus, SessionEventData, SessionInfo, StatMetric
+from bai.common.wire import (
+    KeypairInfo,
+    RunResult,
+    RunStatus,
+    SessionEventData,
+    SessionInfo,
+    StatMetric,
+    run_stats_of,
+)
 
 
 class _Answer(BaseModel):
@@ -125,6 +134,11 @@ class StreamFrame(_Answer):
     @property
     def is_password(self) -> bool:
         return bool(self.options and self.options.get("is_password"))
+
+    @property
+    def stats(self) -> RunStats | None:
+        """What the run used; on the last frame (``finished`` / ``exec-timeout``) only."""
+        return run_stats_of(self.options)
 
 
 Body = TypeVar("Body", bound=BaseModel)
