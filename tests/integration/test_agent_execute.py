@@ -184,6 +184,7 @@ async def test_restart_keeps_scratch_and_drops_state(agent: Agent, session: str)
     await agent.restart_session(session)
     result = await agent.execute(query(session, "print('x' in globals(), open('/home/work/kept').read())"))
     assert stdout_of(result) == "False yes\n"
+    assert result.stats is not None and result.stats.mem_peak > 0  # the meter outlives a restart
 
 
 async def test_restart_during_a_run(agent: Agent, session: str) -> None:
