@@ -15,7 +15,8 @@ from tests.apiclient import SignedClient, stdout_of
 
 pytestmark = pytest.mark.sandbox
 
-SPIN = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.3:\n    pass\n"
+# 0.3 s of CPU time, not of wall time: on a busy host the spin may get less than a core
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
 # bytes * n writes every byte: the pages are touched, not just reserved
 ALLOCATE = "x = b'x' * (150 * 10**6)\ndel x\n"
 STATS_KEYS = {"cpu_ms", "wall_ms", "mem_peak", "mem_peak_scope", "output_bytes", "output_truncated"}
@@ -45,7 +46,7 @@ def stats_of(result: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_cpu_spin_reports_its_cpu_and_wall_time(api: SignedClient, session: str) -> None:
     stats = stats_of(query(api, session, SPIN))
-    assert stats["cpu_ms"] >= 200
+    assert stats["cpu_ms"] >= 300
     assert stats["wall_ms"] >= 300
     assert stats["cpu_ms"] <= stats["wall_ms"] + 50  # one thread: no more CPU than time
 
