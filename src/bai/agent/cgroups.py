@@ -21,7 +21,7 @@ Every method here does blocking file I/O on cgroupfs (in-memory, microseconds);
 callers keep them off the execute path. The one exception is ``RunMeter``
 (``CgroupDriver.open_meter``): per-run CPU time and memory peak through file
 descriptors opened once per sandbox, read with ``os.pread`` and reset with
-``os.pwrite`` (no path lookup, no open, under a microsecond each), which the
+``os.pwrite`` (no path lookup, no open: a few microseconds per run), which the
 agent calls on the execute path itself.
 """
 
