@@ -216,6 +216,9 @@ async def test_duplicate_and_unknown_environment(agent: Agent, session: str) -> 
     with pytest.raises(InvalidRequest) as caught:
         await agent.create_session(spec(environment="cobol"))
     assert caught.value.field == "environment"
+    with pytest.raises(InvalidRequest) as caught:
+        await agent.create_session(spec(output_limit_bytes=-1))
+    assert caught.value.field == "output_limit_bytes"
 
 
 async def test_output_flood_is_capped_per_response_and_complete(agent: Agent) -> None:
