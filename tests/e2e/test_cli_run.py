@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,16 @@ def test_rm_and_stats_destroy_the_session_and_print_its_usage(server: Any, name:
     gone = bai(server, "rm", name)
     assert gone.returncode == 1
     assert gone.stderr.startswith(f"error: {name}: ")
+
+
+def test_stats_of_a_run_in_a_kept_session_are_one_line(server: Any, name: str) -> None:
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\nprint('ok')"
+    result = bai(server, "run", "python", "-c", code, "--name", name, "--stats")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+    line = re.fullmatch(r"run: cpu (\d+) ms, memory peak ([\d.]+) MiB, wall (\d+) ms\n", result.stderr)
+    assert line is not None, result.stderr
+    assert int(line[1]) >= 300 and float(line[2]) > 0 and int(line[3]) >= 300
 
 
 def test_an_unknown_image_is_one_error_line(server: Any) -> None:

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, spec, stderr_of, stdout_of
+from agent_sandbox import (
+    new_session,
+    run,
+    running_agent,
+    sandbox_of,
+    sandbox_unavailable,
+    spec,
+    stderr_of,
+    stdout_of,
+)
 
 from bai.agent.agent import Agent
 from bai.agent.backends.local import LocalBackend
@@ -134,6 +144,36 @@ async def test_exec_timeout(agent: Agent) -> None:
     assert time.monotonic() - started < 5
     quick = await agent.execute(query(session, "print('ok')"))
     assert (quick.status, stdout_of(quick)) == ("finished", "ok\n")
+    # the timed-out run's figures came with its answer: it spun until it was stopped
+    assert result.stats is not None
+    assert result.stats.wall_ms >= 500 and result.stats.cpu_ms > 0
+
+
+async def test_a_run_whose_sandbox_dies_still_reports_its_usage(agent: Agent, session: str) -> None:
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass\n"
+    first = await agent.execute(query(session, code + "print('spun', flush=True)\ntime.sleep(60)\n", flush=0.3))
+    seen = stdout_of(first)
+    while "spun" not in seen:
+        answer = await agent.execute(follow(session, first.run_id, flush=0.3))
+        assert answer.status == "continued"
+        seen += stdout_of(answer)
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.child_pid is not None
+    os.kill(sandbox.child_pid, signal.SIGKILL)  # the runner dies mid-run
+    result = await agent.execute(follow(session, first.run_id))
+    assert result.status == "finished" and result.exit_code == 137
+    assert result.stats is not None
+    assert result.stats.cpu_ms >= 200 and result.stats.wall_ms >= 200
+
+
+async def test_the_sessions_peak_outlives_per_run_resets(agent: Agent, session: str) -> None:
+    big = await agent.execute(query(session, "x = b'x' * (100 * 2**20)\ndel x"))
+    assert big.stats is not None and big.stats.mem_peak >= 100 * 2**20
+    small = await agent.execute(query(session, "1"))
+    assert small.stats is not None and small.stats.mem_peak < 60 * 2**20
+    # the destroy figures still show the session's high-water mark
+    final = await agent.destroy_session(session)
+    assert final.mem_max >= 100 * 2**20
 
 
 async def test_complete(agent: Agent, session: str) -> None:
@@ -149,6 +189,7 @@ async def test_restart_keeps_scratch_and_drops_state(agent: Agent, session: str)
     await agent.restart_session(session)
     result = await agent.execute(query(session, "print('x' in globals(), open('/home/work/kept').read())"))
     assert stdout_of(result) == "False yes\n"
+    assert result.stats is not None and result.stats.mem_peak > 0  # the meter outlives a restart
 
 
 async def test_restart_during_a_run(agent: Agent, session: str) -> None:
@@ -175,10 +216,14 @@ async def test_duplicate_and_unknown_environment(agent: Agent, session: str) -> 
     with pytest.raises(InvalidRequest) as caught:
         await agent.create_session(spec(environment="cobol"))
     assert caught.value.field == "environment"
+    with pytest.raises(InvalidRequest) as caught:
+        await agent.create_session(spec(output_limit_bytes=-1))
+    assert caught.value.field == "output_limit_bytes"
 
 
-async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, session: str) -> None:
-    chunk, count = 65536, 200  # 12.5 MiB
+async def test_output_flood_is_capped_per_response_and_complete(agent: Agent) -> None:
+    chunk, count = 65536, 200  # 12.5 MiB: under this session's output limit, over the default
+    session = await new_session(agent, output_limit_bytes=16 * 2**20)
     result = await agent.execute(
         query(session, f"import sys\nfor _ in range({count}):\n    sys.stdout.write('x' * {chunk})\n")
     )
@@ -195,6 +240,8 @@ async def test_output_flood_is_capped_per_response_and_complete(agent: Agent, se
         result = await agent.execute(follow(session, result.run_id))
     assert result.status == "finished" and result.exit_code == 0
     assert total == chunk * count
+    assert result.stats is not None
+    assert (result.stats.output_bytes, result.stats.output_truncated) == (chunk * count, False)
     # the socket is paused beyond the backlog limit: the agent never held the whole flood
     assert backlog_seen < agent.config.max_backlog_bytes + 2 * 2**20
 

@@ -101,7 +101,10 @@ def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster: Cluste
     assert wait_for(lambda: api.post("/session", {"image": "python", "name": "remote"}).status_code == 201)
     assert api.get("/session/remote").json()["agent"] == "node-1"
     api.run("remote", "x = 41")
-    assert stdout_of(api.run("remote", "print(x + 1)")) == "42\n"
+    remote = api.run("remote", "print(x + 1)")
+    assert stdout_of(remote) == "42\n"
+    stats = remote["options"]["stats"]  # RunStats crosses the agent RPC
+    assert stats["output_bytes"] == 3 and stats["mem_peak"] > 0 and stats["wall_ms"] > 0
     result = api.post("/session/remote", {"mode": "query", "code": "print(input('? '))"}).json()["result"]
     assert result["status"] == "waiting-input"
     answer = api.post("/session/remote", {"mode": "input", "runId": result["runId"], "code": "via rpc"})

@@ -179,3 +179,106 @@ def test_remove_if_stale_only_takes_old_empty_cgroups(tmp_path: Path) -> None:
     assert driver.remove_if_stale("old", min_age_s=0)
     assert driver.leftovers() == []
     assert not driver.remove_if_stale("never-was", min_age_s=0)
+
+
+# -- per-run meters -----------------------------------------------------------------------
+
+
+def test_kernel_resets_peak_from_612() -> None:
+    releases = {"6.12.0": True, "6.18.44-fc-v769": True, "7.1": True, "6.11.9-arch1-1": False, "5.15.0-91": False}
+    for release, expected in releases.items():
+        assert cgroups.kernel_resets_peak(release) is expected, release
+    assert not cgroups.kernel_resets_peak("garbage")
+
+
+def test_v1_meter_measures_a_run_and_resets_the_peak(tmp_path: Path) -> None:
+    driver = v1_tree(tmp_path)
+    cgroup = driver.create("s1", LIMITS)
+    memory_dir = tmp_path / "memory" / "bai" / "agent1" / "s1"
+    cpu_dir = tmp_path / "cpu" / "bai" / "agent1" / "s1"
+    (cpu_dir / "cpuacct.usage").write_text("1000000000\n")  # ns
+    (memory_dir / "memory.max_usage_in_bytes").write_text("900000\n")
+    meter = driver.open_meter(cgroup)
+    try:
+        assert meter.resets_peak
+        (memory_dir / "memory.max_usage_in_bytes").write_text("800000\n")  # used between runs
+        meter.start()
+        assert (memory_dir / "memory.max_usage_in_bytes").read_text().strip("\n0") == ""  # "0" written
+        # what the kernel would show at the run's end; the file stays open, no re-open is needed
+        with open(cpu_dir / "cpuacct.usage", "r+") as f:
+            f.write("1250500000\n")
+        with open(memory_dir / "memory.max_usage_in_bytes", "r+") as f:
+            f.write("300000\n")
+        usage = meter.stop()
+        assert usage == cgroups.RunUsage(cpu_ms=250.5, mem_peak=300000, mem_peak_scope="run")
+        assert meter.session_peak == 800000  # the highest seen, for the session's own figures
+    finally:
+        meter.close()
+
+
+def v2_session(tmp_path: Path, peak_resets: bool) -> tuple[CgroupV2, cgroups.SessionCgroup, Path]:
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    for sub in ("", "bai", "bai/agent1"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub / "cgroup.subtree_control").write_text("")
+    driver = CgroupV2("agent1", tmp_path, peak_resets=peak_resets)
+    cgroup = driver.create("s1", LIMITS)
+    path = cgroup.dirs[0]
+    (path / "cpu.stat").write_text("usage_usec 2000000\nuser_usec 1500000\nsystem_usec 500000\n")
+    (path / "memory.peak").write_text("7000000\n")
+    return driver, cgroup, path
+
+
+@pytest.mark.parametrize("peak_resets", [True, False])
+def test_v2_meter_reads_cpu_stat_and_memory_peak(tmp_path: Path, peak_resets: bool) -> None:
+    driver, cgroup, path = v2_session(tmp_path, peak_resets)
+    meter = driver.open_meter(cgroup)
+    try:
+        assert meter.resets_peak is peak_resets
+        meter.start()
+        with open(path / "cpu.stat", "r+") as f:
+            f.write("usage_usec 2004500\nuser_usec 1504000\nsystem_usec 500500\n")
+        usage = meter.stop()
+        assert usage.cpu_ms == 4.5
+        # the fake has no per-descriptor peak: a reset shows as the "0" written over it
+        assert usage.mem_peak == (0 if peak_resets else 7000000)
+        assert usage.mem_peak_scope == ("run" if peak_resets else "session")
+    finally:
+        meter.close()
+
+
+def test_v2_meter_falls_back_to_the_session_peak_when_a_reset_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver, cgroup, _ = v2_session(tmp_path, peak_resets=True)
+
+    def refuse(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(22, "Invalid argument")  # a kernel whose memory.peak takes no writes
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    meter = driver.open_meter(cgroup)
+    try:
+        assert not meter.resets_peak
+        meter.start()
+        assert meter.stop() == cgroups.RunUsage(cpu_ms=0.0, mem_peak=7000000, mem_peak_scope="session")
+    finally:
+        meter.close()
+
+
+def test_v2_meter_needs_usage_usec(tmp_path: Path) -> None:
+    driver, cgroup, path = v2_session(tmp_path, peak_resets=False)
+    (path / "cpu.stat").write_text("nr_periods 0\n")
+    meter = driver.open_meter(cgroup)
+    try:
+        with pytest.raises(OSError, match="usage_usec"):
+            meter.start()
+    finally:
+        meter.close()
+
+
+def test_meter_fails_with_oserror_once_the_files_are_gone(tmp_path: Path) -> None:
+    driver = v1_tree(tmp_path)
+    cgroup = driver.create("s1", LIMITS)
+    (tmp_path / "cpu" / "bai" / "agent1" / "s1" / "cpuacct.usage").write_text("0\n")
+    with pytest.raises(OSError):
+        driver.open_meter(cgroup)  # no memory.max_usage_in_bytes in this fake

@@ -182,6 +182,14 @@ def test_config_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert AgentConfig(manager_url="http://m:1", rpc_port=7).advertised_url == "http://127.0.0.1:7"
 
 
+def test_output_limit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AgentConfig().output_limit == 8 * 2**20
+    monkeypatch.setenv("BAI_AGENT_OUTPUT_LIMIT", "1024")
+    assert AgentConfig().output_limit == 1024
+    with pytest.raises(ValueError, match="output_limit"):
+        AgentConfig(output_limit=-1)
+
+
 def test_backend_registry() -> None:
     assert BACKENDS["local"] is LocalBackend
     assert isinstance(create_backend(AgentConfig(data_dir=Path("/nonexistent"))), LocalBackend)

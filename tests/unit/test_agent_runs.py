@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bai.agent.runs import RunBook, new_run_id
+from bai.agent.cgroups import RunUsage
+from bai.agent.runs import Response, RunBook, format_size, new_run_id
+from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
 
 
@@ -222,3 +224,206 @@ def test_after_an_interrupt_excess_output_is_dropped_not_paused() -> None:
     text = "".join(str(data) for _, data in console)
     assert text.count("x") == 300 and "yy" not in text
     assert "50 bytes of output after the interrupt were dropped" in text
+
+
+# -- the output volume limit ------------------------------------------------------------
+
+MARKER = "[bai] output truncated: this run wrote more than {}; the rest was discarded\n"
+
+
+def drain(book: RunBook) -> tuple[list[tuple[str, str]], Response]:
+    """Every response until the run's end: the console merged, and the last response."""
+    console: list[tuple[str, str]] = []
+    for _ in range(10_000):
+        response = book.take_response()
+        for kind, data in response.console:
+            assert isinstance(data, str)
+            if console and console[-1][0] == kind:
+                console[-1] = (kind, console[-1][1] + data)
+            else:
+                console.append((kind, data))
+        if response.status != "continued":
+            return console, response
+    raise AssertionError("the run never ended")
+
+
+def test_output_up_to_the_limit_is_kept_whole() -> None:
+    book = RunBook(output_limit=10)
+    book.start("r1")
+    book.on_output("r1", "stdout", "12345")
+    book.on_output("r1", "stderr", "67890")  # exactly the limit
+    book.on_finished("r1", 0)
+    book.record_usage("r1", None, 1.0)
+    console, response = drain(book)
+    assert console == [("stdout", "12345"), ("stderr", "67890")]
+    assert response.stats is not None
+    assert (response.stats.output_bytes, response.stats.output_truncated) == (10, False)
+
+
+def test_output_past_the_limit_is_cut_with_one_marker_in_place() -> None:
+    book = RunBook(output_limit=10)
+    book.start("r1")
+    book.on_output("r1", "stderr", "warn\n")
+    book.on_output("r1", "stdout", "abcdefgh")  # 3 bytes over: "abcde" kept
+    book.on_output("r1", "stdout", "more" * 1000)
+    book.on_output("r1", "stderr", "late error\n")
+    book.on_finished("r1", 0)
+    book.record_usage("r1", None, 1.0)
+    console, response = drain(book)
+    # the cut line is closed before the marker, which comes right after the last kept byte
+    assert console == [("stderr", "warn\n"), ("stdout", "abcde"), ("stderr", "\n" + MARKER.format("10 bytes"))]
+    assert response.stats is not None
+    assert response.stats.output_bytes == 5 + 8 + 4000 + 11
+    assert response.stats.output_truncated
+
+
+def test_truncation_never_splits_a_character_and_counts_utf8_bytes() -> None:
+    book = RunBook(output_limit=5)
+    book.start("r1")
+    book.on_output("r1", "stdout", "éééé\n")  # 9 bytes: "éé" (4 bytes) fits, the third would not
+    book.on_finished("r1", 0)
+    book.record_usage("r1", None, 1.0)
+    console, response = drain(book)
+    assert console == [("stdout", "éé"), ("stderr", "\n" + MARKER.format("5 bytes"))]
+    assert response.stats is not None and response.stats.output_bytes == 9
+
+
+def test_marker_needs_no_newline_after_a_whole_line() -> None:
+    book = RunBook(output_limit=2**20)
+    book.start("r1")
+    book.on_output("r1", "stdout", "x" * (2**20 - 1) + "\n")
+    book.on_output("r1", "stdout", "y")
+    book.on_finished("r1", 0)
+    console, _ = drain(book)
+    assert console[-1] == ("stderr", MARKER.format("1 MiB"))
+
+
+def test_a_truncated_flood_neither_grows_the_backlog_nor_pauses_the_runner() -> None:
+    book = RunBook(output_limit=1000)
+    book.start("r1")
+    book.on_output("r1", "stdout", "x" * 1000)
+    book.on_output("r1", "stdout", "x")
+    held = book.backlog_bytes
+    for _ in range(1000):
+        book.on_output("r1", "stdout", "x" * 100_000)
+    assert book.backlog_bytes == held < 1200
+    assert not book.over_backlog(held - 1)  # the runner is read on: what comes is dropped
+    book.on_finished("r1", 0)
+    book.record_usage("r1", None, 1.0)
+    console, response = drain(book)
+    assert "".join(data for _, data in console).count("[bai] output truncated") == 1
+    assert response.stats is not None and response.stats.output_bytes == 1001 + 100_000_000
+
+
+def test_a_zero_limit_keeps_nothing_but_the_marker() -> None:
+    book = RunBook(output_limit=0)
+    book.start("r1")
+    book.on_output("r1", "stdout", "a\n")
+    book.on_finished("r1", 0)
+    console, _ = drain(book)
+    assert console == [("stderr", MARKER.format("0 bytes"))]
+
+
+def test_each_run_gets_its_own_limit_and_counts() -> None:
+    book = RunBook(output_limit=4)
+    book.start("r1")
+    book.on_output("r1", "stdout", "123456")
+    book.on_finished("r1", 0)
+    drain(book)
+    book.start("r2", output_limit=100)
+    book.on_output("r2", "stdout", "123456")
+    book.on_finished("r2", 0)
+    book.record_usage("r2", None, 1.0)
+    console, response = drain(book)
+    assert console == [("stdout", "123456")]
+    assert response.stats is not None and not response.stats.output_truncated
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), st.text(min_size=1, max_size=30)), max_size=20),
+    st.integers(0, 200),
+)
+def test_truncated_output_is_the_longest_fitting_prefix(chunks: list[tuple[str, str]], limit: int) -> None:
+    book = RunBook(stream_cap=16, output_limit=limit)
+    book.start("r")
+    for stream, text in chunks:
+        book.on_output("r", stream, text)
+    book.on_finished("r", 0)
+    book.record_usage("r", None, 1.0)
+    console, response = drain(book)
+    written = "".join(text for _, text in chunks)
+    size = len(written.encode())
+    marker = MARKER.format(format_size(limit))
+    kept = "".join(data for _, data in console).replace("\n" + marker, "").replace(marker, "")
+    assert response.stats is not None
+    assert response.stats.output_bytes == size
+    assert response.stats.output_truncated == (size > limit)
+    assert "".join(data for _, data in console).count("[bai] output truncated") == (1 if size > limit else 0)
+    assert written.startswith(kept)
+    assert len(kept.encode()) <= limit
+    if size > limit:  # not one more character would have fitted
+        assert len(written[: len(kept) + 1].encode()) > limit
+
+
+def test_format_size() -> None:
+    assert [format_size(n) for n in (8 * 2**20, 512 * 1024, 2**30, 1000, 0, 2**20 + 1)] == [
+        "8 MiB",
+        "512 KiB",
+        "1 GiB",
+        "1000 bytes",
+        "0 bytes",
+        "1048577 bytes",
+    ]
+
+
+# -- per-run statistics ----------------------------------------------------------------
+
+
+def test_stats_come_with_finished_only() -> None:
+    book = RunBook()
+    book.start("r1")
+    book.on_output("r1", "stdout", "name? ")
+    book.on_waiting_input("r1", password=False)
+    assert book.take_response().stats is None  # waiting-input
+    book.check_input("r1")
+    book.on_output("r1", "stdout", "x" * 10)
+    assert book.take_response().stats is None  # continued
+    book.record_usage("r1", RunUsage(1.0, 10, "run"), 5.0)  # not ended yet: ignored
+    book.on_finished("r1", 0)
+    book.record_usage("r1", RunUsage(cpu_ms=12.3456789, mem_peak=2**20, mem_peak_scope="session"), 20.0004)
+    response = book.take_response()
+    assert response.status == "finished"
+    assert response.stats == RunStats(
+        cpu_ms=12.346, wall_ms=20.0, mem_peak=2**20, mem_peak_scope="session", output_bytes=16
+    )
+
+
+def test_stats_of_a_timed_out_run_and_of_an_unmeasured_one() -> None:
+    book = RunBook()
+    book.start("r1")
+    book.on_exec_timeout()
+    book.on_finished("r1", 1)
+    book.record_usage("r1", None, 3000.0)
+    response = book.take_response()
+    assert response.status == "exec-timeout"
+    assert response.stats == RunStats(cpu_ms=0, wall_ms=3000.0, mem_peak=0)
+
+
+def test_a_finished_run_held_back_by_the_stream_cap_reports_stats_at_its_end() -> None:
+    book = RunBook(stream_cap=4)
+    book.start("r1")
+    book.on_output("r1", "stdout", "12345678")
+    book.on_finished("r1", 0)
+    book.record_usage("r1", RunUsage(1.0, 1, "run"), 1.0)
+    first = book.take_response()
+    assert (first.status, first.stats) == ("continued", None)
+    last = book.take_response()
+    assert last.status == "finished" and last.stats is not None
+
+
+def test_runner_gone_names_the_run_it_ended() -> None:
+    book = RunBook()
+    assert book.on_runner_gone("gone") is None
+    book.start("r1")
+    assert book.on_runner_gone("gone") == "r1"
+    assert book.on_runner_gone("gone") is None

@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from bai.client.cli.main import build_cli, cli
-from bai.client.cli.output import format_age, format_bytes, stats_rows
+from bai.client.cli.output import format_age, format_bytes, format_run_stats, stats_rows
 from bai.client.errors import ConnectionFailed
 from bai.client.models import SessionStats
+from bai.common.agent_rpc import RunStats
+from bai.common.wire import RunResult
 
 KEYS = {"BACKEND_ACCESS_KEY": "AKIAIOSFODNN7EXAMPLE", "BACKEND_SECRET_KEY": "s" * 40}
 
@@ -195,3 +197,23 @@ def test_ages(milliseconds: int, text: str) -> None:
 
 def test_sizes() -> None:
     assert (format_bytes(0), format_bytes(1536), format_bytes(3 * 2**30)) == ("0 B", "1.5 KiB", "3.0 GiB")
+
+
+def test_run_stats_line() -> None:
+    stats = RunStats(cpu_ms=301.4, wall_ms=304.6, mem_peak=12 * 2**20 + 2**19, mem_peak_scope="run")
+    assert format_run_stats(stats) == "run: cpu 301 ms, memory peak 12.5 MiB, wall 305 ms"
+    flooded = stats.model_copy(
+        update={"mem_peak_scope": "session", "output_bytes": 50 * 2**20, "output_truncated": True}
+    )
+    assert format_run_stats(flooded) == (
+        "run: cpu 301 ms, memory peak 12.5 MiB (the session's so far), wall 305 ms, output truncated (50.0 MiB written)"
+    )
+
+
+def test_run_result_stats_from_options() -> None:
+    raw = {"cpu_ms": 1.5, "wall_ms": 2.0, "mem_peak": 10, "mem_peak_scope": "run", "output_bytes": 0,
+           "output_truncated": False}  # fmt: skip
+    result = RunResult(runId="r", status="finished", exitCode=0, options={"stats": raw})
+    assert result.stats == RunStats(cpu_ms=1.5, wall_ms=2.0, mem_peak=10)
+    assert RunResult(status="continued").stats is None
+    assert RunResult(status="finished", options={"stats": {"cpu_ms": "lots"}}).stats is None  # not understood

@@ -187,6 +187,17 @@ async def test_the_cli_runner_prints_live_and_answers_input(
     assert server.inputs == ["bob"]
 
 
+async def test_the_last_frames_stats_reach_the_terminal(server: ScriptedServer) -> None:
+    stats = {"cpu_ms": 301.5, "wall_ms": 304.2, "mem_peak": 12 * 2**20, "mem_peak_scope": "run",
+             "output_bytes": 3, "output_truncated": False}  # fmt: skip
+    server.script = [out("stdout", "42\n"), {**finished(0), "options": {"stats": stats}}]
+    terminal = Terminal(io.StringIO(), io.StringIO())
+    async with AsyncSession(config_for(server)) as api:
+        assert await stream_run(api.ComputeSession("demo"), "x", terminal) == 0
+    assert terminal.run_stats is not None
+    assert (terminal.run_stats.cpu_ms, terminal.run_stats.mem_peak) == (301.5, 12 * 2**20)
+
+
 async def test_cancelling_a_run_interrupts_it(server: ScriptedServer) -> None:
     server.script = [out("stdout", "started\n"), "HANG"]
     calls: list[str] = []

@@ -154,6 +154,8 @@ class Agent:
         bad = invalid_env_names(spec.environ)
         if bad:
             raise InvalidRequest(f"invalid environment variable names: {', '.join(bad)}", field="environ")
+        if spec.output_limit_bytes is not None and spec.output_limit_bytes < 0:
+            raise InvalidRequest("output_limit_bytes must be 0 or more", field="output_limit_bytes")
         return self.limits_for(spec)
 
     async def create_session(self, spec: SandboxSpec) -> None:
@@ -170,7 +172,13 @@ class Agent:
             self._creating.discard(spec.session_id)
 
     def _make_session(self, spec: SandboxSpec, sandbox: Sandbox, on_gone: GoneCallback) -> Session:
-        return Session(spec, sandbox, max_backlog=self.config.max_backlog_bytes, on_gone=on_gone)
+        return Session(
+            spec,
+            sandbox,
+            max_backlog=self.config.max_backlog_bytes,
+            output_limit=self.config.output_limit,
+            on_gone=on_gone,
+        )
 
     async def _claim_pooled(self, spec: SandboxSpec, limits: Limits) -> Session | None:
         """A pooled session made into ``spec``'s, or None (no pool for its environment,

@@ -18,7 +18,11 @@ skips the kernel's global threadgroup lock, whose RCU grace period costs 5-12 ms
 per start on an idle host (Linux >= 6.0). On v2 it is ``cgroup.procs``.
 
 Every method here does blocking file I/O on cgroupfs (in-memory, microseconds);
-callers keep them off the execute path.
+callers keep them off the execute path. The one exception is ``RunMeter``
+(``CgroupDriver.open_meter``): per-run CPU time and memory peak through file
+descriptors opened once per sandbox, read with ``os.pread`` and reset with
+``os.pwrite`` (no path lookup, no open: a few microseconds per run), which the
+agent calls on the execute path itself.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
@@ -86,6 +92,99 @@ class SessionCgroup:
         for fd in self.procs_fds:
             os.close(fd)
         self.procs_fds = []
+
+
+PeakScope = Literal["run", "session"]
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What one run used: CPU time of the whole cgroup, and its memory high-water
+    mark since the run started (``scope="run"``) or, where the kernel cannot reset
+    the mark, since the sandbox started (``scope="session"``)."""
+
+    cpu_ms: float
+    mem_peak: int
+    mem_peak_scope: PeakScope
+
+
+class RunMeter:
+    """Per-run accounting on kept file descriptors: ``start`` at a run's start,
+    ``stop`` at its end. Opened by ``CgroupDriver.open_meter``, one per sandbox, and
+    closed by its owner before the cgroup is removed. Reads raise OSError once the
+    cgroup is gone.
+
+    ``cpu_ns`` turns the CPU file's text into nanoseconds (v1 ``cpuacct.usage``,
+    v2 ``cpu.stat``). ``resets_peak``: a write to ``peak_fd`` restarts the peak
+    (v1 ``memory.max_usage_in_bytes``; v2 ``memory.peak`` on Linux >= 6.12, where
+    the reset holds for reads through the same descriptor)."""
+
+    def __init__(self, cpu_fd: int, cpu_ns: Callable[[bytes], int], peak_fd: int, *, resets_peak: bool) -> None:
+        self._cpu_fd = cpu_fd
+        self._cpu_ns = cpu_ns
+        self._peak_fd = peak_fd
+        self.resets_peak = resets_peak
+        self._cpu_at_start = 0
+        #: the highest peak read so far: the session's high-water mark, since a reset
+        #: on v1 also clears the one memory.max_usage_in_bytes shows to everyone else
+        self.session_peak = 0
+
+    def start(self) -> None:
+        """Mark a run's start: note the CPU counter, reset the memory peak."""
+        self._cpu_at_start = self._cpu_ns(os.pread(self._cpu_fd, 512, 0))
+        if self.resets_peak:
+            # what was used between runs still counts toward the session's peak
+            self.session_peak = max(self.session_peak, int(os.pread(self._peak_fd, 64, 0)))
+            os.pwrite(self._peak_fd, b"0", 0)
+
+    def stop(self) -> RunUsage:
+        """The usage since ``start``."""
+        cpu_ns = self._cpu_ns(os.pread(self._cpu_fd, 512, 0)) - self._cpu_at_start
+        peak = int(os.pread(self._peak_fd, 64, 0))
+        self.session_peak = max(self.session_peak, peak)
+        return RunUsage(cpu_ms=cpu_ns / 1e6, mem_peak=peak, mem_peak_scope="run" if self.resets_peak else "session")
+
+    def close(self) -> None:
+        for fd in (self._cpu_fd, self._peak_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _v1_cpu_ns(text: bytes) -> int:
+    return int(text)
+
+
+def _v2_cpu_ns(text: bytes) -> int:
+    """``usage_usec N`` is cpu.stat's first line."""
+    for line in text.splitlines():
+        key, _, value = line.partition(b" ")
+        if key == b"usage_usec":
+            return int(value) * 1000
+    raise OSError(errno.EINVAL, "cpu.stat has no usage_usec")
+
+
+def _open_meter(cpu_path: Path, cpu_ns: Callable[[bytes], int], peak_path: Path, *, try_reset: bool) -> RunMeter:
+    """Open the meter's files; the peak file read-write when ``try_reset`` and a first
+    reset works (else read-only: the kernel cannot reset it)."""
+    cpu_fd = os.open(cpu_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if try_reset:
+            try:
+                peak_fd = os.open(peak_path, os.O_RDWR | os.O_CLOEXEC)
+            except PermissionError:
+                pass
+            else:
+                try:
+                    os.pwrite(peak_fd, b"0", 0)
+                except OSError:
+                    os.close(peak_fd)
+                else:
+                    return RunMeter(cpu_fd, cpu_ns, peak_fd, resets_peak=True)
+        peak_fd = os.open(peak_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(cpu_fd)
+        raise
+    return RunMeter(cpu_fd, cpu_ns, peak_fd, resets_peak=False)
 
 
 def join_from_child(procs_fds: Iterable[int]) -> None:
@@ -157,6 +256,11 @@ class CgroupDriver(ABC):
     @abstractmethod
     def oom_kills(self, cgroup: SessionCgroup) -> int:
         """How many processes the OOM killer has killed in this cgroup."""
+
+    @abstractmethod
+    def open_meter(self, cgroup: SessionCgroup) -> RunMeter:
+        """The per-run meter of a cgroup (its own file descriptors; the caller closes
+        it). Called by the local sandbox once per start. Raises OSError."""
 
     @abstractmethod
     def reset_peak(self, cgroup: SessionCgroup) -> None:
@@ -403,6 +507,16 @@ class CgroupV1(CgroupDriver):
     def reset_peak(self, cgroup: SessionCgroup) -> None:
         (self._dir(cgroup, "memory") / "memory.max_usage_in_bytes").write_text("0")
 
+    def open_meter(self, cgroup: SessionCgroup) -> RunMeter:
+        # The RAM peak, as v2's memory.peak (memory.memsw.* would add swap; its limit
+        # equals the RAM one here, and a host with no swap shows the same figure).
+        return _open_meter(
+            self._dir(cgroup, "cpuacct") / "cpuacct.usage",
+            _v1_cpu_ns,
+            self._dir(cgroup, "memory") / "memory.max_usage_in_bytes",
+            try_reset=True,
+        )
+
     def oom_watch(self, cgroup: SessionCgroup) -> int | None:
         memory = self._dir(cgroup, "memory")
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -421,9 +535,11 @@ class CgroupV1(CgroupDriver):
 class CgroupV2(CgroupDriver):
     version = "v2"
 
-    def __init__(self, agent_id: str, root: Path) -> None:
+    def __init__(self, agent_id: str, root: Path, *, peak_resets: bool | None = None) -> None:
         super().__init__(agent_id)
         self.root = root
+        #: memory.peak can be reset by a write (Linux >= 6.12); None: tell from the kernel
+        self.peak_resets = kernel_resets_peak(os.uname().release) if peak_resets is None else peak_resets
         available = set((root / "cgroup.controllers").read_text().split())
         missing = [c for c in V2_CONTROLLERS if c not in available]
         if missing:
@@ -481,6 +597,10 @@ class CgroupV2(CgroupDriver):
     def oom_watch(self, cgroup: SessionCgroup) -> int | None:
         return inotify_modify_watch(cgroup.dirs[0] / "memory.events")
 
+    def open_meter(self, cgroup: SessionCgroup) -> RunMeter:
+        path = cgroup.dirs[0]
+        return _open_meter(path / "cpu.stat", _v2_cpu_ns, path / "memory.peak", try_reset=self.peak_resets)
+
     def kill_round(self, cgroup: SessionCgroup) -> bool:
         if not self.pids(cgroup):
             return True
@@ -489,6 +609,17 @@ class CgroupV2(CgroupDriver):
             kill.write_text("1")
             return False
         return super().kill_round(cgroup)
+
+
+def kernel_resets_peak(release: str) -> bool:
+    """Whether a kernel of ``release`` (``uname -r``) resets memory.peak on a write:
+    Linux 6.12 made the file writable, the reset holding for the writer's descriptor.
+    Before it, the file is read-only, so a run's peak can only be the session's."""
+    numbers = []
+    for part in release.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers) >= (6, 12)
 
 
 _IN_MODIFY = 0x00000002

@@ -66,6 +66,9 @@ class AgentConfig(BaseSettings):
     startup_timeout_s: float = 15.0
     shutdown_grace_s: float = 1.0
     max_backlog_bytes: int = 4 * 2**20  # stop reading a runner while this much output is undelivered
+    #: stdout + stderr bytes kept per run when the session's spec sets no output_limit_bytes;
+    #: past it the rest is dropped and a marker line says so
+    output_limit: int = Field(default=8 * 2**20, ge=0)
 
     # -- RPC and manager ----------------------------------------------------
     rpc_host: str = "127.0.0.1"

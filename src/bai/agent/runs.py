@@ -13,7 +13,13 @@ the manager's requests and acts on what it returns:
   ``stream_cap`` UTF-8 bytes per response (the rest waits for the next ``continue``);
 - ``backlog_bytes`` is what is buffered and not yet delivered, for backpressure;
   after an interrupt (``discard_excess``) output beyond the limit is dropped
-  instead, so a runner blocked on a full socket can hear the interrupt.
+  instead, so a runner blocked on a full socket can hear the interrupt;
+- each run keeps at most its ``output_limit`` bytes of stdout + stderr: past it the
+  rest is dropped as it arrives (so a flood never blocks the runner on backpressure
+  nor grows the agent's memory) and one marker line on stderr says so;
+- ``record_usage`` takes what the shell measured of an ended run (cgroup figures,
+  wall time); the run's ``finished`` / ``exec-timeout`` answers carry it as RunStats,
+  with the output figures.
 
 Invariant: at most one run is current; a new query is refused while it is
 unfinished; output of any other run id is dropped.
@@ -27,10 +33,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from bai.common.agent_rpc import ConsoleEntry
+from bai.agent.cgroups import RunUsage
+from bai.common.agent_rpc import ConsoleEntry, RunStats
 from bai.common.errors import InvalidRequest
 
 STREAM_CAP = 512 * 1024
+OUTPUT_LIMIT = 8 * 2**20  # the default of AgentConfig.output_limit
 TEXT_STREAMS = ("stdout", "stderr")
 
 Status = Literal["continued", "waiting-input", "finished", "exec-timeout"]
@@ -49,6 +57,7 @@ class Response:
     exit_code: int | None
     console: list[ConsoleEntry]
     is_password: bool = False
+    stats: RunStats | None = None  # with "finished" and "exec-timeout" only
 
 
 @dataclass
@@ -72,6 +81,12 @@ class Run:
     input_reported: bool = False  # the current waiting-input was answered to the manager
     drop_beyond: int | None = None  # set by discard_excess: the backlog's hard limit
     dropped: int = 0  # bytes of output dropped over that limit
+    output_limit: int = OUTPUT_LIMIT  # stdout + stderr bytes kept for this run
+    output_bytes: int = 0  # stdout + stderr bytes the run wrote, dropped ones included
+    kept_bytes: int = 0  # of which kept (toward output_limit)
+    truncated: bool = False  # output_limit was reached: the rest is dropped
+    line_open: bool = False  # the last kept text did not end a line
+    stats: RunStats | None = None  # set by record_usage once the run has ended
 
 
 def new_run_id() -> str:
@@ -81,22 +96,25 @@ def new_run_id() -> str:
 class RunBook:
     """The runs of one session. See the module docstring."""
 
-    def __init__(self, stream_cap: int = STREAM_CAP) -> None:
+    def __init__(self, stream_cap: int = STREAM_CAP, output_limit: int = OUTPUT_LIMIT) -> None:
         self.stream_cap = stream_cap
+        self.output_limit = output_limit  # per run, unless ``start`` is given another
         self.current: Run | None = None
         self.backlog_bytes = 0
 
     # -- requests ----------------------------------------------------------
 
-    def start(self, run_id: str | None) -> Run:
-        """A ``query``: begin a new run. The caller sends ``Execute(run.run_id, code)``."""
+    def start(self, run_id: str | None, output_limit: int | None = None) -> Run:
+        """A ``query``: begin a new run, keeping at most ``output_limit`` bytes of its
+        output (None: the book's). The caller sends ``Execute(run.run_id, code)``."""
         if self.current is not None and self.current.phase is not RunPhase.FINISHED:
             raise InvalidRequest(
                 f"run {self.current.run_id} is still in progress; continue it or interrupt it",
                 field="runId",
             )
         self.backlog_bytes = 0
-        self.current = Run(run_id=run_id or new_run_id())
+        limit = self.output_limit if output_limit is None else output_limit
+        self.current = Run(run_id=run_id or new_run_id(), output_limit=limit)
         return self.current
 
     def check_continue(self, run_id: str | None) -> Run:
@@ -130,10 +148,38 @@ class RunBook:
 
     def on_output(self, run_id: str, stream: str, data: str) -> None:
         run = self._live(run_id)
-        if run is None or not data or self._dropping(run, len(data)):
+        if run is None or not data:
+            return
+        size = len(data) if data.isascii() else _utf8_size(data)  # isascii: O(1)
+        run.output_bytes += size
+        if run.truncated or self._dropping(run, size):
             return
         kind = stream if stream in TEXT_STREAMS else "stdout"
-        self._append_text(run, kind, data)
+        room = run.output_limit - run.kept_bytes
+        if size > room:
+            self._truncate(run, kind, data, room)
+            return
+        run.kept_bytes += size
+        run.line_open = not data.endswith("\n")
+        self._append_text(run, kind, data, size)
+
+    def _truncate(self, run: Run, kind: str, data: str, room: int) -> None:
+        """Keep the head of ``data`` that fits the run's limit, drop the rest and every
+        later chunk, and say so once on stderr."""
+        head, _ = _split_utf8(data, room)
+        if head:
+            size = _utf8_size(head)
+            run.kept_bytes += size
+            run.line_open = not head.endswith("\n")
+            self._append_text(run, kind, head, size)
+        run.truncated = True
+        newline = "\n" if run.line_open else ""
+        self._append_text(
+            run,
+            "stderr",
+            f"{newline}[bai] output truncated: this run wrote more than {format_size(run.output_limit)}; "
+            "the rest was discarded\n",
+        )
 
     def _dropping(self, run: Run, size: int) -> bool:
         if run.drop_beyond is not None and self.backlog_bytes + size > run.drop_beyond:
@@ -149,12 +195,16 @@ class RunBook:
             run.drop_beyond = limit
 
     def over_backlog(self, limit: int) -> bool:
-        """Whether the shell should stop reading the runner (backpressure)."""
+        """Whether the shell should stop reading the runner (backpressure). Never once the
+        run drops what comes (interrupted, or truncated): reading it then costs nothing."""
         run = self.current
-        return self.backlog_bytes > limit and (run is None or run.drop_beyond is None)
+        if run is not None and (run.drop_beyond is not None or run.truncated):
+            return False
+        return self.backlog_bytes > limit
 
-    def _append_text(self, run: Run, kind: str, data: str) -> None:
-        size = len(data.encode("utf-8", "surrogatepass"))
+    def _append_text(self, run: Run, kind: str, data: str, size: int | None = None) -> None:
+        if size is None:
+            size = _utf8_size(data)
         last = run.pending[-1] if run.pending else None
         if last is not None and last.kind == kind:
             last.text += data
@@ -195,6 +245,21 @@ class RunBook:
             self._append_text(run, "stderr", f"[bai] {run.dropped} bytes of output after the interrupt were dropped\n")
         return True
 
+    def record_usage(self, run_id: str, usage: RunUsage | None, wall_ms: float) -> None:
+        """What the ended run ``run_id`` used (None: the sandbox cannot measure; its CPU
+        and memory figures are then 0). Called by the shell right after the run ended."""
+        run = self.current
+        if run is None or run.run_id != run_id or run.phase is not RunPhase.FINISHED:
+            return
+        run.stats = RunStats(
+            cpu_ms=round(usage.cpu_ms, 3) if usage is not None else 0.0,
+            wall_ms=round(wall_ms, 3),
+            mem_peak=usage.mem_peak if usage is not None else 0,
+            mem_peak_scope=usage.mem_peak_scope if usage is not None else "run",
+            output_bytes=run.output_bytes,
+            output_truncated=run.truncated,
+        )
+
     def on_exec_timeout(self) -> Run | None:
         """The run hit its time limit; the caller interrupts it. Returns the run, if one is live."""
         run = self.current
@@ -203,14 +268,16 @@ class RunBook:
         run.timed_out = True
         return run
 
-    def on_runner_gone(self, reason: str) -> None:
-        """The sandbox died: end the live run with the reason on stderr."""
+    def on_runner_gone(self, reason: str) -> str | None:
+        """The sandbox died: end the live run with the reason on stderr. Returns the
+        id of the run it ended, if one was live."""
         run = self.current
         if run is None or run.phase is RunPhase.FINISHED:
-            return
+            return None
         self._append_text(run, "stderr", reason.rstrip("\n") + "\n")
         run.phase = RunPhase.FINISHED
         run.exit_code = run.exit_code if run.exit_code is not None else 137
+        return run.run_id
 
     def add_notice(self, run_id: str, text: str) -> None:
         """An agent-made stderr line (OOM...), also after the run finished."""
@@ -241,7 +308,7 @@ class RunBook:
         console, complete = self._cut(run)
         if complete and run.phase is RunPhase.FINISHED:
             status: Status = "exec-timeout" if run.timed_out else "finished"
-            return Response(run.run_id, status, run.exit_code, console)
+            return Response(run.run_id, status, run.exit_code, console, stats=run.stats)
         if complete and run.phase is RunPhase.WAITING_INPUT:
             run.input_reported = True
             return Response(run.run_id, "waiting-input", None, console, is_password=run.is_password)
@@ -282,6 +349,18 @@ def _merge_into(console: list[ConsoleEntry], kind: str, text: str) -> None:
         console[-1] = (kind, console[-1][1] + text)
     else:
         console.append((kind, text))
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def format_size(size: int) -> str:
+    """``8 MiB``, ``512 KiB`` for whole units, else ``N bytes``."""
+    for unit, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} bytes"
 
 
 def _split_utf8(text: str, limit: int) -> tuple[str, str]:

@@ -9,6 +9,12 @@ with no queue, task switch, disk or cgroup access in between.
 sends frames, arms the flush and exec timers, pauses the socket while too much
 output is undelivered (backpressure), and tells the agent when the sandbox dies
 on its own.
+
+Per-run accounting: just before Execute is sent the sandbox notes its CPU counter
+and resets its memory peak (``Sandbox.begin_run``), and the moment the run ends
+(its Finished frame, a forced end, the sandbox's death) it reads them again
+(``end_run``); wall time is the monotonic clock between the two. Both are a few
+``pread``/``pwrite`` calls on kept descriptors, in the same loop callback.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -86,11 +93,13 @@ GoneCallback = Callable[["Session", str], Awaitable[None]]
 class Session:
     """A live session on this agent. Created and driven by Agent only."""
 
-    def __init__(self, spec: SandboxSpec, sandbox: Sandbox, *, max_backlog: int, on_gone: GoneCallback) -> None:
+    def __init__(
+        self, spec: SandboxSpec, sandbox: Sandbox, *, max_backlog: int, output_limit: int, on_gone: GoneCallback
+    ) -> None:
         self.spec = spec
         self.session_id = spec.session_id
         self.sandbox = sandbox
-        self.runs = RunBook()
+        self.runs = RunBook(output_limit=output_limit)  # the agent's default, unless the spec has one
         self.max_backlog = max_backlog
         self.on_gone = on_gone
         self.link: RunnerLink | None = None
@@ -104,6 +113,8 @@ class Session:
         self._wake: asyncio.Future[None] | None = None
         self._completion: asyncio.Future[list[str]] | None = None
         self._exec_timer: asyncio.TimerHandle | None = None
+        self._run_started = 0.0  # time.monotonic() when the current run's Execute was sent
+        self._metering = False  # the sandbox's begin_run worked for the current run
         self._lock = asyncio.Lock()
         self.restart_lock = asyncio.Lock()
         self._complete_lock = asyncio.Lock()
@@ -219,6 +230,7 @@ class Session:
         if not self.runs.on_finished(message.run_id, message.exit_code, message.engine_restarted):
             return
         self._cancel_exec_timer()
+        self._run_ended(message.run_id, time.monotonic())
         # The notification may still wait in the loop behind this frame: poll it (an
         # eventfd read, no cgroup file). The kill counter is read on the rare paths only.
         if self.sandbox.drain_oom_watch():
@@ -240,6 +252,7 @@ class Session:
             self.runs.add_notice(message.run_id, f"runner failure: {message.message}")
             if self.runs.on_finished(message.run_id, exit_code=1):
                 self._cancel_exec_timer()
+                self._run_ended(message.run_id, time.monotonic())
         if self._completion is not None and not self._completion.done():
             self._completion.set_result([])
 
@@ -278,8 +291,9 @@ class Session:
             link = self.link
             assert link is not None
             if request.mode == "query":
-                run = self.runs.start(request.run_id)
+                run = self.runs.start(request.run_id, self.spec.output_limit_bytes)
                 self._oom_baseline = (self.oom_kills, self.oom_events)
+                self._run_begins()
                 link.send(p.Execute(run_id=run.run_id, code=request.code))
                 self._arm_exec_timer(run.run_id)
             elif request.mode == "continue":
@@ -298,7 +312,27 @@ class Session:
             exit_code=response.exit_code,
             console=response.console,
             is_password=response.is_password,
+            stats=response.stats,
         )
+
+    def _run_begins(self) -> None:
+        try:
+            self.sandbox.begin_run()
+            self._metering = True
+        except OSError as exc:
+            self._metering = False
+            log.debug("session %s: no accounting for this run: %s", self.session_id, exc)
+        self._run_started = time.monotonic()
+
+    def _run_ended(self, run_id: str, ended_at: float) -> None:
+        """Measure the run that has just ended and hand the figures to the RunBook."""
+        usage = None
+        if self._metering:
+            try:
+                usage = self.sandbox.end_run()
+            except OSError as exc:
+                log.debug("session %s: cannot measure run %s: %s", self.session_id, run_id, exc)
+        self.runs.record_usage(run_id, usage, (ended_at - self._run_started) * 1000)
 
     async def _wait(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -369,6 +403,7 @@ class Session:
         self._exec_timer = None
         if self.runs.on_finished(run_id, exit_code=137):
             log.warning("session %s: run %s ignored its interrupt", self.session_id, run_id)
+            self._run_ended(run_id, time.monotonic())
             self._after_event()
 
     # -- the end -------------------------------------------------------------------
@@ -382,11 +417,11 @@ class Session:
             self._configured.set_exception(ConnectionError("runner socket closed"))
         if link.closing or self.closing:
             return
-        task = asyncio.get_running_loop().create_task(self._report_gone())
+        task = asyncio.get_running_loop().create_task(self._report_gone(time.monotonic()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _report_gone(self) -> None:
+    async def _report_gone(self, lost_at: float) -> None:
         status = await _settle(self.sandbox)
         self._refresh_oom_kills()
         if self.oom_kills > self._oom_baseline[0]:
@@ -401,7 +436,9 @@ class Session:
             reason += f" ({diagnostics.splitlines()[-1][:200]})"
         self.gone_reason = reason
         self._cancel_exec_timer()
-        self.runs.on_runner_gone(f"[bai] {reason}")
+        ended = self.runs.on_runner_gone(f"[bai] {reason}")
+        if ended is not None:
+            self._run_ended(ended, lost_at)
         self._after_event()
         if self._completion is not None and not self._completion.done():
             self._completion.set_result([])
@@ -416,7 +453,7 @@ class Session:
             self._wake.set_result(None)
 
     def reset_runs(self) -> None:
-        self.runs = RunBook(self.runs.stream_cap)
+        self.runs = RunBook(self.runs.stream_cap, self.runs.output_limit)
 
 
 async def _settle(sandbox: Sandbox, timeout_s: float = 1.0) -> int | None:

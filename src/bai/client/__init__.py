@@ -6,6 +6,7 @@ Async (the implementation)::
         sess = await api.ComputeSession.get_or_create("python", name="demo")
         async with sess.stream_execute("print(42)") as stream:
             async for frame in stream: ...
+        frame.stats  # the last frame's: what the run used (RunStats)
         stats = await sess.destroy()
 
 Blocking (the same API, without ``await``)::
@@ -28,6 +29,7 @@ from bai.client.models import SessionStats, StreamFrame
 from bai.client.session import AsyncSession
 from bai.client.stream import ExecutionStream
 from bai.client.sync import Session
+from bai.common.agent_rpc import RunStats
 
 __all__ = [
     "CLIENT_API_VERSION",
@@ -41,6 +43,7 @@ __all__ = [
     "ConnectionFailed",
     "ExecutionStream",
     "ProtocolError",
+    "RunStats",
     "ServerError",
     "Session",
     "SessionStats",

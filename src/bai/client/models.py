@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
 from bai.common.wire import (
     KeypairInfo,
@@ -20,6 +21,7 @@ from bai.common.wire import (
     SessionEventData,
     SessionInfo,
     StatMetric,
+    run_stats_of,
 )
 
 
@@ -139,6 +141,11 @@ class StreamFrame(_Answer):
     @property
     def is_password(self) -> bool:
         return bool(self.options and self.options.get("is_password"))
+
+    @property
+    def stats(self) -> RunStats | None:
+        """What the run used; on the last frame (``finished`` / ``exec-timeout``) only."""
+        return run_stats_of(self.options)
 
 
 Body = TypeVar("Body", bound=BaseModel)

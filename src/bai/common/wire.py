@@ -11,7 +11,9 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bai.common.agent_rpc import RunStats
 
 SESSION_NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
 
@@ -178,6 +180,24 @@ class RunResult(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     files: list[Any] = Field(default_factory=list)
     console: list[ConsoleItem] = Field(default_factory=list)
+
+    @property
+    def stats(self) -> RunStats | None:
+        """What the run used (``options.stats``, with its ``finished`` or ``exec-timeout``
+        answer only); None when absent or not understood."""
+        return run_stats_of(self.options)
+
+
+def run_stats_of(options: dict[str, Any] | None) -> RunStats | None:
+    """``options.stats`` of an execute answer or stream frame, as RunStats; None when
+    absent or malformed (an older or foreign server)."""
+    raw = options.get("stats") if options else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return RunStats.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 class StatMetric(BaseModel):

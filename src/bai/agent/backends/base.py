@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from decimal import Decimal
 from typing import ClassVar
 
-from bai.agent.cgroups import Limits
+from bai.agent.cgroups import Limits, RunUsage
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import SandboxSpec, SessionStats
 from bai.common.errors import ServiceUnavailable, SessionCreationFailed
@@ -64,6 +64,19 @@ class Sandbox(ABC):
     def oom_kills(self) -> int:
         """OOM kills so far in this sandbox (a cgroup read: not for the execute path).
         Called by the agent after an OOM notification or an abnormal end of a run."""
+
+    def begin_run(self) -> None:
+        """A run starts: note the CPU counter and reset the memory peak. Called by
+        Session.execute just before it sends Execute, on the event loop: a backend does
+        no more than a few reads and writes on file descriptors it keeps open. Raises
+        OSError when the sandbox's accounting is gone (the caller then reports no figures).
+        A backend without per-run accounting keeps this default."""
+
+    def end_run(self) -> RunUsage | None:
+        """The usage since ``begin_run``, or None where this sandbox cannot tell. Called by
+        Session when the run ends (Finished, a forced end after an exec timeout, or the
+        sandbox's death); same cost rules as ``begin_run``. Raises OSError."""
+        return None
 
     @abstractmethod
     async def wait_exit(self) -> int:

@@ -39,7 +39,7 @@ from bai.agent import cgroups
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
-from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import SandboxSpec, SessionStats
@@ -112,6 +112,7 @@ class LocalSandbox(Sandbox):
         self._socket: socket.socket | None = None
         self._info_task: asyncio.Task[None] | None = None
         self._oom_fd: int | None = None
+        self._meter: RunMeter | None = None  # per-run accounting; None without cgroups
         self._final: SessionStats | None = None
 
     # -- start ---------------------------------------------------------------
@@ -121,6 +122,10 @@ class LocalSandbox(Sandbox):
         if driver is not None:
             self.cgroup = driver.create(self.name, self.limits)
             self._oom_fd = driver.oom_watch(self.cgroup)
+            try:
+                self._meter = driver.open_meter(self.cgroup)
+            except OSError as exc:
+                log.warning("session %s: no per-run accounting: %s", self.session_id, exc)
         await self._spawn()
 
     def _command(self) -> list[str]:
@@ -225,6 +230,13 @@ class LocalSandbox(Sandbox):
             return 0
         return self.host.cgroups.oom_kills(self.cgroup)
 
+    def begin_run(self) -> None:
+        if self._meter is not None:
+            self._meter.start()
+
+    def end_run(self) -> RunUsage | None:
+        return self._meter.stop() if self._meter is not None else None
+
     async def wait_exit(self) -> int:
         assert self.child is not None
         status = await self.child.wait()
@@ -246,10 +258,12 @@ class LocalSandbox(Sandbox):
         driver = self.host.cgroups
         if driver is not None and self.cgroup is not None:
             figures = driver.stats(self.cgroup)
+        # on v1 each run's start resets the kernel's peak: the meter kept the session's
+        session_peak = self._meter.session_peak if self._meter is not None else 0
         return SessionStats(
             cpu_used_ms=figures.cpu_used_ms,
             mem_current=figures.mem_current,
-            mem_max=figures.mem_peak,
+            mem_max=max(figures.mem_peak, session_peak),
             mem_limit=self.limits.mem,
             cpu_limit=format(self.limits.cpu.normalize(), "f"),
             io_read=figures.io_read,
@@ -278,6 +292,8 @@ class LocalSandbox(Sandbox):
                     raise SessionCreationFailed(f"the pooled sandbox already uses {in_use} bytes, over {limits.mem}")
                 driver.apply_limits(self.cgroup, limits)
                 driver.reset_peak(self.cgroup)
+                if self._meter is not None:
+                    self._meter.session_peak = 0
             except (OSError, CgroupError) as exc:
                 raise SessionCreationFailed(f"cannot set the session's limits: {exc}") from exc
         old_id, self.session_id = self.session_id, spec.session_id
@@ -335,6 +351,9 @@ class LocalSandbox(Sandbox):
         if self._oom_fd is not None:
             os.close(self._oom_fd)
             self._oom_fd = None
+        if self._meter is not None:
+            self._meter.close()
+            self._meter = None
         driver = self.host.cgroups
         if driver is not None and self.cgroup is not None:
             try:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bai.client.models import SessionStats
+from bai.common.agent_rpc import RunStats
 
 #: metric → (label, unit) of the usage table (API.md section 5, destroy).
 STAT_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -84,6 +85,18 @@ def stats_rows(stats: SessionStats) -> list[tuple[str, str]]:
         if value is not None:
             rows.append((label, format_msec(value) if unit == "msec" else format_bytes(value)))
     return rows
+
+
+def format_run_stats(stats: RunStats) -> str:
+    """One line for ``bai run --stats``: what the run used."""
+    scope = "" if stats.mem_peak_scope == "run" else " (the session's so far)"
+    line = (
+        f"run: cpu {stats.cpu_ms:.0f} ms, memory peak {stats.mem_peak / 2**20:.1f} MiB{scope}, "
+        f"wall {stats.wall_ms:.0f} ms"
+    )
+    if stats.output_truncated:
+        line += f", output truncated ({format_bytes(stats.output_bytes)} written)"
+    return line
 
 
 def format_bytes(value: float) -> str:

@@ -18,12 +18,13 @@ from typing import IO, Any
 import click
 
 from bai.client.cli.context import CliState, pass_state
-from bai.client.cli.output import print_error, print_note, print_stats, print_warning
+from bai.client.cli.output import format_run_stats, print_error, print_note, print_stats
 from bai.client.compute import AsyncComputeSession
 from bai.client.config import APIConfig
 from bai.client.errors import ProtocolError
 from bai.client.models import StreamFrame
 from bai.client.session import AsyncSession
+from bai.common.agent_rpc import RunStats
 from bai.common.errors import BaiError
 
 EXIT_INTERRUPTED = 130
@@ -60,7 +61,11 @@ class RunPlan:
 @click.option("-c", "--code", help="The code to run (instead of a FILE).")
 @click.option("--name", help="Run in the session of this name, creating it when absent; it is kept.")
 @click.option("--rm", is_flag=True, help="Destroy the session after the run (always so without --name).")
-@click.option("--stats", is_flag=True, help="Print the session's resource usage when it is destroyed.")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Print what the run used (CPU, memory peak, wall time) after it, and the session's usage if destroyed.",
+)
 @click.option(
     "-e",
     "--env",
@@ -102,8 +107,6 @@ def run(
         raise click.UsageError("give the code to run either with -c CODE or as a FILE")
     source = code if code is not None else file.read() if file is not None else ""
     plan = RunPlan(image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource)
-    if stats and not plan.destroy:
-        print_warning("--stats shows the usage when the session is destroyed: add --rm")
     try:
         exit_code = asyncio.run(run_once(state.config, plan, Terminal()))
     except KeyboardInterrupt:
@@ -119,6 +122,8 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
         )
         try:
             exit_code = await stream_run(session, plan.code, terminal)
+            if plan.show_stats and terminal.run_stats is not None:
+                print_note(format_run_stats(terminal.run_stats))
         except BaseException:
             if plan.destroy:
                 with contextlib.suppress(BaiError):
@@ -137,6 +142,7 @@ async def stream_run(session: AsyncComputeSession, code: str, terminal: Terminal
         async with session.stream_execute(code) as stream:
             async for frame in stream:
                 terminal.show(frame)
+                terminal.run_stats = frame.stats or terminal.run_stats
                 if frame.status == "waiting-input":
                     await stream.send_input(await terminal.read_line(password=frame.is_password))
                 elif frame.status == "exec-timeout":
@@ -160,6 +166,7 @@ class Terminal:
     def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
+        self.run_stats: RunStats | None = None  # what the run used, from its last frame
         self._renderers: dict[str, Callable[[Any], None]] = {
             "stdout": self._to_stdout,
             "stderr": self._to_stderr,

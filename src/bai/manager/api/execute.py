@@ -17,6 +17,8 @@ from bai.manager.sessions import LiveSession
 
 def run_result(result: ExecResult, *, with_run_id: bool = True) -> dict[str, Any]:
     options: dict[str, Any] = {"is_password": result.is_password} if result.status == "waiting-input" else {}
+    if result.stats is not None:  # an ended run's usage (an extension of ours; API.md section 6)
+        options["stats"] = result.stats.model_dump()
     body = RunResult(
         runId=result.run_id if with_run_id else None,
         status=result.status,
