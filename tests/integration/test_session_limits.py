@@ -90,6 +90,39 @@ def test_the_effective_limits_reach_the_sandbox_and_the_info(user: SignedClient,
     assert stdout_of(user.run(name, "print('ok')")) == "ok\n"
 
 
+def test_each_limit_takes_effect_through_the_api(user: SignedClient) -> None:
+    """Not only the spec: the sandbox enforces what the policy and the request decided."""
+    name = _name("eff")
+    r = _create(user, name, resources={"mem": "256m"}, limits={"pids": 32, "scratch": "16m", "execTimeout": 1})
+    assert r.status_code == 201, r.text
+    # output: the policy's 1 MiB per run, then one marker
+    flood = user.run(name, "import sys\nfor _ in range(3000):\n    sys.stdout.write('x' * 1023 + '\\n')\n")
+    out = "".join(data for kind, data in flood["console"] if kind == "stdout")
+    assert len(out.encode()) <= 2**20
+    assert [kind for kind, data in flood["console"] if "output truncated" in data] == ["stderr"]
+    assert flood["options"]["stats"]["output_truncated"] is True
+    # scratch: 16 MiB, then ENOSPC
+    fill = (
+        "try:\n    open('/home/work/fill', 'wb').write(b'0' * (64 * 2**20))\n"
+        "except OSError as e:\n    print(e.errno)\n"
+    )
+    assert stdout_of(user.run(name, fill)) == "28\n"
+    user.run(name, "import os; os.remove('/home/work/fill')")
+    # pids: 32 in the whole sandbox
+    forks = (
+        "import os, time\nkids = []\ntry:\n    for _ in range(100):\n        pid = os.fork()\n"
+        "        if pid == 0:\n            time.sleep(5)\n            os._exit(0)\n        kids.append(pid)\n"
+        "except OSError as e:\n    print('stopped', len(kids) < 32)\nfor pid in kids:\n    os.kill(pid, 9)\n"
+        "    os.waitpid(pid, 0)\n"
+    )
+    assert stdout_of(user.run(name, forks)) == "stopped True\n"
+    # exec timeout: 1 s
+    slow = user.run(name, "import time\ntime.sleep(30)")
+    assert slow["status"] == "exec-timeout"
+    assert slow["options"]["stats"]["wall_ms"] >= 1000
+    assert stdout_of(user.run(name, "print('still here')")) == "still here\n"
+
+
 def test_requests_beyond_the_policy_are_refused_naming_the_field(user: SignedClient) -> None:
     policy = user.policy  # type: ignore[attr-defined]
     msg = _problem(_create(user, _name("lim"), limits={"idleTimeout": 7200}), 400, "invalid-api-params")
