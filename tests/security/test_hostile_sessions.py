@@ -40,10 +40,17 @@ def assert_neighbour_fine(api: SignedClient, neighbour: str) -> None:
 
 
 def test_memory_bomb_is_killed_and_reported(api: SignedClient, neighbour: str) -> None:
+    from tests.integration.test_events import Listener
+
     name = make_session(api, mem="128m")
+    listener = Listener(api, f"/events/session?sessionName={name}", last="session_oom")
     result = api.run(name, "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 2**20))\n")
     assert result["exitCode"] != 0
     assert "memory" in stderr_of(result).lower()
+    assert result["options"]["stats"]["oom_kills"] >= 1
+    listener.thread.join(10)
+    (event,) = [data for kind, data in listener.records if kind == "session_oom"]
+    assert event["reason"].startswith("oom-killed:") and "128 MiB" in event["reason"]
     info = api.get(f"/session/{name}").json()
     if info["status"] == "RUNNING":  # the REPL was restarted: the session is usable again
         assert stdout_of(api.run(name, "print('back')")) == "back\n"

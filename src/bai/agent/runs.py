@@ -245,9 +245,10 @@ class RunBook:
             self._append_text(run, "stderr", f"[bai] {run.dropped} bytes of output after the interrupt were dropped\n")
         return True
 
-    def record_usage(self, run_id: str, usage: RunUsage | None, wall_ms: float) -> None:
+    def record_usage(self, run_id: str, usage: RunUsage | None, wall_ms: float, oom_kills: int = 0) -> None:
         """What the ended run ``run_id`` used (None: the sandbox cannot measure; its CPU
-        and memory figures are then 0). Called by the shell right after the run ended."""
+        and memory figures are then 0), and how many of its processes the OOM killer
+        ended. Called by the shell right after the run ended."""
         run = self.current
         if run is None or run.run_id != run_id or run.phase is not RunPhase.FINISHED:
             return
@@ -258,6 +259,7 @@ class RunBook:
             mem_peak_scope=usage.mem_peak_scope if usage is not None else "run",
             output_bytes=run.output_bytes,
             output_truncated=run.truncated,
+            oom_kills=oom_kills,
         )
 
     def on_exec_timeout(self) -> Run | None:

@@ -230,7 +230,7 @@ class Session:
         if not self.runs.on_finished(message.run_id, message.exit_code, message.engine_restarted):
             return
         self._cancel_exec_timer()
-        self._run_ended(message.run_id, time.monotonic())
+        ended_at = time.monotonic()
         # The notification may still wait in the loop behind this frame: poll it (an
         # eventfd read, no cgroup file). The kill counter is read on the rare paths only.
         if self.sandbox.drain_oom_watch():
@@ -238,8 +238,10 @@ class Session:
         abnormal = message.engine_restarted or message.exit_code < 0 or message.exit_code >= 128
         if abnormal or self.oom_events > self._oom_baseline[1]:
             self._refresh_oom_kills()
-        if self.oom_kills > self._oom_baseline[0]:
+        killed = self.oom_kills - self._oom_baseline[0]
+        if killed > 0:
             self.runs.add_notice(message.run_id, self._oom_notice())
+        self._run_ended(message.run_id, ended_at, max(0, killed))
 
     def _on_completions(self, message: p.Completions) -> None:
         if self._completion is not None and not self._completion.done():
@@ -324,7 +326,7 @@ class Session:
             log.debug("session %s: no accounting for this run: %s", self.session_id, exc)
         self._run_started = time.monotonic()
 
-    def _run_ended(self, run_id: str, ended_at: float) -> None:
+    def _run_ended(self, run_id: str, ended_at: float, oom_kills: int = 0) -> None:
         """Measure the run that has just ended and hand the figures to the RunBook."""
         usage = None
         if self._metering:
@@ -332,7 +334,7 @@ class Session:
                 usage = self.sandbox.end_run()
             except OSError as exc:
                 log.debug("session %s: cannot measure run %s: %s", self.session_id, run_id, exc)
-        self.runs.record_usage(run_id, usage, (ended_at - self._run_started) * 1000)
+        self.runs.record_usage(run_id, usage, (ended_at - self._run_started) * 1000, oom_kills)
 
     async def _wait(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()

@@ -63,6 +63,7 @@ class RunStats(BaseModel):
     mem_peak_scope: Literal["run", "session"] = "run"
     output_bytes: int = 0  # stdout + stderr the run wrote, dropped output included
     output_truncated: bool = False
+    oom_kills: int = 0  # processes of the run the OOM killer ended (the session lived on)
 
 
 class ExecResult(BaseModel):

@@ -534,7 +534,19 @@ class SessionRegistry:
             activity.run_continues(session.limits.exec_timeout_s)
         else:
             activity.run_ended()
+            if result.stats is not None and result.stats.oom_kills:
+                self._publish_oom(session, result)
         return result
+
+    def _publish_oom(self, session: LiveSession, result: ExecResult) -> None:
+        """``session_oom`` (bai's own event; ``kernel_oom`` its twin): a run's process was
+        killed for the memory limit and the session lives on. A session whose runner was
+        killed ends instead, with ``session_failure``."""
+        kills = result.stats.oom_kills if result.stats is not None else 0
+        mem = session.requested.get("mem")
+        limit = f" of {int(mem) // 2**20} MiB" if mem is not None else ""
+        reason = f"oom-killed: {kills} process(es) of run {result.run_id} exceeded the memory limit{limit}"
+        self._events.publish(self._event("session_oom", session, reason, result.exit_code))
 
     async def interrupt(self, session: LiveSession) -> None:
         self._require_running(session)
