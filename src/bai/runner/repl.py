@@ -15,22 +15,25 @@ exception, a SyntaxError or an interrupt; ``n`` for ``SystemExit(n)``.
 from __future__ import annotations
 import __future__
 
-import ast
+import _ast  # ast.py's C core: all compile_cell needs, without ast.py's import cost
 import builtins
 import getpass
-import linecache
 import os
 import signal
 import site
-import socket
 import sys
-import traceback
 import types
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone, SetEnviron
-from bai.runner.protocol import Message
 from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamSwitch
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    import traceback
+    from _socket import socket
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
+
+    from bai.runner.protocol import Message
 
 PACKAGE_DIR = os.path.dirname(__file__)
 _HIDDEN_PREFIX = PACKAGE_DIR + os.sep
@@ -41,7 +44,7 @@ for _name in __future__.all_feature_names:
 COMPLETION_LIMIT = 500
 
 
-def main(commands: socket.socket, requests: socket.socket) -> NoReturn:
+def main(commands: socket, requests: socket) -> NoReturn:
     requester = Requester(Channel(requests))
     switch = StreamSwitch(requester)
     stdout = FdWriter(1, "<stdout>", switch)
@@ -94,10 +97,10 @@ def display(value: object) -> None:
 
 def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]:
     """The cell as code objects, the last in 'single' mode if it is an expression."""
-    tree: ast.Module = compile(source, filename, "exec", ast.PyCF_ONLY_AST | flags, dont_inherit=True)
-    if not (tree.body and isinstance(tree.body[-1], ast.Expr)):
+    tree: _ast.Module = compile(source, filename, "exec", _ast.PyCF_ONLY_AST | flags, dont_inherit=True)
+    if not (tree.body and isinstance(tree.body[-1], _ast.Expr)):
         return [compile(tree, filename, "exec", flags, dont_inherit=True)]
-    last = ast.Interactive(body=[tree.body.pop()])
+    last = _ast.Interactive(body=[tree.body.pop()])
     codes = [compile(tree, filename, "exec", flags, dont_inherit=True)] if tree.body else []
     codes.append(compile(last, filename, "single", flags, dont_inherit=True))
     return codes
@@ -105,6 +108,8 @@ def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]
 
 def format_exception(exc: BaseException) -> str:
     """The traceback the user's code earned, without this package's frames."""
+    import traceback  # noqa: PLC0415 (at the first error: not every session has one)
+
     summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     _hide_our_frames(summary, set())
     return "".join(summary.format())
@@ -114,6 +119,8 @@ def _hide_our_frames(summary: Optional[traceback.TracebackException], seen: Set[
     if summary is None or id(summary) in seen:
         return
     seen.add(id(summary))
+    import traceback  # noqa: PLC0415 (loaded by format_exception already)
+
     frames = [frame for frame in summary.stack if not frame.filename.startswith(_HIDDEN_PREFIX)]
     summary.stack = traceback.StackSummary.from_list(frames)
     _hide_our_frames(summary.__cause__, seen)
@@ -188,6 +195,8 @@ class Repl:
     def _execute(self, source: str) -> int:
         self._runs += 1
         filename = "<input-%d>" % self._runs
+        import linecache  # noqa: PLC0415 (at the first run: an idle pooled REPL never needs it)
+
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
             codes = compile_cell(source, filename, self._future_flags)

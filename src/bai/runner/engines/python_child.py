@@ -9,21 +9,26 @@ resets what the runner set for itself alone (see EngineContext.after_fork).
 
 from __future__ import annotations
 
+import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import codecs
 import contextlib
 import os
 import signal
-import socket
 import sys
-import traceback
-from typing import Callable, List, NoReturn, Optional
 
 from bai.runner.control import decode_control, encode_control
 from bai.runner.frames import RECV_SIZE, FrameSplitter
-from bai.runner.protocol import Message, ProtocolError
+from bai.runner.protocol import ProtocolError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from typing import Callable, List, NoReturn, Optional
+
+    from bai.runner.protocol import Message
+
+    ChildMain = Callable[[_socket.socket, _socket.socket], NoReturn]
 
 READ_SIZE = 65536
-ChildMain = Callable[[socket.socket, socket.socket], NoReturn]
 
 
 class OutputPipe:
@@ -60,7 +65,7 @@ class OutputPipe:
 class ControlEnd:
     """The runner's end of a control channel: reads follow the loop, sends block."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self._splitter = FrameSplitter()
 
@@ -97,8 +102,8 @@ class ReplChild:
     def fork(cls, after_fork: Callable[[], None], child_main: ChildMain) -> ReplChild:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        commands, child_commands = socket.socketpair()
-        requests, child_requests = socket.socketpair()
+        commands, child_commands = _socket.socketpair()
+        requests, child_requests = _socket.socketpair()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
@@ -156,8 +161,8 @@ def _become_repl(
     stdout: int,
     stderr: int,
     parent_fds: List[int],
-    commands: socket.socket,
-    requests: socket.socket,
+    commands: _socket.socket,
+    requests: _socket.socket,
 ) -> NoReturn:
     try:
         os.setpgid(0, 0)
@@ -172,6 +177,8 @@ def _become_repl(
         child_main(commands, requests)
     except BaseException:
         with contextlib.suppress(BaseException):
+            import traceback  # noqa: PLC0415 (only when the REPL fails to start)
+
             traceback.print_exc()
     finally:
         os._exit(70)
