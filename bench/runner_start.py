@@ -12,9 +12,10 @@ Per start: the wall time from just before the spawn to the ``Ready`` frame read,
 and the CPU (user + system) of the whole start → ``Ready`` → ``Shutdown`` → exit
 cycle from ``getrusage(RUSAGE_CHILDREN)``, which also counts the REPL child (the
 runner reaps it before it exits). Memory, on fewer starts: Rss / Pss / private
-(Private_Clean + Private_Dirty) from ``/proc/<pid>/smaps_rollup`` of the runner and
-its REPL child, once the child is idle after ``Ready``, and again after one run of
-``1+1``. Needs to read the runner's smaps_rollup (it makes itself non-dumpable):
+(Private_Clean + Private_Dirty) / anonymous from ``/proc/<pid>/smaps_rollup`` of the
+runner and its REPL child, once the child is idle after ``Ready``, and again after two
+runs of ``1+1`` (whose round trips are timed too: the first one pays for what the REPL
+leaves to its first run). Needs to read the runner's smaps_rollup (it makes itself non-dumpable):
 run as root, or the memory columns read 0.
 
 Standard library only: the frames are read here, not with bai.runner, so that every
@@ -161,7 +162,12 @@ def memory_sample(python: str, src: str) -> dict[str, dict[str, int]]:
         child = runner.child_pid()
         wait_idle(child)
         result = {"runner idle": smaps(runner.proc.pid), "child idle": smaps(child)}
+        started = time.perf_counter()
         runner.run("1+1")
+        first_us = (time.perf_counter() - started) * 1e6
+        started = time.perf_counter()
+        runner.run("1+1")
+        result["first runs"] = {"first": int(first_us), "second": int((time.perf_counter() - started) * 1e6)}
         wait_idle(child)
         result["runner after 1+1"] = smaps(runner.proc.pid)
         result["child after 1+1"] = smaps(child)
@@ -226,7 +232,10 @@ def main() -> None:
 
 
 def report_memory(samples: list[dict[str, dict[str, int]]]) -> None:
-    for what in samples[0]:
+    first = statistics.median(s["first runs"]["first"] for s in samples) / 1000.0
+    second = statistics.median(s["first runs"]["second"] for s in samples) / 1000.0
+    print(f"  first `1+1` after Ready (child idle) ms: {first:.2f}; the second: {second:.2f}")
+    for what in [what for what in samples[0] if what != "first runs"]:
         figures = {key: statistics.median(s[what][key] for s in samples) for key in MEMORY_KEYS}
         private = figures["Private_Clean"] + figures["Private_Dirty"]
         print(

@@ -5,6 +5,11 @@ runner's code. It gives the process the state of a fresh ``python3`` REPL (a new
 ``__main__``, the user's sys.path, no module of ours importable) with our stdio
 (stdio.py), then serves the command channel until the runner goes away.
 
+The runner imports this module (and so all the REPL needs) before it forks the child:
+shared pages, not copies (see engines/python.py). Nothing here is imported late, once
+the process has the user's sys.path, so no file of the user's (a ``token.py``, say)
+ever stands in for a module the REPL uses (traceback, linecache, getpass).
+
 A run: compile the cell; if its last statement is an expression, that statement is
 compiled in 'single' mode so a non-None value is displayed. SIGINT raises
 KeyboardInterrupt only while the user's code runs, so the REPL itself never dies of
@@ -18,10 +23,12 @@ import __future__
 import _ast  # ast.py's C core: all compile_cell needs, without ast.py's import cost
 import builtins
 import getpass
+import linecache
 import os
 import signal
 import site
 import sys
+import traceback
 import types
 
 from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone, SetEnviron
@@ -29,7 +36,6 @@ from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
-    import traceback
     from _socket import socket
     from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
@@ -108,8 +114,6 @@ def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]
 
 def format_exception(exc: BaseException) -> str:
     """The traceback the user's code earned, without this package's frames."""
-    import traceback  # noqa: PLC0415 (at the first error: not every session has one)
-
     summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     _hide_our_frames(summary, set())
     return "".join(summary.format())
@@ -119,8 +123,6 @@ def _hide_our_frames(summary: Optional[traceback.TracebackException], seen: Set[
     if summary is None or id(summary) in seen:
         return
     seen.add(id(summary))
-    import traceback  # noqa: PLC0415 (loaded by format_exception already)
-
     frames = [frame for frame in summary.stack if not frame.filename.startswith(_HIDDEN_PREFIX)]
     summary.stack = traceback.StackSummary.from_list(frames)
     _hide_our_frames(summary.__cause__, seen)
@@ -195,8 +197,6 @@ class Repl:
     def _execute(self, source: str) -> int:
         self._runs += 1
         filename = "<input-%d>" % self._runs
-        import linecache  # noqa: PLC0415 (at the first run: an idle pooled REPL never needs it)
-
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
             codes = compile_cell(source, filename, self._future_flags)

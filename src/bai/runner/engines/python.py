@@ -24,6 +24,11 @@ import signal
 import sys
 import time
 
+# Imported here, before the REPL child is forked, although only the child uses it: the
+# pages of what is imported before the fork are shared by the two processes, while
+# each import in the child would copy a megabyte or two of them (reference counts
+# written all over the heap), per session.
+from bai.runner import repl
 from bai.runner.control import (
     AskInput,
     CompleteCode,
@@ -50,8 +55,7 @@ from bai.runner.protocol import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
-    import _socket
-    from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
     from bai.runner.engines.base import EngineContext
     from bai.runner.engines.python_child import OutputPipe
@@ -126,14 +130,6 @@ def python_version() -> str:
     if len(parts) == 2:
         parts.append("0")
     return ".".join(parts)
-
-
-def repl_main(commands: _socket.socket, requests: _socket.socket) -> NoReturn:
-    """The REPL child's main, imported in the child only: the modules the REPL needs
-    and the runner does not (repl.py, stdio.py and theirs) never load in the runner."""
-    from bai.runner import repl  # noqa: PLC0415
-
-    repl.main(commands, requests)
 
 
 class PythonEngine(Engine):
@@ -218,7 +214,7 @@ class PythonEngine(Engine):
         if self._respawn is not None:
             self._respawn.cancel()
             self._respawn = None
-        child = self._child = ReplChild.fork(self.context.after_fork, repl_main)
+        child = self._child = ReplChild.fork(self.context.after_fork, repl.main)
         loop = self.context.loop
         loop.add_reader(child.stdout.fd, lambda: self._on_output(child, child.stdout))
         loop.add_reader(child.stderr.fd, lambda: self._on_output(child, child.stderr))
