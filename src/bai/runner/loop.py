@@ -11,19 +11,21 @@ which ignores pids it does not own.
 
 from __future__ import annotations
 
+import _heapq  # heapq.py is this C module, and a quarter millisecond of Python
 import contextlib
-import heapq
 import os
 import select
-import signal
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
+    import signal as _signal
     from types import FrameType
     from typing import Callable, Dict, List, Optional
 
     Callback = Callable[[], None]
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 
 class Timer:
@@ -73,7 +75,7 @@ class Loop:
     def call_later(self, delay: float, callback: Callback) -> Timer:
         self._timer_seq += 1
         timer = Timer(time.monotonic() + delay, self._timer_seq, callback)
-        heapq.heappush(self._timers, timer)
+        _heapq.heappush(self._timers, timer)
         return timer
 
     def watch_children(self, on_exit: Callable[[int, int], None]) -> None:
@@ -82,8 +84,8 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w)
-        signal.signal(signal.SIGCHLD, _ignore_signal)
+        _signal.set_wakeup_fd(self._wake_w)
+        _signal.signal(_signal.SIGCHLD, _ignore_signal)
         self.add_reader(self._wake_r, self._reap)
 
     def stop(self) -> None:
@@ -106,15 +108,15 @@ class Loop:
     def forget_in_child(self) -> None:
         """In a forked child: drop the loop's signal wiring and close its fds, without
         touching the epoll set the parent still uses (no unregister)."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
         for fd in (self._epoll.fileno(), self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
 
     def _timeout(self) -> Optional[float]:
         while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
+            _heapq.heappop(self._timers)
         if not self._timers:
             return None
         return max(0.0, self._timers[0].when - time.monotonic())
@@ -122,7 +124,7 @@ class Loop:
     def _run_due_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0].when <= now:
-            timer = heapq.heappop(self._timers)
+            timer = _heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.callback()
 

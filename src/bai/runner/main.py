@@ -18,7 +18,6 @@ from __future__ import annotations
 import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import contextlib
 import os
-import signal
 import sys
 
 from bai.runner.engines import ENGINES
@@ -41,7 +40,10 @@ from bai.runner.protocol import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any, Callable, Dict, List, NoReturn, Optional
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS]" % "|".join(sorted(ENGINES))
 
@@ -156,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     _ensure_std_fds()
     set_dumpable(False)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     sock = _socket.socket(fileno=options.fd)
     Runner(sock, options).run()
     _exit_now()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
@@ -52,6 +51,8 @@ def describe_exit(status: int) -> Tuple[int, str]:
     """A wait status as (shell-style exit code, words): 128+N for signal N."""
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
+        import signal  # noqa: PLC0415 (here only: a child killed by a signal is rare)
+
         try:
             name = " (%s)" % signal.Signals(number).name
         except ValueError:

@@ -25,7 +25,6 @@ import builtins
 import getpass
 import linecache
 import os
-import signal
 import site
 import sys
 import traceback
@@ -36,10 +35,13 @@ from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
+    import signal as _signal
     from _socket import socket
     from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
     from bai.runner.protocol import Message
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 PACKAGE_DIR = os.path.dirname(__file__)
 _HIDDEN_PREFIX = PACKAGE_DIR + os.sep
@@ -71,7 +73,7 @@ def main(commands: socket, requests: socket) -> NoReturn:
         commands.close()
 
     os.register_at_fork(after_in_child=after_fork_in_child)
-    signal.signal(signal.SIGINT, repl.on_sigint)
+    _signal.signal(_signal.SIGINT, repl.on_sigint)
     sys.argv = [""]
     sys.path[:] = user_sys_path(sys.path)
     for name in [name for name in sys.modules if name == "bai" or name.startswith("bai.")]:

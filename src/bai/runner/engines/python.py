@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
 import sys
 import time
 
@@ -55,12 +54,15 @@ from bai.runner.protocol import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any, Callable, Dict, List, Optional, Tuple
 
     from bai.runner.engines.base import EngineContext
     from bai.runner.engines.python_child import OutputPipe
     from bai.runner.loop import Timer
     from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 # A drain reads each pipe until it is empty, but at most this many reads: enough for
 # all a pipe can hold (1 MiB at most), while a subprocess that writes without end
@@ -178,7 +180,7 @@ class PythonEngine(Engine):
         run, child = self._run, self._child
         if run is None or child is None:
             return
-        child.signal_group(signal.SIGINT)
+        child.signal_group(_signal.SIGINT)
         if run.interrupt_timer is None:
             run.interrupt_timer = self.context.loop.call_later(
                 self.context.interrupt_grace, lambda: self._interrupt_expired(run)
@@ -204,7 +206,7 @@ class PythonEngine(Engine):
     def close(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            child.signal_group(signal.SIGKILL)
+            child.signal_group(_signal.SIGKILL)
             child.wait()
             child.close()
 
@@ -334,7 +336,7 @@ class PythonEngine(Engine):
         child = self._child
         if child is None:
             return
-        child.signal_group(signal.SIGKILL)  # the user's subprocesses go with it
+        child.signal_group(_signal.SIGKILL)  # the user's subprocesses go with it
         exit_code, how = describe_exit(child.wait())
         note = "the Python process died: %s; its state is lost and a fresh one was started\n" % how
         broken_start = self._run is None and not child.answered
@@ -345,13 +347,13 @@ class PythonEngine(Engine):
         child = self._child
         if self._run is not run or child is None:
             return
-        child.signal_group(signal.SIGKILL)
+        child.signal_group(_signal.SIGKILL)
         child.wait()
         note = (
             "the run did not stop within %g s of the interrupt, so the Python process was killed; "
             "its state is lost and a fresh one was started\n" % self.context.interrupt_grace
         )
-        self._finish(128 + signal.SIGKILL, restarted=True, note=note)
+        self._finish(128 + _signal.SIGKILL, restarted=True, note=note)
         self._replace_child()
 
     def _replace_child(self, delay: float = 0.0) -> None:

@@ -13,7 +13,6 @@ import _socket  # socket.py's C core: socket.py adds enums and selectors, millis
 import codecs
 import contextlib
 import os
-import signal
 import sys
 
 from bai.runner.control import decode_control, encode_control
@@ -22,11 +21,14 @@ from bai.runner.protocol import ProtocolError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Callable, List, NoReturn, Optional
 
     from bai.runner.protocol import Message
 
     ChildMain = Callable[[_socket.socket, _socket.socket], NoReturn]
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 READ_SIZE = 65536
 
@@ -143,7 +145,7 @@ class ReplChild:
             try:
                 self.status = os.waitpid(self.pid, 0)[1]
             except ChildProcessError:
-                self.status = signal.SIGKILL  # reaped elsewhere (not expected): say killed
+                self.status = _signal.SIGKILL  # reaped elsewhere (not expected): say killed
         return self.status
 
     def close(self) -> None:
