@@ -6,7 +6,7 @@ The runner is started the way the agent starts it (``python3 -I -c BOOT --fd N
 run so that the load of a shared machine falls on all of them alike::
 
     .venv/bin/python -m bench.runner_start [-n 200] [--python /usr/bin/python3] \\
-        [--src /tmp/runner-orig/src --src src] [--importtime]
+        [--src /tmp/runner-orig/src --src src [--src src,gc-off]] [--importtime]
 
 Per start: the wall time from just before the spawn to the ``Ready`` frame read,
 and the CPU (user + system) of the whole start → ``Ready`` → ``Shutdown`` → exit
@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 BOOT = "import sys; sys.path.insert(0, %r); from bai.runner.main import main; main()"
+# ``--src PATH,gc-off`` starts that tree with the collector off during the imports
+# (main() freezes what they made and turns it on).
+GC_OFF = "import gc; gc.disable(); "
 HEADER = struct.Struct(">I")
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 MEMORY_KEYS = ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous")
@@ -48,8 +51,10 @@ class Runner:
     def __init__(self, python: str, src: str) -> None:
         ours, theirs = socket.socketpair()
         self.started = time.perf_counter()
+        path, _, variant = src.partition(",")
+        boot = (GC_OFF if variant == "gc-off" else "") + BOOT % path
         self.proc = subprocess.Popen(
-            [python, "-I", "-c", BOOT % src, "--fd", str(theirs.fileno()), "--engine", "python"],
+            [python, "-I", "-c", boot, "--fd", str(theirs.fileno()), "--engine", "python"],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
         )
@@ -178,7 +183,7 @@ def memory_sample(python: str, src: str) -> dict[str, dict[str, int]]:
 
 def importtime(python: str, src: str, top: int) -> str:
     """The ``-X importtime`` lines of importing bai.runner.main, by cumulative time."""
-    code = f"import sys; sys.path.insert(0, {src!r}); import bai.runner.main"
+    code = f"import sys; sys.path.insert(0, {src.partition(',')[0]!r}); import bai.runner.main"
     proc = subprocess.run([python, "-X", "importtime", "-I", "-c", code], capture_output=True, text=True, check=True)
     rows = []
     for line in proc.stderr.splitlines():
@@ -203,7 +208,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="starts per source tree (timing)")
     parser.add_argument("--memory-runs", type=int, default=5, help="starts per source tree (memory)")
     parser.add_argument("--python", default="/usr/bin/python3")
-    parser.add_argument("--src", action="append", help="a source tree holding bai/runner (repeatable)")
+    parser.add_argument(
+        "--src", action="append", help="a source tree holding bai/runner (repeatable); PATH,gc-off: see GC_OFF"
+    )
     parser.add_argument("--importtime", action="store_true", help="also print -X importtime's top entries")
     args = parser.parse_args()
     sources = args.src or [str(REPO_SRC)]

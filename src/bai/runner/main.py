@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import contextlib
+import gc
 import os
 import sys
 
@@ -155,6 +156,7 @@ def _ensure_std_fds() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> NoReturn:
+    _collect_from_here()
     options = parse_args(sys.argv[1:] if argv is None else argv)
     _ensure_std_fds()
     set_dumpable(False)
@@ -162,6 +164,14 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
     sock = _socket.socket(fileno=options.fd)
     Runner(sock, options).run()
     _exit_now()
+
+
+def _collect_from_here() -> None:
+    """Freeze what the imports made (it lives as long as the runner) and turn the
+    collector on. A boot line that starts with ``import gc; gc.disable();`` spares the
+    imports the collections that would find nothing to free (about 1 ms of CPU)."""
+    gc.freeze()
+    gc.enable()
 
 
 def _exit_now() -> NoReturn:

@@ -4,7 +4,9 @@ The child is a fork of the runner (about 1 ms, against 20 ms for a new interpret
 leader of its own process group (its pgid is its pid), with fd 0 = /dev/null, fd 1
 and fd 2 = pipes read here, and two control socketpairs (control.py). Nothing of the
 runner survives in it but memory: ``after_fork`` first closes the runner's fds and
-resets what the runner set for itself alone (see EngineContext.after_fork).
+resets what the runner set for itself alone (see EngineContext.after_fork). That
+memory is shared copy-on-write, which is why the runner imports all the REPL needs
+before it forks (engines/python.py) and freezes the collector's view of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import codecs
 import contextlib
+import gc
 import os
 import sys
 
@@ -109,6 +112,11 @@ class ReplChild:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
+        # Everything alive now (the modules, the runner) lives as long as either process:
+        # frozen, no collection in either walks it again, which would write to every
+        # object's header and so copy most of the shared heap (about 2 MB) into the REPL
+        # at its first full collection. The REPL keeps the permanent generation.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             commands.close()
