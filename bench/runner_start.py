@@ -13,10 +13,11 @@ and the CPU (user + system) of the whole start → ``Ready`` → ``Shutdown`` �
 cycle from ``getrusage(RUSAGE_CHILDREN)``, which also counts the REPL child (the
 runner reaps it before it exits). Memory, on fewer starts: Rss / Pss / private
 (Private_Clean + Private_Dirty) / anonymous from ``/proc/<pid>/smaps_rollup`` of the
-runner and its REPL child, once the child is idle after ``Ready``, and again after two
+runner and its REPL child, once the child is idle after ``Ready``, again after two
 runs of ``1+1`` (whose round trips are timed too: the first one pays for what the REPL
-leaves to its first run). Needs to read the runner's smaps_rollup (it makes itself non-dumpable):
-run as root, or the memory columns read 0.
+leaves to its first run), and after a ``gc.collect()`` in the REPL. Reading the
+runner's smaps_rollup takes root (the runner makes itself non-dumpable); otherwise
+the memory columns read 0.
 
 Standard library only: the frames are read here, not with bai.runner, so that every
 source tree is measured by the same client.
@@ -176,6 +177,10 @@ def memory_sample(python: str, src: str) -> dict[str, dict[str, int]]:
         wait_idle(child)
         result["runner after 1+1"] = smaps(runner.proc.pid)
         result["child after 1+1"] = smaps(child)
+        runner.run("import gc; gc.collect()")  # what a busy session's collector does sooner or later
+        wait_idle(child)
+        result["runner after gc"] = smaps(runner.proc.pid)
+        result["child after gc"] = smaps(child)
     finally:
         runner.close()
     return result
@@ -258,6 +263,8 @@ def report_memory(samples: list[dict[str, dict[str, int]]]) -> None:
     per_gib = 1024 * 1024 / charged if charged else 0
     print(f"  idle runner + child: Pss {pss:.0f} KiB; runner anon + child private dirty {charged:.0f} KiB", end="")
     print(f" → {per_gib:.0f} idle sessions per GiB")
+    busy = statistics.median(s["runner after gc"]["Anonymous"] + s["child after gc"]["Private_Dirty"] for s in samples)
+    print(f"  after a full collection in the REPL: runner anon + child private dirty {busy:.0f} KiB")
 
 
 def bare_spawn(python: str) -> tuple[float, float]:

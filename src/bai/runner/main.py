@@ -156,7 +156,7 @@ def _ensure_std_fds() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> NoReturn:
-    _collect_from_here()
+    _start_collecting()
     options = parse_args(sys.argv[1:] if argv is None else argv)
     _ensure_std_fds()
     set_dumpable(False)
@@ -166,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
     _exit_now()
 
 
-def _collect_from_here() -> None:
+def _start_collecting() -> None:
     """Freeze what the imports made (it lives as long as the runner) and turn the
     collector on. A boot line that starts with ``import gc; gc.disable();`` spares the
     imports the collections that would find nothing to free (about 1 ms of CPU)."""
