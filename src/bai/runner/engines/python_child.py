@@ -6,7 +6,7 @@ and fd 2 = pipes read here, and two control socketpairs (control.py). Nothing of
 runner survives in it but memory: ``after_fork`` first closes the runner's fds and
 resets what the runner set for itself alone (see EngineContext.after_fork). That
 memory is shared copy-on-write, which is why the runner imports all the REPL needs
-before it forks (engines/python.py) and freezes the collector's view of it.
+before it forks (engines/python.py) and freezes the collector's view of it (main.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import codecs
 import contextlib
-import gc
 import os
 import sys
 
@@ -112,11 +111,6 @@ class ReplChild:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
-        # Everything alive now (the modules, the runner) lives as long as either process:
-        # frozen, no collection in either walks it again, which would write to every
-        # object's header and so copy most of the shared heap (about 2 MB) into the REPL
-        # at its first full collection. The REPL keeps the permanent generation.
-        gc.freeze()
         pid = os.fork()
         if pid == 0:
             commands.close()
