@@ -31,35 +31,16 @@ from bai.common.signing import signed_headers
 
 VERSION = "v8.20240915"
 POOL_REFILL_WAIT_S = 0.25  # a refill takes ~40 ms on 2 idle cores; leave it room
-BWRAP = [
-    "bwrap",
-    "--unshare-all",
-    "--die-with-parent",
-    "--ro-bind",
-    "/usr",
-    "/usr",
-    "--symlink",
-    "usr/lib",
-    "/lib",
-    "--symlink",
-    "usr/lib64",
-    "/lib64",
-    "--symlink",
-    "usr/bin",
-    "/bin",
-    "--proc",
-    "/proc",
-    "--dev",
-    "/dev",
-    "--tmpfs",
-    "/tmp",
-]
+BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
     p99_index = min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
-    return {"n": len(ordered), "p50": statistics.median(ordered), "p99": ordered[p99_index], "min": ordered[0]}
+    return {"n": len(ordered), "p50": statistics.median(ordered), "p99": ordered[p99_index],
+            "min": ordered[0]}
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:
@@ -82,17 +63,9 @@ class Api:
     def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else b""
         ctype = "application/json" if data else None
-        headers = signed_headers(
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            api_version=VERSION,
-            method=method,
-            path_with_query=path,
-            host=self.host,
-            content_type=ctype,
-            body=data,
-            now=datetime.now(UTC),
-        )
+        headers = signed_headers(access_key=self.access_key, secret_key=self.secret_key, api_version=VERSION,
+                                 method=method, path_with_query=path, host=self.host, content_type=ctype,
+                                 body=data, now=datetime.now(UTC))
         headers["Host"] = self.host
         if ctype:
             headers["Content-Type"] = ctype
@@ -114,12 +87,8 @@ def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Pope
     environ = dict(os.environ)
     if pool_size is not None:
         environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
-    proc = subprocess.Popen(
-        [str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.environ.get("BAI_BENCH_LOG", os.devnull), "w"),
-        env=environ,
-    )
+    proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BAI_BENCH_LOG", os.devnull), "w"), env=environ)
     env_file = data_dir / "client.env"
     for _ in range(300):
         if env_file.exists():
@@ -170,8 +139,7 @@ def bench_baselines(n: int, kernels: int) -> dict[str, dict[str, float]]:
     out = {
         "python3_c_pass": percentiles(timed(lambda: subprocess.run([python, "-c", "pass"], check=True), n)),
         "bwrap_python3_c_pass": percentiles(
-            timed(lambda: subprocess.run([*BWRAP, python, "-c", "pass"], check=True), n)
-        ),
+            timed(lambda: subprocess.run([*BWRAP, python, "-c", "pass"], check=True), n)),
     }
     if kernels:
         out.update(bench_jupyter(kernels))
@@ -204,10 +172,8 @@ def report(results: dict[str, dict[str, float]]) -> str:
     lines.append("Ratios (p50):")
     if "api_create_ready_cold" in results:
         cold = results["api_create_ready_cold"]
-        lines.append(
-            f"- create → ready, cold / pooled: {cold['p50'] / create:.2f}× "
-            f"(p99: {cold['p99'] / results['api_create_ready']['p99']:.2f}×)"
-        )
+        lines.append(f"- create → ready, cold / pooled: {cold['p50'] / create:.2f}× "
+                     f"(p99: {cold['p99'] / results['api_create_ready']['p99']:.2f}×)")
     for base in ("python3_c_pass", "bwrap_python3_c_pass", "jupyter_kernel_start"):
         if base in results:
             lines.append(f"- pooled create → ready / {base}: {create / results[base]['p50']:.2f}×")
