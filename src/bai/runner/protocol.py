@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     _T = TypeVar("_T")
 else:
 
-    def dataclass_transform(**_options):
+    def dataclass_transform(**_options):  # mypy's view of _RecordType only: nothing at run time
         return lambda cls: cls
 
 
