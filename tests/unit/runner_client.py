@@ -108,6 +108,7 @@ class RunnerClient:
         cwd: str | None = None,
         user: int | None = None,
         src: Path = SRC,
+        boot_prefix: str = "",
     ) -> RunnerClient:
         ours, theirs = socket.socketpair()
         with open(log_path, "ab") as log:
@@ -116,7 +117,7 @@ class RunnerClient:
                     python,
                     "-I",
                     "-c",
-                    BOOT % str(src),
+                    boot_prefix + BOOT % str(src),
                     "--fd",
                     str(theirs.fileno()),
                     "--engine",

@@ -266,3 +266,26 @@ def test_configure_sets_the_environment_of_the_repl_and_of_a_restarted_one(runne
     crashed = runner.run("import os; os._exit(3)")
     assert crashed.finished.engine_restarted
     assert runner.run("import os; print(os.environ['BAI_POOL_T'])").stdout == "x y\n"
+
+
+#: What the runner's start must not import (each costs a millisecond or more, at every
+#: session start): the REPL child is forked from the runner, so it holds what the runner did.
+COSTLY_MODULES = ("typing", "dataclasses", "inspect", "ast", "platform", "socket", "selectors", "threading")
+
+
+def test_the_runner_starts_without_its_costly_modules(runner: RunnerClient) -> None:
+    code = f"import sys\nsorted(name for name in {COSTLY_MODULES!r} if name in sys.modules)"
+    assert runner.run(code).stdout == "[]\n"
+
+
+@pytest.mark.parametrize("boot_prefix", ["", "import gc; gc.disable(); "])
+def test_the_repl_collects_garbage_whatever_the_boot_line_did(python: str, tmp_path: Path, boot_prefix: str) -> None:
+    """The runner freezes the objects of its imports before it forks the REPL (shared
+    pages stay shared) and turns the collector on, which a boot line may have turned off."""
+    with RunnerClient.start(python, tmp_path / "runner.log", boot_prefix=boot_prefix) as runner:
+        code = (
+            "import gc, weakref\nclass Cycle: pass\nc = Cycle(); c.me = c; alive = weakref.ref(c); del c\n"
+            "gc.collect()\nprint(gc.isenabled(), alive() is None, gc.get_freeze_count() > 0)"
+        )
+        assert runner.run(code).stdout == "True True True\n"
+        assert runner.close() == 0

@@ -1,21 +1,38 @@
 """The runner's I/O-free parts, in-process: framing, control messages, argument parsing,
-completion text, the between-runs backlog, wait statuses, cell compilation."""
+completion text, the between-runs backlog, wait statuses, cell compilation, records."""
 
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import sys
+from collections.abc import Callable
 
 import pytest
 import runner_client  # noqa: F401  (puts src/ on sys.path for a bare pytest run)
 
 from bai.runner.control import AskInput, InputGiven, RunCode, decode_control
-from bai.runner.engines.python import Backlog, completion_text
+from bai.runner.engines.python import Backlog, completion_text, python_version
 from bai.runner.frames import FrameSplitter
+from bai.runner.loop import Timer
 from bai.runner.main import Options, parse_args
 from bai.runner.process import describe_exit
-from bai.runner.protocol import HEADER, MAX_FRAME, Complete, Execute, ProtocolError, decode, encode
+from bai.runner.protocol import (
+    HEADER,
+    MAX_FRAME,
+    Complete,
+    Completions,
+    Configure,
+    Execute,
+    Failure,
+    Finished,
+    Interrupt,
+    ProtocolError,
+    Record,
+    decode,
+    encode,
+)
 from bai.runner.repl import RUNNER_ROOT, compile_cell, format_exception, user_sys_path
 
 
@@ -115,3 +132,60 @@ def test_user_sys_path_starts_with_cwd_and_drops_the_runner(monkeypatch: pytest.
     path = user_sys_path([RUNNER_ROOT, *sys.path[1:]])
     assert path[:3] == ["", "/extra/one", "/extra/two"]
     assert RUNNER_ROOT not in path
+
+
+def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
+    assert Execute("a", "1") == Execute(run_id="a", code="1", mode="query")
+    assert Execute("a", "1") != Execute("a", "2") and Execute("a", "1") != RunCode("1")
+    assert repr(Execute("a", "1")) == "Execute(run_id='a', code='1', mode='query')"
+    assert repr(Interrupt()) == "Interrupt()" and Interrupt() == Interrupt()
+    first, second = Completions(), Completions()
+    assert first.items == [] and first.items is not second.items  # a fresh default per record
+    assert Configure().environ == {} and Configure().environ is not Configure().environ
+    assert Finished("r", 0).as_dict() == {"run_id": "r", "exit_code": 0, "wall_ms": 0.0, "engine_restarted": False}
+    assert Options(3) == Options(fd=3, engine="python", interrupt_grace=2.0)
+    with pytest.raises(TypeError):
+        hash(Execute("a", "1"))  # mutable and compared by value, as a dataclass
+    with pytest.raises(AttributeError):
+        Execute("a", "1").extra = 1  # type: ignore[attr-defined]  # slots: no stray attributes
+    makers: list[Callable[[], object]] = [
+        lambda: Execute("a"),  # type: ignore[call-arg]
+        lambda: Execute("a", "1", "query", "x"),  # type: ignore[call-arg]
+        lambda: Execute("a", run_id="b", code="1"),  # type: ignore[misc]
+        lambda: Execute(run_id="a", code="1", colour="red"),  # type: ignore[call-arg]
+    ]
+    for make in makers:
+        with pytest.raises(TypeError):
+            make()
+
+
+def test_a_field_without_a_default_cannot_follow_one_with_a_default() -> None:
+    with pytest.raises(TypeError, match="without a default"):
+
+        class Bad(Record):
+            first: int = 0
+            second: int  # type: ignore[misc]
+
+
+def test_the_wire_format_is_unchanged() -> None:
+    """Fields in declaration order, then the type; compact UTF-8 JSON (what
+    dataclasses.asdict and json.dumps made before the records were plain classes)."""
+    payload = b'{"run_id":"a","code":"\xc3\xa9","mode":"query","type":"execute"}'
+    assert encode(Execute(run_id="a", code="é")) == HEADER.pack(len(payload)) + payload
+    assert encode(Failure(message="m"))[HEADER.size :] == b'{"message":"m","run_id":null,"type":"failure"}'
+    assert decode(b'{"type":"failure","message":"m"}') == Failure(message="m")
+
+
+@pytest.mark.parametrize("payload", [b'{"type": []}', b'{"type": {}}', b'{"type": 1}', b'{"run_id": "a"}'])
+def test_a_frame_whose_type_is_not_a_string_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode(payload)
+
+
+def test_python_version_is_platforms() -> None:
+    assert python_version() == platform.python_version()
+
+
+def test_timers_order_by_time_then_sequence() -> None:
+    timers = [Timer(2.0, 1, lambda: None), Timer(1.0, 3, lambda: None), Timer(1.0, 2, lambda: None)]
+    assert [(t.when, t.seq) for t in sorted(timers)] == [(1.0, 2), (1.0, 3), (2.0, 1)]

@@ -17,40 +17,37 @@ REPL, never as its own failure.
 from __future__ import annotations
 
 import json
-import socket
 from collections import deque
-from dataclasses import dataclass, field
-from typing import ClassVar, Deque, Dict, List, Optional, Type
 
 from bai.runner.frames import RECV_SIZE, FrameSplitter
-from bai.runner.protocol import HEADER, Message, ProtocolError
+from bai.runner.protocol import HEADER, Message, ProtocolError, field
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from _socket import socket
+    from typing import ClassVar, Deque, Dict, List, Optional, Type
 
 
-@dataclass
 class RunCode(Message):
     TYPE: ClassVar[str] = "run"
     code: str
 
 
-@dataclass
 class RunDone(Message):
     TYPE: ClassVar[str] = "run-done"
     exit_code: int
 
 
-@dataclass
 class CompleteCode(Message):
     TYPE: ClassVar[str] = "complete"
     text: str
 
 
-@dataclass
 class CompleteDone(Message):
     TYPE: ClassVar[str] = "complete-done"
     items: List[str] = field(default_factory=list)
 
 
-@dataclass
 class SetEnviron(Message):
     """Update the REPL's os.environ (a pooled sandbox claimed by a session); no answer:
     the command channel is ordered, so the next ``RunCode`` sees it."""
@@ -59,7 +56,6 @@ class SetEnviron(Message):
     environ: Dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
 class Fence(Message):
     """Read both output pipes empty, then answer: what was written before is forwarded."""
 
@@ -67,13 +63,11 @@ class Fence(Message):
     seq: int
 
 
-@dataclass
 class FenceDone(Message):
     TYPE: ClassVar[str] = "fence-done"
     seq: int
 
 
-@dataclass
 class AskInput(Message):
     TYPE: ClassVar[str] = "ask-input"
     seq: int
@@ -81,7 +75,6 @@ class AskInput(Message):
     password: bool = False
 
 
-@dataclass
 class InputGiven(Message):
     """The line the user typed; ``eof`` when there is nobody to ask (no run is active)."""
 
@@ -91,16 +84,12 @@ class InputGiven(Message):
     eof: bool = False
 
 
-CONTROL_TYPES: Dict[str, Type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        RunCode, RunDone, CompleteCode, CompleteDone, SetEnviron, Fence, FenceDone, AskInput, InputGiven,
-    )
-}
+_CONTROL = (RunCode, RunDone, CompleteCode, CompleteDone, SetEnviron, Fence, FenceDone, AskInput, InputGiven)
+CONTROL_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _CONTROL}
 
 
 def encode_control(message: Message) -> bytes:
-    body = dict(message.__dict__)
+    body = message.as_dict()
     body["type"] = message.TYPE
     payload = json.dumps(body, separators=(",", ":")).encode("ascii")
     return HEADER.pack(len(payload)) + payload
@@ -123,7 +112,7 @@ class Channel:
     ``recv`` waits loses nothing of the stream.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket) -> None:
         self.sock = sock
         self._splitter = FrameSplitter()
         self._ready: Deque[bytes] = deque()

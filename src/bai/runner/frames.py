@@ -7,9 +7,11 @@ Used by the agent link (main side) and the control channels to the REPL child.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
-
 from bai.runner.protocol import HEADER, MAX_FRAME
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from typing import List, Optional, Tuple
 
 # Bytes asked of each recv: under glibc's mmap threshold (128 KiB), so a recv costs
 # no mmap/mremap/munmap round; bigger frames just take several.

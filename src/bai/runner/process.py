@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
-from typing import Any, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from typing import Any, Optional, Tuple
 
 PR_SET_DUMPABLE = 4
 _libc: Optional[Any] = None
@@ -49,6 +51,8 @@ def describe_exit(status: int) -> Tuple[int, str]:
     """A wait status as (shell-style exit code, words): 128+N for signal N."""
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
+        import signal  # noqa: PLC0415 (here only: a child killed by a signal is rare)
+
         try:
             name = " (%s)" % signal.Signals(number).name
         except ValueError:

@@ -2,8 +2,9 @@
 
 A frame is a 4-byte big-endian length followed by that many bytes of a UTF-8
 JSON object whose ``type`` names a message class below. Every message is a
-dataclass; ``decode`` dispatches on the type through ``MESSAGE_TYPES``, never on
-a chain of string comparisons. Both ends import this module: the runner inside
+``Record`` (a plain class with slots, declared like a dataclass); ``decode``
+dispatches on the type through ``MESSAGE_TYPES``, never on a chain of string
+comparisons. Both ends import this module: the runner inside
 the sandbox (Python >= 3.9, standard library only) and the agent.
 
 Flow of one run:  agent ``Execute`` → runner ``Output``* [``WaitingInput`` ←
@@ -15,8 +16,19 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Dict, List, Optional, Type, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
+
+    from typing_extensions import dataclass_transform
+
+    _T = TypeVar("_T")
+else:
+
+    def dataclass_transform(**_options):  # mypy's view of _RecordType only: nothing at run time
+        return lambda cls: cls
+
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -27,15 +39,105 @@ class ProtocolError(Exception):
     """A frame that is not a message of this protocol."""
 
 
-@dataclass
-class Message:
+class _Factory:
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+
+
+def field(*, default_factory: Callable[[], _T]) -> _T:
+    """A field whose default is made afresh for each record (a list, a dict)."""
+    return _Factory(default_factory)  # type: ignore[return-value]
+
+
+def _is_class_var(annotation: object) -> bool:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return text.startswith(("ClassVar", "typing.ClassVar"))
+
+
+@dataclass_transform(field_specifiers=(field,))
+class _RecordType(type):
+    """Makes a class body of annotated fields a record, as ``@dataclass`` would, at a
+    fraction of its cost: the fields (annotations not ``ClassVar``) become
+    ``__slots__``, their class-level values the defaults. Annotations are read as the
+    strings ``from __future__ import annotations`` leaves them, never evaluated."""
+
+    def __new__(mcs, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any]) -> _RecordType:
+        fields: List[str] = []
+        defaults: Dict[str, Any] = {}
+        for base in bases:
+            fields.extend(getattr(base, "_FIELDS", ()))
+            defaults.update(getattr(base, "_DEFAULTS", {}))
+        annotations = namespace.get("__annotations__", {})
+        own = [key for key, kind in annotations.items() if not _is_class_var(kind)]
+        for key in own:
+            if key in namespace:
+                defaults[key] = namespace.pop(key)
+            elif defaults:
+                raise TypeError("%s: field %r without a default follows one with a default" % (name, key))
+        namespace["__slots__"] = tuple(own)
+        namespace["_FIELDS"] = tuple(fields + own)
+        namespace["_DEFAULTS"] = defaults
+        return super().__new__(mcs, name, bases, namespace)
+
+
+class Record(metaclass=_RecordType):
+    """Base of the runner's plain records: positional or keyword ``__init__`` in field
+    order, ``==`` field by field within one class, a dataclass-like ``repr``."""
+
+    _FIELDS: ClassVar[Tuple[str, ...]] = ()
+    _DEFAULTS: ClassVar[Dict[str, Any]] = {}
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: as a dataclass
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = self._FIELDS
+        if len(args) > len(names):
+            raise TypeError("%s() takes %d arguments but %d were given" % (type(self).__name__, len(names), len(args)))
+        for index, value in enumerate(args):
+            name = names[index]
+            if name in kwargs:
+                raise TypeError("%s() got multiple values for argument %r" % (type(self).__name__, name))
+            setattr(self, name, value)
+        missing = []
+        for name in names[len(args) :]:
+            if name in kwargs:
+                value = kwargs.pop(name)
+            elif name in self._DEFAULTS:
+                value = self._DEFAULTS[name]
+                if type(value) is _Factory:
+                    value = value.make()
+            else:
+                missing.append(name)
+                continue
+            setattr(self, name, value)
+        if missing:
+            raise TypeError("%s() missing required argument(s): %s" % (type(self).__name__, ", ".join(missing)))
+        if kwargs:
+            raise TypeError("%s() got unexpected argument(s): %s" % (type(self).__name__, ", ".join(kwargs)))
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields and their values, in order (a shallow ``dataclasses.asdict``)."""
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = self._FIELDS
+        return tuple(getattr(self, name) for name in names) == tuple(getattr(other, name) for name in names)
+
+    def __repr__(self) -> str:
+        values = ", ".join("%s=%r" % (name, getattr(self, name)) for name in self._FIELDS)
+        return "%s(%s)" % (type(self).__qualname__, values)
+
+
+class Message(Record):
     TYPE: ClassVar[str] = ""
 
 
 # -- agent → runner ---------------------------------------------------------
 
 
-@dataclass
 class Execute(Message):
     """Run ``code`` in the session's engine. ``mode`` is ``query`` for issue-2 engines."""
 
@@ -45,7 +147,6 @@ class Execute(Message):
     mode: str = "query"
 
 
-@dataclass
 class Input(Message):
     """The text a program waiting in ``input()`` asked for (without the newline)."""
 
@@ -54,14 +155,12 @@ class Input(Message):
     text: str
 
 
-@dataclass
 class Interrupt(Message):
     """Interrupt the current run (SIGINT to the user's code), if any."""
 
     TYPE: ClassVar[str] = "interrupt"
 
 
-@dataclass
 class Complete(Message):
     TYPE: ClassVar[str] = "complete"
     code: str
@@ -70,7 +169,6 @@ class Complete(Message):
     col: int = 0
 
 
-@dataclass
 class Configure(Message):
     """Claim a pooled sandbox for a session: set these environment variables in the
     runner and the REPL before the first ``Execute``. Answered by ``Configured``."""
@@ -79,7 +177,6 @@ class Configure(Message):
     environ: Dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
 class Shutdown(Message):
     TYPE: ClassVar[str] = "shutdown"
 
@@ -87,7 +184,6 @@ class Shutdown(Message):
 # -- runner → agent ---------------------------------------------------------
 
 
-@dataclass
 class Ready(Message):
     """Sent once, when the engine can take its first ``Execute``."""
 
@@ -97,7 +193,6 @@ class Ready(Message):
     protocol: int = PROTOCOL_VERSION
 
 
-@dataclass
 class Output(Message):
     TYPE: ClassVar[str] = "output"
     run_id: str
@@ -105,7 +200,6 @@ class Output(Message):
     data: str
 
 
-@dataclass
 class Media(Message):
     TYPE: ClassVar[str] = "media"
     run_id: str
@@ -113,7 +207,6 @@ class Media(Message):
     data: str  # text formats raw, binary as a data: URI
 
 
-@dataclass
 class WaitingInput(Message):
     TYPE: ClassVar[str] = "waiting-input"
     run_id: str
@@ -121,7 +214,6 @@ class WaitingInput(Message):
     password: bool = False
 
 
-@dataclass
 class Finished(Message):
     """A run ended. ``engine_restarted`` says the REPL died and was started afresh (state lost)."""
 
@@ -132,20 +224,17 @@ class Finished(Message):
     engine_restarted: bool = False
 
 
-@dataclass
 class Completions(Message):
     TYPE: ClassVar[str] = "completions"
     items: List[str] = field(default_factory=list)
 
 
-@dataclass
 class Configured(Message):
     """``Configure`` is done: the next ``Execute`` sees the new environment."""
 
     TYPE: ClassVar[str] = "configured"
 
 
-@dataclass
 class Failure(Message):
     """The runner could not do what a message asked (bad frame, busy engine...)."""
 
@@ -154,22 +243,31 @@ class Failure(Message):
     run_id: Optional[str] = None
 
 
-AnyMessage = Union[
-    Execute, Input, Interrupt, Complete, Configure, Shutdown,
-    Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure,
-]
+if TYPE_CHECKING:
+    AnyMessage = Union[
+        Execute,
+        Input,
+        Interrupt,
+        Complete,
+        Configure,
+        Shutdown,
+        Ready,
+        Output,
+        Media,
+        WaitingInput,
+        Finished,
+        Completions,
+        Configured,
+        Failure,
+    ]
 
-MESSAGE_TYPES: Dict[str, Type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        Execute, Input, Interrupt, Complete, Configure, Shutdown,
-        Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure,
-    )
-}
+_TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown)
+_TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure)
+MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT}
 
 
 def encode(message: Message) -> bytes:
-    body = dict(asdict(message))
+    body = message.as_dict()
     body["type"] = message.TYPE
     # "replace": a lone surrogate (from undecodable input) becomes "?" rather than an error
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
@@ -184,11 +282,11 @@ def decode(payload: bytes) -> Message:
         raise ProtocolError("frame is not UTF-8 JSON: %s" % exc) from None
     if not isinstance(body, dict):
         raise ProtocolError("frame is not a JSON object")
-    cls = MESSAGE_TYPES.get(body.pop("type", None))
+    kind = body.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError("unknown message type")
-    names = {f.name for f in fields(cls)}
-    unknown = set(body) - names
+    unknown = set(body).difference(cls._FIELDS)
     if unknown:
         raise ProtocolError("unknown fields for %s: %s" % (cls.TYPE, sorted(unknown)))
     try:
@@ -214,7 +312,7 @@ class FrameBuffer:
             end = HEADER.size + size
             if len(self._buf) < end:
                 break
-            payload = bytes(self._buf[HEADER.size:end])
+            payload = bytes(self._buf[HEADER.size : end])
             del self._buf[:end]  # a frame that fails to decode is dropped, not retried forever
             out.append(decode(payload))
         return out

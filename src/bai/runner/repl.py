@@ -5,6 +5,11 @@ runner's code. It gives the process the state of a fresh ``python3`` REPL (a new
 ``__main__``, the user's sys.path, no module of ours importable) with our stdio
 (stdio.py), then serves the command channel until the runner goes away.
 
+The runner imports this module (and so all the REPL needs) before it forks the child:
+shared pages, not copies (see engines/python.py). Nothing here is imported late, once
+the process has the user's sys.path, so no file of the user's (a ``token.py``, say)
+ever stands in for a module the REPL uses (traceback, linecache, getpass).
+
 A run: compile the cell; if its last statement is an expression, that statement is
 compiled in 'single' mode so a non-None value is displayed. SIGINT raises
 KeyboardInterrupt only while the user's code runs, so the REPL itself never dies of
@@ -15,22 +20,28 @@ exception, a SyntaxError or an interrupt; ``n`` for ``SystemExit(n)``.
 from __future__ import annotations
 import __future__
 
-import ast
+import _ast  # ast.py's C core: all compile_cell needs, without ast.py's import cost
 import builtins
 import getpass
 import linecache
 import os
-import signal
 import site
-import socket
 import sys
 import traceback
 import types
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone, SetEnviron
-from bai.runner.protocol import Message
 from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamSwitch
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    import signal as _signal
+    from _socket import socket
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
+
+    from bai.runner.protocol import Message
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 PACKAGE_DIR = os.path.dirname(__file__)
 _HIDDEN_PREFIX = PACKAGE_DIR + os.sep
@@ -41,7 +52,7 @@ for _name in __future__.all_feature_names:
 COMPLETION_LIMIT = 500
 
 
-def main(commands: socket.socket, requests: socket.socket) -> NoReturn:
+def main(commands: socket, requests: socket) -> NoReturn:
     requester = Requester(Channel(requests))
     switch = StreamSwitch(requester)
     stdout = FdWriter(1, "<stdout>", switch)
@@ -62,7 +73,7 @@ def main(commands: socket.socket, requests: socket.socket) -> NoReturn:
         commands.close()
 
     os.register_at_fork(after_in_child=after_fork_in_child)
-    signal.signal(signal.SIGINT, repl.on_sigint)
+    _signal.signal(_signal.SIGINT, repl.on_sigint)
     sys.argv = [""]
     sys.path[:] = user_sys_path(sys.path)
     for name in [name for name in sys.modules if name == "bai" or name.startswith("bai.")]:
@@ -94,10 +105,10 @@ def display(value: object) -> None:
 
 def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]:
     """The cell as code objects, the last in 'single' mode if it is an expression."""
-    tree: ast.Module = compile(source, filename, "exec", ast.PyCF_ONLY_AST | flags, dont_inherit=True)
-    if not (tree.body and isinstance(tree.body[-1], ast.Expr)):
+    tree: _ast.Module = compile(source, filename, "exec", _ast.PyCF_ONLY_AST | flags, dont_inherit=True)
+    if not (tree.body and isinstance(tree.body[-1], _ast.Expr)):
         return [compile(tree, filename, "exec", flags, dont_inherit=True)]
-    last = ast.Interactive(body=[tree.body.pop()])
+    last = _ast.Interactive(body=[tree.body.pop()])
     codes = [compile(tree, filename, "exec", flags, dont_inherit=True)] if tree.body else []
     codes.append(compile(last, filename, "single", flags, dont_inherit=True))
     return codes

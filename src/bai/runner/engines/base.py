@@ -15,11 +15,15 @@ a ``Failure`` frame:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Optional
 
-from bai.runner.loop import Loop
-from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message, Ready
+from bai.runner.protocol import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    from typing import Callable, ClassVar, Dict, Optional
+
+    from bai.runner.loop import Loop
+    from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message, Ready
 
 
 class RunnerError(Exception):
@@ -41,8 +45,7 @@ class Unsupported(RunnerError):
     pass
 
 
-@dataclass
-class EngineContext:
+class EngineContext(Record):
     loop: Loop
     emit: Callable[[Message], None]
     # Called first thing in any child the engine forks: undoes what the runner set up

@@ -19,13 +19,14 @@ and opens the next run.
 from __future__ import annotations
 
 import contextlib
-import platform
 import re
-import signal
+import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
 
+# Imported here, before the REPL child is forked, although only the child uses it: the
+# pages of what is imported before the fork are shared by the two processes, while
+# each import in the child would copy a megabyte or two of them (reference counts
+# written all over the heap), per session.
 from bai.runner import repl
 from bai.runner.control import (
     AskInput,
@@ -38,23 +39,30 @@ from bai.runner.control import (
     RunDone,
     SetEnviron,
 )
-from bai.runner.engines.base import Busy, Engine, EngineContext, NotWaiting, Unsupported
-from bai.runner.engines.python_child import OutputPipe, ReplChild
-from bai.runner.loop import Timer
+from bai.runner.engines.base import Busy, Engine, NotWaiting, Unsupported
+from bai.runner.engines.python_child import ReplChild
 from bai.runner.process import describe_exit
 from bai.runner.protocol import (
-    Complete,
     Completions,
-    Execute,
     Finished,
-    Input,
-    Interrupt,
-    Message,
     Output,
     ProtocolError,
     Ready,
+    Record,
     WaitingInput,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    from bai.runner.engines.base import EngineContext
+    from bai.runner.engines.python_child import OutputPipe
+    from bai.runner.loop import Timer
+    from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 # A drain reads each pipe until it is empty, but at most this many reads: enough for
 # all a pipe can hold (1 MiB at most), while a subprocess that writes without end
@@ -63,11 +71,10 @@ DRAIN_READS = 16
 # A child that dies before it has answered anything (a broken start) is restarted after
 # this pause, or at the next Execute, so that it cannot spin the runner in a fork loop.
 RESPAWN_PAUSE_S = 1.0
-_TOKEN = re.compile(r"[\w.]*$")
+_TOKEN = r"[\w.]*$"  # compiled at the first completion, not at every start
 
 
-@dataclass
-class ActiveRun:
+class ActiveRun(Record):
     run_id: str
     started: float
     waiting_seq: Optional[int] = None
@@ -109,8 +116,22 @@ def completion_text(message: Complete) -> str:
         line = lines[min(max(row, 0), len(lines) - 1)]
     if message.col > 0:
         line = line[: message.col]
-    match = _TOKEN.search(line)
+    match = re.search(_TOKEN, line)
     return match.group(0) if match else ""
+
+
+def python_version() -> str:
+    """What ``platform.python_version()`` says, without importing platform (a
+    millisecond per start): the version at the head of ``sys.version``, with a patch
+    level of 0 added when it has none."""
+    text = sys.version
+    end = 0
+    while end < len(text) and ((text[end].isascii() and text[end].isalnum()) or text[end] in "._+"):
+        end += 1
+    parts = text[:end].split(".")
+    if len(parts) == 2:
+        parts.append("0")
+    return ".".join(parts)
 
 
 class PythonEngine(Engine):
@@ -131,7 +152,7 @@ class PythonEngine(Engine):
 
     def start(self) -> Ready:
         self._spawn()
-        return Ready(engine=self.name, language_version=platform.python_version())
+        return Ready(engine=self.name, language_version=python_version())
 
     # -- agent messages -------------------------------------------------------------
 
@@ -159,7 +180,7 @@ class PythonEngine(Engine):
         run, child = self._run, self._child
         if run is None or child is None:
             return
-        child.signal_group(signal.SIGINT)
+        child.signal_group(_signal.SIGINT)
         if run.interrupt_timer is None:
             run.interrupt_timer = self.context.loop.call_later(
                 self.context.interrupt_grace, lambda: self._interrupt_expired(run)
@@ -185,7 +206,7 @@ class PythonEngine(Engine):
     def close(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            child.signal_group(signal.SIGKILL)
+            child.signal_group(_signal.SIGKILL)
             child.wait()
             child.close()
 
@@ -306,9 +327,7 @@ class PythonEngine(Engine):
             run.interrupt_timer.cancel()
         self._run = None
         wall_ms = round((time.monotonic() - run.started) * 1000.0, 3)
-        self.context.emit(
-            Finished(run_id=run.run_id, exit_code=exit_code, wall_ms=wall_ms, engine_restarted=restarted)
-        )
+        self.context.emit(Finished(run_id=run.run_id, exit_code=exit_code, wall_ms=wall_ms, engine_restarted=restarted))
 
     # -- death and restart ----------------------------------------------------------
 
@@ -317,7 +336,7 @@ class PythonEngine(Engine):
         child = self._child
         if child is None:
             return
-        child.signal_group(signal.SIGKILL)  # the user's subprocesses go with it
+        child.signal_group(_signal.SIGKILL)  # the user's subprocesses go with it
         exit_code, how = describe_exit(child.wait())
         note = "the Python process died: %s; its state is lost and a fresh one was started\n" % how
         broken_start = self._run is None and not child.answered
@@ -328,13 +347,13 @@ class PythonEngine(Engine):
         child = self._child
         if self._run is not run or child is None:
             return
-        child.signal_group(signal.SIGKILL)
+        child.signal_group(_signal.SIGKILL)
         child.wait()
         note = (
             "the run did not stop within %g s of the interrupt, so the Python process was killed; "
             "its state is lost and a fresh one was started\n" % self.context.interrupt_grace
         )
-        self._finish(128 + signal.SIGKILL, restarted=True, note=note)
+        self._finish(128 + _signal.SIGKILL, restarted=True, note=note)
         self._replace_child()
 
     def _replace_child(self, delay: float = 0.0) -> None:

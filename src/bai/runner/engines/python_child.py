@@ -4,26 +4,35 @@ The child is a fork of the runner (about 1 ms, against 20 ms for a new interpret
 leader of its own process group (its pgid is its pid), with fd 0 = /dev/null, fd 1
 and fd 2 = pipes read here, and two control socketpairs (control.py). Nothing of the
 runner survives in it but memory: ``after_fork`` first closes the runner's fds and
-resets what the runner set for itself alone (see EngineContext.after_fork).
+resets what the runner set for itself alone (see EngineContext.after_fork). That
+memory is shared copy-on-write, which is why the runner imports all the REPL needs
+before it forks (engines/python.py) and freezes the collector's view of it (main.py).
 """
 
 from __future__ import annotations
 
+import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import codecs
 import contextlib
 import os
-import signal
-import socket
 import sys
-import traceback
-from typing import Callable, List, NoReturn, Optional
 
 from bai.runner.control import decode_control, encode_control
 from bai.runner.frames import RECV_SIZE, FrameSplitter
-from bai.runner.protocol import Message, ProtocolError
+from bai.runner.protocol import ProtocolError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Callable, List, NoReturn, Optional
+
+    from bai.runner.protocol import Message
+
+    ChildMain = Callable[[_socket.socket, _socket.socket], NoReturn]
+else:
+    import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 READ_SIZE = 65536
-ChildMain = Callable[[socket.socket, socket.socket], NoReturn]
 
 
 class OutputPipe:
@@ -60,7 +69,7 @@ class OutputPipe:
 class ControlEnd:
     """The runner's end of a control channel: reads follow the loop, sends block."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self._splitter = FrameSplitter()
 
@@ -97,8 +106,8 @@ class ReplChild:
     def fork(cls, after_fork: Callable[[], None], child_main: ChildMain) -> ReplChild:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        commands, child_commands = socket.socketpair()
-        requests, child_requests = socket.socketpair()
+        commands, child_commands = _socket.socketpair()
+        requests, child_requests = _socket.socketpair()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
@@ -138,7 +147,7 @@ class ReplChild:
             try:
                 self.status = os.waitpid(self.pid, 0)[1]
             except ChildProcessError:
-                self.status = signal.SIGKILL  # reaped elsewhere (not expected): say killed
+                self.status = _signal.SIGKILL  # reaped elsewhere (not expected): say killed
         return self.status
 
     def close(self) -> None:
@@ -156,8 +165,8 @@ def _become_repl(
     stdout: int,
     stderr: int,
     parent_fds: List[int],
-    commands: socket.socket,
-    requests: socket.socket,
+    commands: _socket.socket,
+    requests: _socket.socket,
 ) -> NoReturn:
     try:
         os.setpgid(0, 0)
@@ -172,6 +181,8 @@ def _become_repl(
         child_main(commands, requests)
     except BaseException:
         with contextlib.suppress(BaseException):
+            import traceback  # noqa: PLC0415 (only when the REPL fails to start)
+
             traceback.print_exc()
     finally:
         os._exit(70)
