@@ -19,7 +19,7 @@ pytestmark = pytest.mark.sandbox
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
 # bytes * n writes every byte: the pages are touched, not just reserved
 ALLOCATE = "x = b'x' * (150 * 10**6)\ndel x\n"
-STATS_KEYS = {"cpu_ms", "wall_ms", "mem_peak", "mem_peak_scope", "output_bytes", "output_truncated"}
+STATS_KEYS = {"cpu_ms", "wall_ms", "mem_peak", "mem_peak_scope", "output_bytes", "output_truncated", "oom_kills"}
 
 
 @pytest.fixture
