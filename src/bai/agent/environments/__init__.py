@@ -24,6 +24,16 @@ from bai.agent.environments.catalog import (
 from bai.agent.environments.host import HostProbe, Status, host_status, venv_link
 
 __all__ = [
-    "Catalog", "CatalogError", "Environment", "HostProbe", "Runtime", "Status", "UnknownEnvironment",
-    "batch_plan", "host_status", "load_catalog", "query_plan", "venv_link",
+    "Catalog",
+    "CatalogError",
+    "Environment",
+    "HostProbe",
+    "Runtime",
+    "Status",
+    "UnknownEnvironment",
+    "batch_plan",
+    "host_status",
+    "load_catalog",
+    "query_plan",
+    "venv_link",
 ]

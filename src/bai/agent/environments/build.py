@@ -150,8 +150,15 @@ def _stream(command: Sequence[str], on_line: Callable[[str], None], env: dict[st
     a non-zero exit is a ``BuildError`` ending with the last lines."""
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   stdin=subprocess.DEVNULL, env=env, bufsize=1)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            bufsize=1,
+        )
     except OSError as exc:
         raise BuildError(f"cannot run {command[0]}: {exc.strerror}") from None
     assert process.stdout is not None
@@ -183,8 +190,14 @@ def _apt_install(packages: Sequence[str], reporter: BuildReporter) -> None:
             reporter.progress(*status)
 
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = [*apt_command(packages)[:2], "-o", "APT::Status-Fd=1", "-o", "Dpkg::Use-Pty=0",
-               *apt_command(packages)[2:]]
+    command = [
+        *apt_command(packages)[:2],
+        "-o",
+        "APT::Status-Fd=1",
+        "-o",
+        "Dpkg::Use-Pty=0",
+        *apt_command(packages)[2:],
+    ]
     try:
         _stream(command, show, env)
     except BuildError as exc:
@@ -238,8 +251,17 @@ def _pip_install(python: Path, venv: Venv, reporter: BuildReporter) -> list[str]
         if detail is not None:
             reporter.progress(None, detail)
 
-    command = [str(python), "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
-               *venv.pip_args, *venv.requirements]
+    command = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        *venv.pip_args,
+        *venv.requirements,
+    ]
     _stream(command, show, {**os.environ, "PIP_NO_INPUT": "1"})
     return progress.installed
 
@@ -253,7 +275,7 @@ def _swap_link(link: Path, target: Path) -> None:
     fresh.symlink_to(target.name)
     fresh.replace(link)
     for old in link.parent.glob(f"{link.name}.*"):
-        if old != target and _BUILD_SUFFIX.fullmatch(old.name[len(link.name):]) and not old.is_symlink():
+        if old != target and _BUILD_SUFFIX.fullmatch(old.name[len(link.name) :]) and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -272,9 +294,15 @@ def _build_venv(env: Environment, venv: Venv, data_dir: Path, reporter: BuildRep
         if venv.requirements:
             reporter.step(f"pip install {' '.join(venv.requirements)}")
             installed = _pip_install(target / "bin" / "python", venv, reporter)
-        record = {"name": env.name, "tag": env.tag, "digest": venv.digest(), "python": venv.python,
-                  "requirements": list(venv.requirements), "installed": installed,
-                  "built_s": round(time.monotonic() - started, 1)}
+        record = {
+            "name": env.name,
+            "tag": env.tag,
+            "digest": venv.digest(),
+            "python": venv.python,
+            "requirements": list(venv.requirements),
+            "installed": installed,
+            "built_s": round(time.monotonic() - started, 1),
+        }
         (target / MARKER).write_text(json.dumps(record, indent=2))
         _swap_link(link, target)
     except BaseException:
@@ -283,8 +311,9 @@ def _build_venv(env: Environment, venv: Venv, data_dir: Path, reporter: BuildRep
     return BuildResult(env, True, f"built {env.key} in {time.monotonic() - started:.0f} s", target)
 
 
-def build_environment(env: Environment, data_dir: Path, reporter: BuildReporter,
-                      probe: HostProbe | None = None) -> BuildResult:
+def build_environment(
+    env: Environment, data_dir: Path, reporter: BuildReporter, probe: HostProbe | None = None
+) -> BuildResult:
     """Make ``env`` usable here: its Debian packages, then its venv. Idempotent."""
     probe = probe or HostProbe()
     installed = _ensure_debian(env, probe, reporter)

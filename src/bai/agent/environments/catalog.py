@@ -55,8 +55,12 @@ class Runtime(StrEnum):
     @property
     def query_mode(self) -> str:
         """How a query runs, in a word or two (``bai env list``)."""
-        return {Runtime.PYTHON: "REPL", Runtime.REPL: "REPL", Runtime.COMPILED: "compile-each",
-                Runtime.SCRIPT: "run-each"}[self]
+        return {
+            Runtime.PYTHON: "REPL",
+            Runtime.REPL: "REPL",
+            Runtime.COMPILED: "compile-each",
+            Runtime.SCRIPT: "run-each",
+        }[self]
 
 
 def placeholders(template: str) -> set[str]:
@@ -189,8 +193,11 @@ class Environment(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        needs = {Runtime.PYTHON: ("interpreter", self.interpreter), Runtime.REPL: ("repl", self.repl),
-                 Runtime.COMPILED: ("compile", self.compile)}
+        needs = {
+            Runtime.PYTHON: ("interpreter", self.interpreter),
+            Runtime.REPL: ("repl", self.repl),
+            Runtime.COMPILED: ("compile", self.compile),
+        }
         if self.runtime in needs and needs[self.runtime][1] is None:
             raise ValueError(f"runtime {self.runtime.value!r} needs field {needs[self.runtime][0]!r}")
         if self.repl is not None and self.runtime is not Runtime.REPL:
@@ -205,8 +212,13 @@ class Environment(_Model):
         return self
 
     def _templates(self) -> Iterator[tuple[str, str]]:
-        pairs = [("interpreter", self.interpreter), ("compile", self.compile), ("run", self.run),
-                 ("batch.build", self.batch.build), ("batch.exec", self.batch.exec)]
+        pairs = [
+            ("interpreter", self.interpreter),
+            ("compile", self.compile),
+            ("run", self.run),
+            ("batch.build", self.batch.build),
+            ("batch.exec", self.batch.exec),
+        ]
         yield from ((field, value) for field, value in pairs if value is not None)
 
 
@@ -278,8 +290,9 @@ def query_plan(env: Environment, code: str, venv: Path | None = None) -> QueryPl
     return QueryPlan(values["src"], compile_, _fill(env.run, values))
 
 
-def batch_plan(env: Environment, files: Collection[str], java_sources: Mapping[str, str] | None = None,
-               venv: Path | None = None) -> BatchPlan:
+def batch_plan(
+    env: Environment, files: Collection[str], java_sources: Mapping[str, str] | None = None, venv: Path | None = None
+) -> BatchPlan:
     """Batch ``*`` for the working dir's ``files``: a Makefile wins the build step;
     ``java_sources`` (name → text of the ``.java`` files) decide ``{class}``."""
     values = {"venv": _venv_value(env, venv), "class": java_main_class(java_sources or {})}
@@ -300,8 +313,10 @@ class Catalog:
             tags = [entry for entry in entries if entry.name == name]
             marked = [entry.tag for entry in tags if entry.default]
             if len(tags) > 1 and len(marked) != 1:
-                raise CatalogError(f"{origin}: environment {name!r} has {len(tags)} tags; exactly one needs "
-                                   f"default = true (now: {', '.join(marked) or 'none'})")
+                raise CatalogError(
+                    f"{origin}: environment {name!r} has {len(tags)} tags; exactly one needs "
+                    f"default = true (now: {', '.join(marked) or 'none'})"
+                )
             self._defaults[name] = marked[0] if marked else tags[0].tag
 
     def __iter__(self) -> Iterator[Environment]:

@@ -17,11 +17,20 @@ from bai.agent.environments.build import BuildError, NeedsRoot, NotInstallable, 
 from bai.agent.environments.catalog import Catalog, CatalogError, load_catalog
 from bai.agent.environments.host import Status, host_status
 
-_CATALOG = click.option("--catalog", "catalog_path", envvar="BAI_AGENT_ENVIRONMENT_CATALOG",
-                        type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-                        help="A catalog file instead of the shipped one.")
-_DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                         help="The agent's data dir (venvs go under environments/); default: the agent's.")
+_CATALOG = click.option(
+    "--catalog",
+    "catalog_path",
+    envvar="BAI_AGENT_ENVIRONMENT_CATALOG",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A catalog file instead of the shipped one.",
+)
+_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The agent's data dir (venvs go under environments/); default: the agent's.",
+)
 
 
 def _catalog(path: Path | None) -> Catalog:
@@ -43,12 +52,17 @@ def env() -> None:
 def _row(catalog: Catalog, status: Status) -> dict[str, object]:
     entry = status.env
     return {
-        "name": entry.name, "tag": entry.tag, "default": catalog.default_tag(entry.name) == entry.tag,
+        "name": entry.name,
+        "tag": entry.tag,
+        "default": catalog.default_tag(entry.name) == entry.tag,
         "runtime": entry.runtime.value,
-        "query_mode": entry.runtime.query_mode, "available": status.available, "reason": status.reason,
+        "query_mode": entry.runtime.query_mode,
+        "available": status.available,
+        "reason": status.reason,
         "debian": list(entry.host.debian),
         "venv": list(entry.host.venv.requirements) if entry.host.venv else None,
-        "venv_dir": str(status.venv_dir) if status.venv_dir else None, "notes": entry.notes,
+        "venv_dir": str(status.venv_dir) if status.venv_dir else None,
+        "notes": entry.notes,
     }
 
 
@@ -70,8 +84,14 @@ def list_(as_json: bool, catalog_path: Path | None, data_dir: Path | None) -> No
     for status in statuses:
         entry = status.env
         tag = f"{entry.tag}*" if catalog.default_tag(entry.name) == entry.tag else entry.tag
-        table.add_row(entry.name, tag, entry.runtime.value, entry.runtime.query_mode,
-                      "yes" if status.available else "no", status.reason)
+        table.add_row(
+            entry.name,
+            tag,
+            entry.runtime.value,
+            entry.runtime.query_mode,
+            "yes" if status.available else "no",
+            status.reason,
+        )
     console = Console(width=max(Console().width, 140) if not sys.stdout.isatty() else None)
     console.print(table)
     usable = sum(status.available for status in statuses)
@@ -119,8 +139,13 @@ def build(reference: str, catalog_path: Path | None, data_dir: Path | None) -> N
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from None
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-               TimeElapsedColumn(), TextColumn("{task.fields[detail]}", style="dim"))
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}", style="dim"),
+    )
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             reporter = _RichReporter(progress)

@@ -52,10 +52,14 @@ def _dpkg_missing(packages: Sequence[str]) -> set[str] | None:
     dpkg = shutil.which("dpkg-query")
     if dpkg is None or not packages:
         return None if dpkg is None else set()
-    result = subprocess.run([dpkg, "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
-                            capture_output=True, text=True, timeout=30, check=False)
-    installed = {line.split()[0].split(":")[0] for line in result.stdout.splitlines()
-                 if line.endswith(" installed")}
+    result = subprocess.run(
+        [dpkg, "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    installed = {line.split()[0].split(":")[0] for line in result.stdout.splitlines() if line.endswith(" installed")}
     return set(packages) - installed
 
 
@@ -101,8 +105,9 @@ def _venv_status(env: Environment, venv: Venv, data_dir: Path, probe: HostProbe)
     return Status(env, True, "", link.resolve())
 
 
-def environment_status(env: Environment, data_dir: Path, probe: HostProbe,
-                       missing_packages: set[str] | None = None) -> Status:
+def environment_status(
+    env: Environment, data_dir: Path, probe: HostProbe, missing_packages: set[str] | None = None
+) -> Status:
     """``env``'s availability; ``missing_packages`` is the catalog-wide dpkg answer
     (None: not known, the binaries decide)."""
     missing_binaries = [binary for binary in env.host.binaries if probe.which(binary) is None]
