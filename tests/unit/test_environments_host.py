@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bai.agent.environments.build import PipProgress, apt_status
+from bai.agent.environments.build import AptStatus, PipProgress, apt_status
 from bai.agent.environments.catalog import Environment, load_catalog, parse_catalog
 from bai.agent.environments.host import MARKER, HostProbe, host_status, venv_build_dir, venv_link
 
@@ -168,9 +168,13 @@ def test_pip_progress_summarises_pip_output() -> None:
 
 
 def test_apt_status_lines() -> None:
-    assert apt_status("pmstatus:lua5.4:50:Unpacking lua5.4 (amd64)") == (0.5, "Unpacking lua5.4 (amd64)")
-    assert apt_status("dlstatus:1:12.5:Retrieving file 1 of 3") == (0.125, "downloading: Retrieving file 1 of 3")
-    assert apt_status("pmstatus:x:250:too far") == (1.0, "too far")
+    assert apt_status("pmstatus:lua5.4:50:Unpacking lua5.4 (amd64)") == AptStatus(
+        "install", 0.5, "Unpacking lua5.4 (amd64)"
+    )
+    assert apt_status("dlstatus:1:12.5:Retrieving file 1 of 3") == AptStatus(
+        "download", 0.125, "Retrieving file 1 of 3"
+    )
+    assert apt_status("pmstatus:x:250:too far") == AptStatus("install", 1.0, "too far")
     assert apt_status("Reading package lists...") is None
     assert apt_status("pmstatus:x:nan%:?") is None
 

@@ -130,11 +130,21 @@ class PipProgress:
         return None
 
 
-def apt_status(line: str) -> tuple[float, str] | None:
-    """An ``APT::Status-Fd`` line (``pmstatus:pkg:percent:what`` or ``dlstatus:...``)
-    as (fraction, detail); None for any other line."""
+@dataclass(frozen=True)
+class AptStatus:
+    """One ``APT::Status-Fd`` line: the phase (``download`` or ``install``), how far, what."""
+
+    phase: str
+    fraction: float
+    detail: str
+
+
+def apt_status(line: str) -> AptStatus | None:
+    """An ``APT::Status-Fd`` line (``pmstatus:pkg:percent:what`` or ``dlstatus:...``);
+    None for any other line."""
     kind, _, rest = line.partition(":")
-    if kind not in ("pmstatus", "dlstatus"):
+    phases = {"dlstatus": "download", "pmstatus": "install"}
+    if kind not in phases:
         return None
     _, _, rest = rest.partition(":")
     percent, _, detail = rest.partition(":")
@@ -142,7 +152,7 @@ def apt_status(line: str) -> tuple[float, str] | None:
         fraction = min(max(float(percent) / 100, 0.0), 1.0)
     except ValueError:
         return None
-    return fraction, ("downloading: " if kind == "dlstatus" else "") + detail.strip()
+    return AptStatus(phases[kind], fraction, detail.strip())
 
 
 def _stream(command: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None) -> None:
@@ -184,10 +194,17 @@ def apt_command(packages: Sequence[str]) -> list[str]:
 
 
 def _apt_install(packages: Sequence[str], reporter: BuildReporter) -> None:
+    phase = ""
+
     def show(line: str) -> None:
+        nonlocal phase
         status = apt_status(line)
-        if status is not None:
-            reporter.progress(*status)
+        if status is None:
+            return
+        if status.phase != phase:  # each phase its own bar: a finished download is not a finished install
+            phase = status.phase
+            reporter.step(f"apt-get {phase} {' '.join(packages)}")
+        reporter.progress(status.fraction, status.detail)
 
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     command = [
@@ -205,7 +222,7 @@ def _apt_install(packages: Sequence[str], reporter: BuildReporter) -> None:
             raise
         reporter.step("apt-get update (the package lists are missing or old)")
         _stream(["apt-get", "update"], lambda line: reporter.progress(None, line[:80]), env)
-        reporter.step(f"apt-get install {' '.join(packages)}")
+        reporter.step(f"apt-get install {' '.join(packages)}: resolving")
         _stream(command, show, env)
 
 
@@ -222,7 +239,7 @@ def _ensure_debian(env: Environment, probe: HostProbe, reporter: BuildReporter) 
     packages = missing or list(host.debian)
     if os.geteuid() != 0:
         raise NeedsRoot(apt_command(packages))
-    reporter.step(f"apt-get install {' '.join(packages)}")
+    reporter.step(f"apt-get install {' '.join(packages)}: resolving")
     _apt_install(packages, reporter)
     still = [binary for binary in host.binaries if probe.which(binary) is None]
     if still:
