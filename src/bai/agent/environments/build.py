@@ -26,6 +26,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -155,7 +156,12 @@ def apt_status(line: str) -> AptStatus | None:
     return AptStatus(phases[kind], fraction, detail.strip())
 
 
-def _stream(command: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None) -> None:
+def _stream(
+    command: Sequence[str],
+    on_line: Callable[[str], None],
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> None:
     """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line``;
     a non-zero exit is a ``BuildError`` ending with the last lines."""
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -168,6 +174,7 @@ def _stream(command: Sequence[str], on_line: Callable[[str], None], env: dict[st
             stdin=subprocess.DEVNULL,
             env=env,
             bufsize=1,
+            pass_fds=pass_fds,
         )
     except OSError as exc:
         raise BuildError(f"cannot run {command[0]}: {exc.strerror}") from None
@@ -194,6 +201,8 @@ def apt_command(packages: Sequence[str]) -> list[str]:
 
 
 def _apt_install(packages: Sequence[str], reporter: BuildReporter) -> None:
+    """``apt-get install`` with its status lines on a pipe of their own: on fd 1 (stdout)
+    they break maintainer scripts (r-base-core's postinst fails writing to stdout)."""
     phase = ""
 
     def show(line: str) -> None:
@@ -206,24 +215,34 @@ def _apt_install(packages: Sequence[str], reporter: BuildReporter) -> None:
             reporter.step(f"apt-get {phase} {' '.join(packages)}")
         reporter.progress(status.fraction, status.detail)
 
+    def install(env: dict[str, str]) -> None:
+        read_fd, write_fd = os.pipe()
+        reader = threading.Thread(target=_read_lines, args=(read_fd, show), daemon=True)
+        reader.start()
+        command = [*apt_command(packages)[:2], "-o", f"APT::Status-Fd={write_fd}", "-o", "Dpkg::Use-Pty=0"]
+        try:
+            _stream([*command, *apt_command(packages)[2:]], lambda line: None, env, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+            reader.join(timeout=5)
+
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = [
-        *apt_command(packages)[:2],
-        "-o",
-        "APT::Status-Fd=1",
-        "-o",
-        "Dpkg::Use-Pty=0",
-        *apt_command(packages)[2:],
-    ]
     try:
-        _stream(command, show, env)
+        install(env)
     except BuildError as exc:
         if "Unable to locate package" not in str(exc) and "no installation candidate" not in str(exc):
             raise
         reporter.step("apt-get update (the package lists are missing or old)")
         _stream(["apt-get", "update"], lambda line: reporter.progress(None, line[:80]), env)
         reporter.step(f"apt-get install {' '.join(packages)}: resolving")
-        _stream(command, show, env)
+        phase = ""
+        install(env)
+
+
+def _read_lines(fd: int, on_line: Callable[[str], None]) -> None:
+    with open(fd, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            on_line(line.rstrip("\n"))
 
 
 def _ensure_debian(env: Environment, probe: HostProbe, reporter: BuildReporter) -> bool:

@@ -85,7 +85,9 @@ class _Model(BaseModel):
 
 class Repl(_Model):
     """A language REPL fed the query's code on stdin. The runner knows a query is done
-    when ``sentinel`` (code that prints ``{marker}`` to stdout and to stderr) has run."""
+    when ``sentinel`` (code that prints ``{marker}`` to stdout and to stderr) has run: the
+    marker counts where it is a whole line once ``prompt`` is stripped, since some REPLs
+    echo their input (with the marker in it) when stdin is not a terminal."""
 
     command: tuple[str, ...] = Field(min_length=1)
     sentinel: str
