@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,7 +42,12 @@ def _catalog(path: Path | None) -> Catalog:
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    return data_dir.expanduser().resolve() if data_dir else AgentConfig().data_dir
+    if data_dir:
+        return data_dir.expanduser().resolve()
+    try:
+        return AgentConfig().data_dir
+    except ValidationError as exc:
+        raise click.ClickException(f"the agent's settings (BAI_AGENT_*) are invalid: {exc}") from None
 
 
 @click.group("env")
