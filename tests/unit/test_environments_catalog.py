@@ -99,6 +99,10 @@ def test_load_from_a_file(tmp_path: Path) -> None:
         (('name = "c"', 'name = "C!"'), r"field 'name'"),
         (('extension = "c"', 'extension = "c"\ncolour = "red"'), r"field 'colour': Extra inputs"),
         (('exec = "./main"', 'exec = "./{class}"'), r"field 'batch.exec': unknown placeholder \{class\}"),
+        (
+            ('exec = "./main"', 'exec = "./{out}"'),
+            r"field 'batch.exec': unknown placeholder \{out\} \(known here: none\)",
+        ),
         (('exec = "./main" }', 'exec = "./main" }\nhost = { debian = ["Bad Name"] }'), r"field 'host.debian'"),
         (
             ('run = "./{out}"', 'run = "./{out}"\nrepl = { command = ["x"], sentinel = "{marker}" }'),

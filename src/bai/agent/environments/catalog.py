@@ -204,24 +204,27 @@ class Environment(_Model):
             raise ValueError(f"runtime {self.runtime.value!r} needs field {needs[self.runtime][0]!r}")
         if self.repl is not None and self.runtime is not Runtime.REPL:
             raise ValueError(f"field 'repl' is for runtime 'repl', not {self.runtime.value!r}")
-        extra = {"class"} if self.source == "public-class" else set()
-        extra |= {"venv"} if self.host.venv else set()
-        for field, template in self._templates():
+        for field, template, allowed in self._templates():
             try:
-                _check_template(template, {"src", "out"} | extra)
+                _check_template(template, allowed)
             except (ValueError, CatalogError) as exc:
                 raise ValueError(f"field {field!r}: {exc}") from None
         return self
 
-    def _templates(self) -> Iterator[tuple[str, str]]:
-        pairs = [
-            ("interpreter", self.interpreter),
-            ("compile", self.compile),
-            ("run", self.run),
-            ("batch.build", self.batch.build),
-            ("batch.exec", self.batch.exec),
+    def _templates(self) -> Iterator[tuple[str, str, set[str]]]:
+        """Each command template with the placeholders its caller fills (``query_plan``,
+        ``batch_plan``, the sandbox start for ``interpreter``)."""
+        venv = {"venv"} if self.host.venv else set()
+        extra = venv | ({"class"} if self.source == "public-class" else set())
+        query = {"src", "out"} | extra
+        fields = [
+            ("interpreter", self.interpreter, venv),
+            ("compile", self.compile, query),
+            ("run", self.run, query),
+            ("batch.build", self.batch.build, extra),
+            ("batch.exec", self.batch.exec, extra),
         ]
-        yield from ((field, value) for field, value in pairs if value is not None)
+        yield from ((field, value, allowed) for field, value, allowed in fields if value is not None)
 
 
 @dataclass(frozen=True)
