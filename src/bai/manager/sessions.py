@@ -115,8 +115,9 @@ class LiveSession:
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _session_to_row(session: LiveSession) -> SessionRow:
-    return SessionRow(
+def _session_values(session: LiveSession) -> dict[str, Any]:
+    """The session's row, as the column values of one upsert."""
+    return dict(
         id=session.id,
         name=session.name,
         access_key=session.access_key,
@@ -301,9 +302,11 @@ class SessionRegistry:
         self._live[session.id] = session
         self._names[(session.access_key, name)] = session.id
         self._pending.append(session.id)
-        await self._persist(session)
         self._publish(session)
         self._schedule()
+        # the placement starts while the row is written: _persist takes the session's
+        # write lock before this task first yields, so the insert still comes first
+        await self._persist(session)
         return session, True
 
     def _generate_name(self, access_key: str) -> str:
@@ -367,9 +370,8 @@ class SessionRegistry:
         async with session.lock:
             if session.status != st.PENDING:  # cancelled between placement and this task
                 return
-            # SCHEDULED is published but not written: PREPARING follows at once, and one
-            # database write fewer matters on the warm pool's ~10 ms create path
-            await self._transition(session, st.SCHEDULED, persist=False)
+            # SCHEDULED and PREPARING are published, not written (lifecycle.PERSISTED)
+            await self._transition(session, st.SCHEDULED)
             await self._transition(session, st.PREPARING)
             try:
                 await self._agents.link(session.agent_id).create_session(_sandbox_spec(session))
@@ -452,14 +454,12 @@ class SessionRegistry:
                 raise SessionRestartFailed(f"session {session.name} could not restart: {exc.message}") from exc
             await self._transition(session, st.RUNNING)
 
-    async def _transition(
-        self, session: LiveSession, status: str, info: str | None = None, *, persist: bool = True
-    ) -> None:
+    async def _transition(self, session: LiveSession, status: str, info: str | None = None) -> None:
         st.check_transition(session.status, status)
         session.status, session.status_info = status, info
         if status in st.SETTLED:
             session.settled.set()
-        if persist:
+        if status in st.PERSISTED:
             await self._persist(session)
         self._publish(session)
 
@@ -484,9 +484,7 @@ class SessionRegistry:
 
     async def _persist(self, session: LiveSession) -> None:
         async with session.write_lock:
-            row = _session_to_row(session)
-            async with self._db.sessionmaker() as s, s.begin():
-                await s.merge(row)
+            await self._db.upsert(SessionRow, _session_values(session))
 
     # -- agents come and go -----------------------------------------------------------
 

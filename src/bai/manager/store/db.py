@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -34,6 +37,18 @@ class Database:
         """Bring the schema to the newest revision."""
         async with self.engine.begin() as conn:
             await conn.run_sync(_upgrade)
+
+    async def upsert(self, table: type[DeclarativeBase], values: dict[str, Any]) -> None:
+        """Insert a row, or update every given column of the row with its primary key:
+        one statement, no read first (the ORM's merge reads, then writes)."""
+        insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        keys = [column.name for column in table.__table__.primary_key]
+        stmt = insert(table).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={name: stmt.excluded[name] for name in values if name not in keys}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
 
     async def close(self) -> None:
         await self.engine.dispose()
