@@ -199,3 +199,17 @@ async def test_the_pool_empties_under_memory_pressure_and_refills_after() -> Non
         pool.min_available_mem = 1
         pool.check_memory()
         assert await pool_count(agent, 2) == 2
+
+
+async def test_a_claimed_sandbox_has_the_preloaded_modules_and_a_bad_one_does_not_stop_it() -> None:
+    # colorsys and wave: standard modules nothing imports on its own
+    async with running_agent(pool_size=1, python_preload="colorsys, wave,no_such_module_here") as agent:
+        await pool_count(agent, 1)
+        assert isinstance(agent.backend, LocalBackend)
+        pooled = {s.name for s in agent.backend.sandboxes.values()}
+        session = await new_session(agent)
+        assert agent.backend.sandboxes[session].name in pooled
+        code = "import sys\nprint(sorted(m for m in ('colorsys', 'wave', 'no_such_module_here') if m in sys.modules))"
+        result = await run(agent, session, code)
+        assert stdout_of(result) == "['colorsys', 'wave']\n", stderr_of(result)
+        assert "colorsys" not in stdout_of(await run(agent, session, "print(sorted(globals()))"))  # not bound

@@ -201,3 +201,10 @@ def test_agent_id_must_be_a_path_component() -> None:
     with pytest.raises(ValueError):
         AgentConfig(agent_id="../etc")
     assert os.sep not in AgentConfig().agent_id
+
+
+def test_python_preload_is_a_list_of_module_names() -> None:
+    assert AgentConfig(python_preload=" json, re ,").preload_modules == ("json", "re")
+    assert AgentConfig().preload_modules == ()
+    with pytest.raises(ValueError, match="not module names"):
+        AgentConfig(python_preload="os;rm -rf")

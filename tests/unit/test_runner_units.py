@@ -189,3 +189,13 @@ def test_python_version_is_platforms() -> None:
 def test_timers_order_by_time_then_sequence() -> None:
     timers = [Timer(2.0, 1, lambda: None), Timer(1.0, 3, lambda: None), Timer(1.0, 2, lambda: None)]
     assert [(t.when, t.seq) for t in sorted(timers)] == [(1.0, 2), (1.0, 3), (2.0, 1)]
+
+
+def test_preload_imports_and_reports_failures(capsys: pytest.CaptureFixture[str]) -> None:
+    from bai.runner.main import parse_args, preload
+
+    assert parse_args(["--fd", "3", "--preload", "json,re"]).preload == "json,re"
+    assert parse_args(["--fd", "3"]).preload == ""
+    assert preload("json, colorsys,,no_such_module_here") == ["no_such_module_here"]
+    assert "cannot preload no_such_module_here" in capsys.readouterr().err
+    assert "colorsys" in sys.modules

@@ -46,13 +46,18 @@ if TYPE_CHECKING:
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
-USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS]" % "|".join(sorted(ENGINES))
+USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]" % "|".join(
+    sorted(ENGINES)
+)
 
 
 class Options(Record):
     fd: int
     engine: str = "python"
     interrupt_grace: float = 2.0
+    # modules imported before the REPL is forked: a claimed pooled session finds them
+    # loaded, and their pages are shared with every REPL the runner forks
+    preload: str = ""
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -62,7 +67,7 @@ def parse_args(argv: List[str]) -> Options:
     while rest:
         flag = rest.pop(0)
         name, eq, value = flag.partition("=")
-        if name not in ("--fd", "--engine", "--interrupt-grace"):
+        if name not in ("--fd", "--engine", "--interrupt-grace", "--preload"):
             raise SystemExit("%s\nunknown argument %r" % (USAGE, flag))
         if not eq:
             if not rest:
@@ -74,6 +79,7 @@ def parse_args(argv: List[str]) -> Options:
             fd=int(values["--fd"]),
             engine=values.get("--engine", "python"),
             interrupt_grace=float(values.get("--interrupt-grace", "2")),
+            preload=values.get("--preload", ""),
         )
     except (KeyError, ValueError) as exc:
         raise SystemExit("%s\nbad or missing argument: %s" % (USAGE, exc)) from None
@@ -156,14 +162,28 @@ def _ensure_std_fds() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> NoReturn:
-    _start_collecting()
     options = parse_args(sys.argv[1:] if argv is None else argv)
     _ensure_std_fds()
+    preload(options.preload)
+    _start_collecting()
     set_dumpable(False)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     sock = _socket.socket(fileno=options.fd)
     Runner(sock, options).run()
     _exit_now()
+
+
+def preload(names: str) -> List[str]:
+    """Import each of the comma-separated modules; returns those that failed, each
+    reported on stderr (the sandbox's diagnostics), as the session works without them."""
+    failed = []
+    for name in filter(None, (part.strip() for part in names.split(","))):
+        try:
+            __import__(name)
+        except BaseException as exc:
+            failed.append(name)
+            sys.stderr.write("bai runner: cannot preload %s: %r\n" % (name, exc))
+    return failed
 
 
 def _start_collecting() -> None:

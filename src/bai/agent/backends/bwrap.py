@@ -130,6 +130,7 @@ class SandboxCommand:
     environ: Mapping[str, str]
     tmp_size: int
     seccomp: bool = True  # the program is on SECCOMP_FD
+    preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
 
     def argv(self) -> list[str]:
         args = [
@@ -158,6 +159,8 @@ class SandboxCommand:
             args += ["--setenv", name, value]
         args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT]
         args += ["--fd", str(SOCKET_FD), "--engine", self.engine]
+        if self.preload:
+            args += ["--preload", ",".join(self.preload)]
         return args
 
 

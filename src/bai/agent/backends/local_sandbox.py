@@ -138,6 +138,7 @@ class LocalSandbox(Sandbox):
             runner_python=config.runner_python,
             engine=ENVIRONMENTS[self.spec.environment],
             environ=self.spec.environ,
+            preload=config.preload_modules,
             tmp_size=config.tmp_size,
             seccomp=self.spec.environment in self.host.seccomp,
         ).argv()
