@@ -171,3 +171,14 @@ def test_an_unknown_image_is_one_error_line(server: Any) -> None:
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_limits_are_set_per_session(server: Any) -> None:
+    slow = bai(server, "run", "python", "-c", "import time; time.sleep(20)", "-l", "execTimeout=1")
+    assert slow.returncode == 124, slow.stderr
+    assert "time limit" in slow.stderr
+    flood = bai(server, "run", "python", "-c", "print('x' * 300000)", "--limit", "output=64k")
+    assert flood.returncode == 0, flood.stderr
+    assert len(flood.stdout) <= 64 * 1024 and "output truncated" in flood.stderr
+    typo = bai(server, "run", "python", "-c", "1", "-l", "exectimeout=1")
+    assert typo.returncode == 2 and "unknown limit exectimeout" in typo.stderr

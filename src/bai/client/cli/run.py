@@ -44,6 +44,9 @@ def parse_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     return pairs
 
 
+LIMIT_NAMES = frozenset({"pids", "scratch", "execTimeout", "idleTimeout", "maxLifetime", "output"})
+
+
 @dataclass(frozen=True)
 class RunPlan:
     image: str
@@ -53,6 +56,7 @@ class RunPlan:
     show_stats: bool
     envs: Mapping[str, str] = field(default_factory=dict)
     resources: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
 
 
 @click.command()
@@ -82,6 +86,15 @@ class RunPlan:
     metavar="SLOT=AMOUNT",
     help="e.g. cpu=1, mem=512m.",
 )
+@click.option(
+    "-l",
+    "--limit",
+    multiple=True,
+    callback=parse_pairs,
+    metavar="NAME=VALUE",
+    help="A limit of the new session, within the keypair's policy: pids, scratch, execTimeout, "
+    "idleTimeout, maxLifetime (seconds), output (per run), e.g. execTimeout=30, scratch=256m.",
+)
 @pass_state
 @click.pass_context
 def run(
@@ -96,6 +109,7 @@ def run(
     stats: bool,
     env: dict[str, str],
     resource: dict[str, str],
+    limit: dict[str, str],
 ) -> None:
     """Run code in a session of IMAGE (e.g. python).
 
@@ -105,8 +119,15 @@ def run(
     """
     if (code is None) == (file is None):
         raise click.UsageError("give the code to run either with -c CODE or as a FILE")
+    unknown = sorted(set(limit) - LIMIT_NAMES)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown limit {', '.join(unknown)} (known: {', '.join(sorted(LIMIT_NAMES))})", param_hint="--limit"
+        )
     source = code if code is not None else file.read() if file is not None else ""
-    plan = RunPlan(image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource)
+    plan = RunPlan(
+        image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource, limits=limit
+    )
     try:
         exit_code = asyncio.run(run_once(state.config, plan, Terminal()))
     except KeyboardInterrupt:
@@ -118,7 +139,7 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
     """Create (or reuse) the session, stream one run, destroy the session when the plan says so."""
     async with AsyncSession(config) as api:
         session = await api.ComputeSession.get_or_create(
-            plan.image, name=plan.name, envs=plan.envs, resources=plan.resources
+            plan.image, name=plan.name, envs=plan.envs, resources=plan.resources, limits=plan.limits or None
         )
         try:
             exit_code = await stream_run(session, plan.code, terminal)
@@ -147,7 +168,7 @@ async def stream_run(session: AsyncComputeSession, code: str, terminal: Terminal
                     await stream.send_input(await terminal.read_line(password=frame.is_password))
                 elif frame.status == "exec-timeout":
                     print_error("the run hit its time limit")
-                    return frame.exitCode or EXIT_TIMED_OUT
+                    return EXIT_TIMED_OUT  # whatever the interrupted code exited with, as timeout(1) does
                 elif frame.status == "finished":
                     return frame.exitCode or 0
     except asyncio.CancelledError:
