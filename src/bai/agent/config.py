@@ -53,6 +53,13 @@ class AgentConfig(BaseSettings):
     #: a dir of per-environment overlays, ``<environment>.toml``, applied after seccomp_overlay
     seccomp_environment_dir: Path | None = None
 
+    #: NVIDIA GPUs offered as ``cuda.device`` slots (bai.agent.gpu): "auto" finds them through
+    #: NVML or nvidia-smi, "off" offers none
+    gpus: Literal["auto", "off"] = "auto"
+    #: pretend the host has this many GPUs (their nodes are files in the agent's share root):
+    #: scheduling, allocation and isolation tests on machines without one
+    fake_gpus: int = Field(default=0, ge=0, le=64)
+
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)
     default_mem: int = 2**30

@@ -131,6 +131,13 @@ class SandboxCommand:
     tmp_size: int
     seccomp: bool = True  # the program is on SECCOMP_FD
     preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
+    devices: tuple[str, ...] = ()  # host device nodes (its GPUs'), each bound at /dev/<its name>
+
+    def _device_binds(self) -> list[str]:
+        args = []
+        for node in self.devices:
+            args += ["--dev-bind", node, f"/dev/{Path(node).name}"]
+        return args
 
     def argv(self) -> list[str]:
         args = [
@@ -143,6 +150,7 @@ class SandboxCommand:
             "--ro-bind-data", str(GROUP_FD), "/etc/group",
             "--ro-bind-data", str(HOSTS_FD), "/etc/hosts",
             "--proc", "/proc", "--dev", "/dev",
+            *self._device_binds(),
             "--size", str(self.tmp_size), "--tmpfs", "/dev/shm",
             "--remount-ro", "/dev",  # not recursive: /dev/shm and /dev/pts stay writable
             "--size", str(self.tmp_size), "--tmpfs", "/tmp",

@@ -26,13 +26,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar
 
-from bai.agent import cgroups
+from bai.agent import cgroups, gpu
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.child import Spawner
 from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandbox, kill_cgroup
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
+from bai.agent.gpu import GpuAllocator, GpuDevice, GpuError, GpuInventory, gpu_count
 from bai.agent.mounts import unmount_under
 from bai.agent.scratch import (
     Scratch,
@@ -180,6 +181,7 @@ class LocalBackend(Backend):
             self._unlock_data_dir()
             raise BackendUnavailable(f"scratch disks: {exc}") from exc
         self.scratch_kind = disks.kind
+        inventory = self._gpu_inventory()
         self.host = LocalHost(
             config=config,
             cgroups=driver,
@@ -188,6 +190,8 @@ class LocalBackend(Backend):
             runner_dir=runner_dir,
             spawner=Spawner(),
             scratch=disks,
+            gpus=inventory,
+            gpu_allocator=GpuAllocator(inventory.devices),
             released=self._released,
             renamed=self._renamed,
         )
@@ -322,8 +326,24 @@ class LocalBackend(Backend):
             await asyncio.to_thread(shutil.rmtree, self.share_root, True)
         self._unlock_data_dir()
 
+    def _gpu_inventory(self) -> GpuInventory:
+        config = self.config
+        if config.gpus == "off":
+            return GpuInventory((), Path("/dev"))
+        try:
+            inventory = gpu.discover(config.fake_gpus, self.share_root / "fake-gpus")  # sandboxes reach it
+        except (OSError, GpuError) as exc:
+            log.warning("no GPUs offered: %s", exc)
+            return GpuInventory((), Path("/dev"))
+        for device in inventory.devices:
+            log.info("GPU %d: %s (%s, %d MiB)", device.index, device.name, device.uuid, device.memory // 2**20)
+        return inventory
+
     def capacity(self) -> dict[str, Decimal]:
-        return {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+        slots = {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+        if self.host is not None and self.host.gpus.devices:
+            slots["cuda.device"] = Decimal(len(self.host.gpus.devices))
+        return slots
 
     def environments(self) -> list[str]:
         return sorted(ENVIRONMENTS)
@@ -332,14 +352,15 @@ class LocalBackend(Backend):
         return self.scratch_kind
 
     def poolable(self, spec: SandboxSpec) -> bool:
-        if self.host is None:
-            return False
+        if self.host is None or spec.resources.get("cuda.device", "0") not in ("0", ""):
+            return False  # devices are bound when a sandbox starts: a GPU session starts cold
         disks = self.host.scratch
         return disks.cap_for(spec.scratch_bytes) == disks.cap_for(None)
 
     async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
         if self.host is None:
             raise SessionCreationFailed("the local backend is not started")
+        devices = self._allocate_gpus(spec)
         uid = self.uids.acquire() if self.switch_uid else None
         owner = uid if uid is not None else os.geteuid()
         try:
@@ -347,10 +368,11 @@ class LocalBackend(Backend):
         except BaseException as exc:
             if uid is not None:
                 self.uids.release(uid)
+            self.host.gpu_allocator.release(spec.session_id)
             if isinstance(exc, ScratchError):
                 raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
             raise
-        sandbox = LocalSandbox(self.host, spec, limits, uid, scratch)
+        sandbox = LocalSandbox(self.host, spec, limits, uid, scratch, devices)
         self.sandboxes[spec.session_id] = sandbox
         try:
             await sandbox.start()
@@ -361,9 +383,18 @@ class LocalBackend(Backend):
             raise SessionCreationFailed(f"cannot start the sandbox: {exc}") from exc
         return sandbox
 
+    def _allocate_gpus(self, spec: SandboxSpec) -> list[GpuDevice]:
+        assert self.host is not None
+        try:
+            return self.host.gpu_allocator.allocate(spec.session_id, gpu_count(spec.resources))
+        except GpuError as exc:
+            raise SessionCreationFailed(f"cannot give the session its GPUs: {exc}") from exc
+
     def _released(self, sandbox: LocalSandbox) -> None:
         if sandbox.uid is not None:
             self.uids.release(sandbox.uid)
+        if self.host is not None:
+            self.host.gpu_allocator.release(sandbox.name)
         self.sandboxes.pop(sandbox.session_id, None)
 
     def _renamed(self, sandbox: LocalSandbox, old_id: str) -> None:

@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
+from bai.agent.gpu import GpuAllocator, GpuDevice, GpuInventory, visible_devices
 from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
@@ -62,6 +63,8 @@ class LocalHost:
     runner_dir: Path
     spawner: Spawner
     scratch: ScratchDisks
+    gpus: GpuInventory  # the host's GPUs (none, real, or a fake inventory)
+    gpu_allocator: GpuAllocator  # which session holds which of them
     released: Callable[[LocalSandbox], None]  # called once a sandbox has let go of everything
     renamed: Callable[[LocalSandbox, str], None]  # (sandbox, old session id): a pooled one was claimed
 
@@ -96,8 +99,17 @@ def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
 
 
 class LocalSandbox(Sandbox):
-    def __init__(self, host: LocalHost, spec: SandboxSpec, limits: Limits, uid: int | None, scratch: Scratch) -> None:
+    def __init__(
+        self,
+        host: LocalHost,
+        spec: SandboxSpec,
+        limits: Limits,
+        uid: int | None,
+        scratch: Scratch,
+        gpus: Sequence[GpuDevice] = (),
+    ) -> None:
         self.host = host
+        self.gpus = tuple(gpus)  # its devices, allocated by the backend for as long as it lives
         self.name = spec.session_id  # of the cgroup and scratch dir; a pooled one keeps it when claimed
         self.session_id = spec.session_id
         self.spec = spec
@@ -137,11 +149,17 @@ class LocalSandbox(Sandbox):
             runner_dir=self.host.runner_dir,
             runner_python=config.runner_python,
             engine=ENVIRONMENTS[self.spec.environment],
-            environ=self.spec.environ,
+            environ=self._environ(),
             preload=config.preload_modules,
+            devices=tuple(str(node) for node in self.host.gpus.nodes_for(self.gpus)),
             tmp_size=config.tmp_size,
             seccomp=self.spec.environment in self.host.seccomp,
         ).argv()
+
+    def _environ(self) -> dict[str, str]:
+        if not self.gpus:
+            return dict(self.spec.environ)
+        return {**self.spec.environ, "CUDA_VISIBLE_DEVICES": visible_devices(self.gpus)}
 
     async def _spawn(self) -> None:
         agent_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
