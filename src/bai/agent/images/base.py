@@ -62,15 +62,16 @@ def _debootstrap(recipe: BaseRecipe, target: Path, reporter: BuildReporter) -> N
     if os.geteuid() != 0:
         raise DockerError("debootstrap needs root: run `bai image build` as root to make the base image")
     command = recipe.debootstrap_command(str(target))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    assert process.stdout is not None
     tail: list[str] = []
-    for line in process.stdout:
-        text = line.strip()
-        tail = [*tail[-14:], text]
-        if text.startswith("I: ") and text[3:].startswith(_DEBOOTSTRAP_STEPS):
-            reporter.progress(None, text[3:][:100])
-    if process.wait() != 0:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            text = line.strip()
+            tail = [*tail[-14:], text]
+            if text.startswith("I: ") and text[3:].startswith(_DEBOOTSTRAP_STEPS):
+                reporter.progress(None, text[3:][:100])
+        returncode = process.wait()
+    if returncode != 0:
         raise DockerError("debootstrap failed:\n" + "\n".join(tail))
 
 

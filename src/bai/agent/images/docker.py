@@ -237,11 +237,13 @@ class Docker:
             )
         except OSError as exc:
             raise DockerUnavailable(f"cannot run {self.binary}: {exc}") from exc
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(dockerfile)
-        process.stdin.close()
-        for line in process.stdout:
-            tail.append(line.rstrip())
-            on_line(line)
-        if process.wait() != 0:
+        with process:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(dockerfile)
+            process.stdin.close()
+            for line in process.stdout:
+                tail.append(line.rstrip())
+                on_line(line)
+            returncode = process.wait()
+        if returncode != 0:
             raise DockerError(f"docker build {ref} failed:\n" + "\n".join(tail))
