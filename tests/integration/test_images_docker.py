@@ -170,3 +170,33 @@ def test_register_refuses_a_base_that_is_not_a_kernel_image(python_image: str, t
     dockerfile.write_text("FROM bai/nothing-here:1\n")
     result = CliRunner().invoke(image_cli, ["register", "test-refused:1", "--dockerfile", str(dockerfile)])
     assert "is not a local image" in result.output
+
+
+TINY_VENV = """
+[[environment]]
+name = "test-tinyvenv"
+tag = "1"
+runtime = "python"
+interpreter = "{venv}/bin/python"
+extension = "py"
+run = "{venv}/bin/python {src}"
+batch = { exec = "{venv}/bin/python main.py" }
+host = { binaries = ["/usr/bin/python3"], venv = { python = "/usr/bin/python3", requirements = ["six==1.16.0"] } }
+"""
+
+
+@pytest.fixture
+def venv_image(docker: Docker) -> Iterator[str]:
+    ref = "bai/test-tinyvenv:1"
+    yield ref
+    subprocess.run([docker.binary, "rmi", "--force", ref], capture_output=True, check=False)
+
+
+def test_venv_entry_gets_its_venv_from_pypi(python_image: str, venv_image: str, docker: Docker) -> None:
+    """pip in the build reaches PyPI as the host does (its hosts entries, its CA bundle as a
+    secret); the venv is at the fixed path and the CA bundle is in no layer."""
+    results = build_images(docker, list(parse_catalog(TINY_VENV)), BASE, default_cache_dir(), Recorder())
+    assert results[1].ref == venv_image and results[1].action.startswith("built")
+    code = "import six, os; print(six.__version__, os.path.exists('/run/secrets/pip-cert'))"
+    assert _run(venv_image, "/opt/bai/venv/bin/python", "-c", code) == "1.16.0 False"
+    assert (docker.labels(venv_image) or {})["ai.backend.runtime-path"] == "/opt/bai/venv/bin/python"
