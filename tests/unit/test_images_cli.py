@@ -200,3 +200,11 @@ def test_image_info_from_inspect() -> None:
     info = ImageInfo.from_inspect(data)
     assert info.tags == ("bai/python:3.11",) and info.size == 7 and info.labels == {"bai.environment": "python:3.11"}
     assert ImageInfo.from_inspect({"Id": "x", "Config": {"Labels": None}}).labels == {}
+
+
+def test_dockerfile_command_prints_the_recipe(catalog: Catalog) -> None:
+    result = CliRunner().invoke(image_cli, ["dockerfile", "lua", "--mirror", "http://deb.debian.org/debian"])
+    assert result.exit_code == 0, result.output
+    assert result.output == image_recipe(catalog.resolve("lua:5.4"), BASE).dockerfile()
+    refused = CliRunner().invoke(image_cli, ["dockerfile", "julia"])
+    assert refused.exit_code == 1 and "no install route" in refused.output

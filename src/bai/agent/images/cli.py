@@ -28,6 +28,7 @@ from bai.agent.images.recipe import (
     L_ENVIRONMENT,
     BaseRecipe,
     RecipeError,
+    image_recipe,
     mirror_from_sources,
 )
 
@@ -242,3 +243,17 @@ def register(reference: str, dockerfile: Path, context: Path | None, catalog_pat
     except (DockerError, RecipeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.ref} {result.environment}: {result.action}")
+
+
+@image.command("dockerfile")
+@click.argument("reference", metavar="NAME[:TAG]")
+@_CATALOG
+@_MIRROR
+@_SUITE
+def dockerfile(reference: str, catalog_path: Path | None, mirror: str | None, suite: str) -> None:
+    """Print the Dockerfile `bai image build` generates for NAME[:TAG] (no Docker needed)."""
+    try:
+        entry = _catalog(catalog_path).resolve(reference)
+        click.echo(image_recipe(entry, _base(suite, mirror)).dockerfile(), nl=False)
+    except (CatalogError, RecipeError) as exc:
+        raise click.ClickException(str(exc)) from None
