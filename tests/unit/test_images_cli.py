@@ -208,3 +208,12 @@ def test_dockerfile_command_prints_the_recipe(catalog: Catalog) -> None:
     assert result.output == image_recipe(catalog.resolve("lua:5.4"), BASE).dockerfile()
     refused = CliRunner().invoke(image_cli, ["dockerfile", "julia"])
     assert refused.exit_code == 1 and "no install route" in refused.output
+
+
+def test_all_selects_every_entry_with_an_install_route(catalog: Catalog) -> None:
+    from bai.agent.images.cli import _select
+
+    keys = [entry.key for entry in _select(catalog, (), True)]
+    assert "julia:1" not in keys
+    assert len(keys) == len(catalog) - 1
+    assert [entry.key for entry in _select(catalog, ("python", "python:3.11", "r"), False)] == ["python:3.11", "r:4.2"]

@@ -29,6 +29,7 @@ from bai.agent.images.recipe import (
     BaseRecipe,
     RecipeError,
     image_recipe,
+    installable,
     mirror_from_sources,
 )
 
@@ -90,6 +91,8 @@ class _RichReporter:
         self._task: TaskID | None = None
 
     def step(self, title: str) -> None:
+        if self._task is not None and self._progress.tasks[-1].total is None:
+            self._progress.update(self._task, total=1, completed=1)  # a step without a fraction ends
         self._task = self._progress.add_task(title, total=None, detail="")
 
     def progress(self, fraction: float | None, detail: str) -> None:
@@ -120,11 +123,19 @@ def image() -> None:
     """Kernel images for the docker backend, built here from the environment catalog."""
 
 
+def _installable(entry: Environment) -> bool:
+    try:
+        installable(entry)
+    except RecipeError:
+        return False
+    return True
+
+
 def _select(catalog: Catalog, references: tuple[str, ...], every: bool) -> list[Environment]:
     if every and references:
         raise click.UsageError("give environments or --all, not both")
     if every:
-        return [entry for entry in catalog if not (entry.host.unavailable and not entry.host.debian)]
+        return [entry for entry in catalog if _installable(entry)]
     if not references:
         raise click.UsageError("name the environments to build (NAME or NAME:TAG), or --all")
     try:

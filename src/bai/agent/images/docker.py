@@ -194,8 +194,9 @@ class Docker:
         return dict(found[0].labels) if found else None
 
     def images(self, label: str) -> list[ImageInfo]:
-        """Every local image that carries ``label``, one entry per image ID."""
-        ids = self._run(["image", "ls", "--quiet", "--no-trunc", "--filter", f"label={label}"]).split()
+        """Every tagged local image that carries ``label`` (an older build left untagged is not one)."""
+        args = ["image", "ls", "--quiet", "--no-trunc", "--filter", f"label={label}", "--filter", "dangling=false"]
+        ids = self._run(args).split()
         return self.inspect(dict.fromkeys(ids))
 
     def import_tarball(self, tarball: Path, ref: str, changes: Sequence[str]) -> str:
