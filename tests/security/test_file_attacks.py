@@ -22,10 +22,20 @@ from typing import Any
 
 import pytest
 
+from bai.agent import files
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(autouse=True, params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each attack against openat2 and against the walk used where the kernel lacks it
+    (the embedded server runs in this process)."""
+    if request.param == "walk":
+        monkeypatch.setattr(files, "_openat2_works", False)
+    return str(request.param)
 
 
 def new_session(api: SignedClient) -> tuple[str, str]:

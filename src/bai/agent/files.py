@@ -101,6 +101,17 @@ def _openat2(dir_fd: int, path: str, flags: int, mode: int) -> int:
     raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
 
 
+def _open_nofollow(dir_fd: int, name: str, flags: int, mode: int = 0) -> int:
+    """openat of one name, never through a link: ELOOP for a link (with O_DIRECTORY the
+    kernel says ENOTDIR; told apart by an lstat)."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except NotADirectoryError:
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link", name) from None
+        raise
+
+
 def _walk_open(dir_fd: int, path: str, flags: int, mode: int) -> int:
     """openat2's guarantees without it: one component at a time, each opened
     ``O_NOFOLLOW`` (a link fails with ELOOP) and checked to be on the root's device."""
@@ -109,13 +120,13 @@ def _walk_open(dir_fd: int, path: str, flags: int, mode: int) -> int:
     current = dir_fd
     try:
         for part in parts[:-1]:
-            child = os.open(part, DIR_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+            child = _open_nofollow(current, part, DIR_FLAGS)
             if current != dir_fd:
                 os.close(current)
             current = child
             if os.fstat(current).st_dev != device:
                 raise OSError(errno.EXDEV, "crosses a mount point", path)
-        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=current)
+        fd = _open_nofollow(current, parts[-1], flags, mode)
         if os.fstat(fd).st_dev != device:
             os.close(fd)
             raise OSError(errno.EXDEV, "crosses a mount point", path)
