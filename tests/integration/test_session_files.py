@@ -180,3 +180,24 @@ def test_another_keypairs_session_is_404(api: SignedClient, session: str) -> Non
     finally:
         other.close()
     assert "x" not in listing(api, session)
+
+
+@pytest.fixture
+def small_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bai.agent import scratch
+
+    if (reason := scratch.hostfile_unavailable()) is not None:
+        pytest.skip(f"hostfile scratch: {reason}")
+    monkeypatch.setenv("BAI_AGENT_SCRATCH_SIZE", str(scratch.MIN_SCRATCH_BYTES))  # read by the embedded agent
+
+
+def test_an_upload_past_the_scratch_cap_is_507_and_leaves_nothing(small_scratch: None, fresh_server: Any) -> None:
+    with SignedClient(fresh_server.endpoint, fresh_server.access_key, fresh_server.secret_key) as api:
+        name = new_session(api)
+        r = upload(api, name, [("fits.bin", bytes(MiB)), ("huge.bin", bytes(12 * MiB))])
+        assert r.status_code == 507, r.text
+        body = r.json()
+        assert body["type"].endswith("/insufficient-storage") and "'huge.bin'" in body["msg"], body
+        out = stdout_of(api.run(name, "import os\nprint(sorted(os.listdir('/home/work')))"))
+        assert out == "['fits.bin']\n"  # no partial file, no temporary
+        assert upload(api, name, [("after.txt", b"room again")]).status_code == 204
