@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from urllib.parse import unquote
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,6 +57,11 @@ def test_upload_lands_in_home_work_owned_by_the_session(api: SignedClient, sessi
         "alpha", "2560", "a.txt True 0o644", "dir True 0o755", "dir/sub True 0o755", "dir/sub/b.bin True 0o644",
         "['b.bin']",  # no temporary file left
     ]
+
+
+def test_percent_encoded_names_are_decoded(api: SignedClient, session: str) -> None:
+    assert upload(api, session, [("dir%2Fa%20b.txt", b"spaced")]).status_code == 204
+    assert stdout_of(api.run(session, "print(open('/home/work/dir/a b.txt').read())")) == "spaced\n"
 
 
 def test_upload_replaces_a_regular_file(api: SignedClient, session: str) -> None:
@@ -109,6 +115,8 @@ def test_download_of_a_missing_file_is_404_and_a_dir_listing_describes_entries(a
     ("a\x00b", "NUL"),
     ("", "names no file"),
     ("./", "names no file"),
+    ("%2e%2e%2fetc%2fpasswd", "not inside /home/work"),  # percent-encoded, as aiohttp sends names
+    ("a%00b", "NUL"),
 ])
 def test_bad_upload_paths_are_400_naming_the_path(api: SignedClient, session: str, bad: str, why: str) -> None:
     r = upload(api, session, [("fine.txt", b"ok"), (bad, b"evil")])
@@ -116,7 +124,7 @@ def test_bad_upload_paths_are_400_naming_the_path(api: SignedClient, session: st
     body = r.json()
     assert body["type"].endswith("/invalid-api-params")
     assert body["msg"].startswith("src: ") and why in body["msg"], body
-    assert repr(bad) in body["msg"]
+    assert repr(unquote(bad)) in body["msg"]
     assert "fine.txt" not in listing(api, session)  # checked before anything was written
 
 

@@ -138,7 +138,8 @@ def test_a_link_to_another_sessions_file(api: SignedClient, bai_server: RunningS
         victim_dir = bai_server.server.agent.backend.sandboxes[victim_id].scratch
         secret = victim_dir / "secret.txt"
         before = host_state(secret, victim_dir)
-        plant(api, name, f"os.symlink({str(secret)!r}, '/home/work/s')\nos.symlink({str(victim_dir)!r}, '/home/work/v')")
+        plant(api, name, f"os.symlink({str(secret)!r}, '/home/work/s')\n"
+                         f"os.symlink({str(victim_dir)!r}, '/home/work/v')")
         refused(upload(api, name, [("s", b"overwritten")]), "s")
         refused(upload(api, name, [("v/secret.txt", b"overwritten")]), "v/secret.txt")
         refused(download(api, name, ["s"]), "s")

@@ -136,9 +136,9 @@ def test_download_tars_a_tree_storing_links(work: files.WorkDir) -> None:
     body = asyncio.run(collect(work, ["plain"]))
     start = body.index(b"\r\n\r\n") + 4
     end = body.rindex(b"\r\n--")
-    tar = tarfile.open(fileobj=io.BytesIO(body[start:end]))
-    assert sorted(tar.getnames()) == ["plain", "plain/f.txt", "plain/link"]
-    assert tar.getmember("plain/link").linkname == "/etc/shadow"
+    with tarfile.open(fileobj=io.BytesIO(body[start:end])) as tar:
+        assert sorted(tar.getnames()) == ["plain", "plain/f.txt", "plain/link"]
+        assert tar.getmember("plain/link").linkname == "/etc/shadow"
 
 
 @pytest.mark.parametrize("path", ["to-secret", "to-outside", "rel-up/secret", "fifo"])

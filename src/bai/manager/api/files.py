@@ -6,7 +6,8 @@ before any agent call; a bad one is a 400 naming it. Links, fifos and the like
 are the agent's to refuse (bai.agent.files), as an InvalidRequest naming the path.
 
 An upload is ``multipart/form-data``, one part named ``src`` per file, its
-filename the path below /home/work. The body is parsed as it arrives (starlette's
+filename the path below /home/work, percent-encoded or not (it is decoded,
+then checked). The body is parsed as it arrives (starlette's
 parser; a file past 1 MiB spools to a temporary file, never held in memory), and
 the limits (ManagerConfig ``upload_max_*``: files per request, bytes per file,
 bytes per request) stop it the moment they are passed, with a 413 naming the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -70,7 +72,11 @@ class _UploadParser(MultiPartParser):
         if len(self.paths) >= self.config.upload_max_files:
             limit = self.config.upload_max_files
             raise RequestTooLarge(f"src: more than {limit} files in one upload, the limit", field="src")
-        self.paths.append(checked_path(part.file.filename, "src", allow_absolute=False))
+        try:  # clients percent-encode the filename (aiohttp, the official client's, does)
+            filename = unquote(part.file.filename, errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"src: {part.file.filename!r} is not UTF-8 once decoded", field="src") from None
+        self.paths.append(checked_path(filename, "src", allow_absolute=False))
         self._part_bytes = 0
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
