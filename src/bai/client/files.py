@@ -54,8 +54,10 @@ def upload_items(files: Sequence[str | Path], basedir: str | Path | None) -> lis
 
 
 def _part_head(boundary: str, remote: str) -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"src\"; filename=\"{quote(remote, safe='')}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="src"; filename="{quote(remote, safe="")}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
 
 class MultipartUpload:
