@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from urllib.parse import unquote
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
