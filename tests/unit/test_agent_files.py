@@ -151,3 +151,17 @@ def test_download_size_limit_is_checked_before_the_first_byte(work: files.WorkDi
     (work.path / "plain" / "big").write_bytes(b"z" * 100)
     with pytest.raises(RequestTooLarge):
         asyncio.run(collect(work, ["plain"], limit=50))
+
+
+def test_a_download_dropped_unread_closes_its_fds(work: files.WorkDir) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def drop() -> None:
+        stream = await downloads.download(work, ["plain", "plain/f.txt"], 1 << 20)
+        assert open_fds() >= before + 2
+        del stream
+
+    before = open_fds()
+    asyncio.run(drop())
+    assert open_fds() == before

@@ -24,6 +24,7 @@ import secrets
 import stat
 import tarfile
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -230,7 +231,16 @@ def _produce(pipe: _Pipe, sources: list[_Source], boundary: str, budget: _Budget
             os.close(source.fd)
 
 
-async def _stream(sources: list[_Source], boundary: str, budget: _Budget) -> AsyncIterator[bytes]:
+def _close_unsent(sources: list[_Source], started: list[bool]) -> None:
+    """A stream dropped before its first chunk was asked for: no writer thread ever
+    owned the fds, so close them here (``weakref.finalize`` on the stream)."""
+    if not started:
+        for source in sources:
+            os.close(source.fd)
+
+
+async def _stream(sources: list[_Source], boundary: str, budget: _Budget, started: list[bool]) -> AsyncIterator[bytes]:
+    started.append(True)
     pipe = _Pipe(asyncio.get_running_loop())
     writer = asyncio.ensure_future(asyncio.to_thread(_produce, pipe, sources, boundary, budget))
     try:
@@ -286,4 +296,7 @@ async def download(work: WorkDir, raw_paths: list[str], max_bytes: int) -> ByteS
     budget = _Budget(max_bytes)
     sources = await asyncio.to_thread(open_sources, work, paths, budget)
     boundary = secrets.token_hex(16)
-    return ByteStream(media_type=f"multipart/mixed; boundary={boundary}", chunks=_stream(sources, boundary, budget))
+    started: list[bool] = []
+    chunks = _stream(sources, boundary, budget, started)
+    weakref.finalize(chunks, _close_unsent, sources, started)
+    return ByteStream(media_type=f"multipart/mixed; boundary={boundary}", chunks=chunks)
