@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import socket
 import stat
 import tarfile
 from collections.abc import AsyncIterator, Iterator
@@ -122,6 +123,8 @@ def test_listing_describes_links_without_following(work: files.WorkDir) -> None:
         files.list_dir(work, "to-outside", 100)
     with pytest.raises(NotFound):
         files.list_dir(work, "missing", 100)
+    with pytest.raises(InvalidRequest, match=r"'plain/f\.txt' is not a directory"):
+        files.list_dir(work, "plain/f.txt", 100)
     assert files.list_dir(work, "", 2).truncated
 
 
@@ -141,10 +144,12 @@ def test_download_tars_a_tree_storing_links(work: files.WorkDir) -> None:
         assert tar.getmember("plain/link").linkname == "/etc/shadow"
 
 
-@pytest.mark.parametrize("path", ["to-secret", "to-outside", "rel-up/secret", "fifo"])
+@pytest.mark.parametrize("path", ["to-secret", "to-outside", "rel-up/secret", "fifo", "socket"])
 def test_download_refusals(work: files.WorkDir, path: str) -> None:
-    with pytest.raises(InvalidRequest):
-        asyncio.run(collect(work, [path]))
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(work.path / "socket"))
+        with pytest.raises(InvalidRequest):
+            asyncio.run(collect(work, [path]))
 
 
 def test_download_size_limit_is_checked_before_the_first_byte(work: files.WorkDir) -> None:

@@ -165,6 +165,8 @@ def refusal(path: str, exc: OSError, field: str = "path") -> BaiError:
         errno.ENOTDIR: InvalidRequest(f"{field}: {shown}: a part of the path is not a directory", field=field),
         errno.EISDIR: InvalidRequest(f"{field}: {shown} is a directory", field=field),
         errno.ENAMETOOLONG: InvalidRequest(f"{field}: {shown} is too long", field=field),
+        errno.ENXIO: InvalidRequest(f"{field}: {shown} is a special file (a socket?)", field=field),
+        errno.EACCES: InvalidRequest(f"{field}: {shown} cannot be opened (a special file?)", field=field),
         errno.ENOENT: NotFound(f"{field}: {shown}: no such file or directory in /home/work"),
         errno.ENOSPC: StorageFull(f"{field}: {shown}: the session's /home/work is full"),
         errno.EDQUOT: StorageFull(f"{field}: {shown}: the session's /home/work is full"),
@@ -214,10 +216,13 @@ def _open_dirs(root: int, parts: list[str], owner: int | None) -> int:
             try:
                 child = open_beneath(current, part, DIR_FLAGS)
             except FileNotFoundError:
+                made = False
                 with contextlib.suppress(FileExistsError):  # made meanwhile (by the session?): opened like any other
                     os.mkdir(part, DIR_MODE, dir_fd=current)
+                    made = True
                 child = open_beneath(current, part, DIR_FLAGS)
-                _give(child, owner, DIR_MODE)
+                if made:
+                    _give(child, owner, DIR_MODE)
             os.close(current)
             current = child
         return current
@@ -344,6 +349,14 @@ def _entry(name: str, info: os.stat_result) -> FileEntry:
     )  # fmt: skip
 
 
+def _opens(root: int, path: str) -> bool:
+    try:
+        os.close(open_beneath(root, path, READ_FLAGS))
+    except OSError:
+        return False
+    return True
+
+
 def list_dir(work: WorkDir, path: str, max_entries: int) -> FileListing:
     """The entries of the directory ``path`` (lstat: links described, not followed),
     sorted by name, at most ``max_entries``."""
@@ -351,6 +364,8 @@ def list_dir(work: WorkDir, path: str, max_entries: int) -> FileListing:
     try:
         fd = open_beneath(root, path or ".", DIR_FLAGS | os.O_NONBLOCK)
     except OSError as exc:
+        if isinstance(exc, NotADirectoryError) and _opens(root, path):  # the last component is the file
+            raise InvalidRequest(f"path: {path!r} is not a directory", field="path") from exc
         raise refusal(path, exc) from exc
     finally:
         os.close(root)
