@@ -182,6 +182,9 @@ def test_a_fifo_is_refused_and_nothing_hangs(api: SignedClient, session: tuple[s
     r = upload(api, name, [("fifo", b"data")])
     refused(r, "fifo")
     assert "special file" in r.json()["msg"]
+    plant(api, name, "import socket\nsocket.socket(socket.AF_UNIX).bind('/home/work/sock')")
+    refused(download(api, name, ["sock"]), "sock")
+    refused(upload(api, name, [("sock", b"data")]), "sock")
     refused(download(api, name, ["loop-a"]), "loop-a")
     refused(upload(api, name, [("loop-a/x", b"x")]), "loop-a/x")
     assert time.monotonic() - started < 10
