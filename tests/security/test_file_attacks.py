@@ -218,11 +218,12 @@ def test_swapping_a_directory_for_a_link_during_uploads(api: SignedClient, sessi
     before = host_state(outside)
     flipper = (
         "import os, time\n"
-        "end = time.time() + 8\n"
+        "open('/home/work/flipping', 'w').close()\n"
+        "end = time.time() + 15\n"
         "while time.time() < end:\n"
         "    for step in (lambda: os.rename('/home/work/d', '/home/work/d-old'),\n"
         f"                 lambda: os.symlink({str(outside)!r}, '/home/work/d'),\n"
-        "                 lambda: time.sleep(0.001),\n"
+        "                 lambda: time.sleep(0.003),\n"
         "                 lambda: os.unlink('/home/work/d'),\n"
         "                 lambda: os.rename('/home/work/d-old', '/home/work/d'),\n"
         "                 lambda: time.sleep(0.001)):\n"
@@ -233,11 +234,15 @@ def test_swapping_a_directory_for_a_link_during_uploads(api: SignedClient, sessi
     )
     plant(api, name, f"import subprocess, sys\nos.mkdir('/home/work/d')\n"
                      f"subprocess.Popen([sys.executable, '-c', {flipper!r}])\n")
-    statuses = set()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while "flipping" not in api.get(f"/session/{name}/files").text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    statuses: set[int] = set()
+    tries = 0
+    while time.monotonic() < deadline and not (tries >= 50 and {204, 400} <= statuses):
         r = upload(api, name, [("d/evil.txt", b"escaped\n")])
         statuses.add(r.status_code)
+        tries += 1
         assert r.status_code in (204, 400, 404), r.text
     assert host_state(outside) == before
     assert not (outside / "evil.txt").exists()
