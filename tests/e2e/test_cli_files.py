@@ -28,8 +28,9 @@ def server(request: pytest.FixtureRequest) -> Any:
 
 
 def bai(server: Any, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BAI, *args], env=server.env, capture_output=True, text=True, timeout=90, check=False,
-                          cwd=cwd)
+    return subprocess.run(
+        [*BAI, *args], env=server.env, capture_output=True, text=True, timeout=90, check=False, cwd=cwd
+    )
 
 
 @pytest.fixture
@@ -63,10 +64,17 @@ def test_upload_ls_download_round_trip(server: Any, name: str, tmp_path: Path) -
 
 
 def test_download_skips_links_pointing_out_of_dest(server: Any, name: str, tmp_path: Path) -> None:
-    run = bai(server, "run", "python", "--name", name, "-c",
-              "import os\nos.makedirs('/home/work/t')\nopen('/home/work/t/ok', 'w').write('ok')\n"
-              "os.symlink('/etc/passwd', '/home/work/t/abs')\nos.symlink('../../../x', '/home/work/t/up')\n"
-              "os.symlink('ok', '/home/work/t/fine')")
+    run = bai(
+        server,
+        "run",
+        "python",
+        "--name",
+        name,
+        "-c",
+        "import os\nos.makedirs('/home/work/t')\nopen('/home/work/t/ok', 'w').write('ok')\n"
+        "os.symlink('/etc/passwd', '/home/work/t/abs')\nos.symlink('../../../x', '/home/work/t/up')\n"
+        "os.symlink('ok', '/home/work/t/fine')",
+    )
     assert run.returncode == 0, run.stderr
     down = bai(server, "download", name, "t", "--dest", str(tmp_path))
     assert down.returncode == 0, down.stderr

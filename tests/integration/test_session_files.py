@@ -44,17 +44,27 @@ def listing(api: SignedClient, name: str, path: str | None = None) -> dict[str, 
 def test_upload_lands_in_home_work_owned_by_the_session(api: SignedClient, session: str) -> None:
     r = upload(api, session, [("a.txt", b"alpha\n"), ("dir/sub/b.bin", bytes(range(256)) * 10)])
     assert r.status_code == 204, r.text
-    out = stdout_of(api.run(session, (
-        "import os\n"
-        "print(open('/home/work/a.txt').read(), end='')\n"
-        "print(len(open('/home/work/dir/sub/b.bin','rb').read()))\n"
-        "for p in ('a.txt', 'dir', 'dir/sub', 'dir/sub/b.bin'):\n"
-        "    st = os.stat('/home/work/' + p); print(p, st.st_uid == os.getuid(), oct(st.st_mode & 0o777))\n"
-        "open('/home/work/dir/sub/b.bin', 'ab').write(b'x')\n"  # the session can change what it got
-        "print(os.listdir('/home/work/dir/sub'))\n"
-    )))
+    out = stdout_of(
+        api.run(
+            session,
+            (
+                "import os\n"
+                "print(open('/home/work/a.txt').read(), end='')\n"
+                "print(len(open('/home/work/dir/sub/b.bin','rb').read()))\n"
+                "for p in ('a.txt', 'dir', 'dir/sub', 'dir/sub/b.bin'):\n"
+                "    st = os.stat('/home/work/' + p); print(p, st.st_uid == os.getuid(), oct(st.st_mode & 0o777))\n"
+                "open('/home/work/dir/sub/b.bin', 'ab').write(b'x')\n"  # the session can change what it got
+                "print(os.listdir('/home/work/dir/sub'))\n"
+            ),
+        )
+    )
     assert out.splitlines() == [
-        "alpha", "2560", "a.txt True 0o644", "dir True 0o755", "dir/sub True 0o755", "dir/sub/b.bin True 0o644",
+        "alpha",
+        "2560",
+        "a.txt True 0o644",
+        "dir True 0o755",
+        "dir/sub True 0o755",
+        "dir/sub/b.bin True 0o644",
         "['b.bin']",  # no temporary file left
     ]
 
@@ -89,8 +99,7 @@ def test_download_round_trip_of_files_and_trees(api: SignedClient, session: str)
     assert data is not None and data.read() == big
 
 
-def test_download_of_a_missing_file_is_404_and_a_dir_listing_describes_entries(api: SignedClient,
-                                                                               session: str) -> None:
+def test_download_of_a_missing_file_is_404_and_a_dir_listing_describes_entries(api: SignedClient, session: str) -> None:
     r = download(api, session, ["nope.txt"])
     assert r.status_code == 404 and "nope.txt" in r.json()["msg"]
     upload(api, session, [("d/f.txt", b"12345")])
@@ -107,17 +116,20 @@ def test_download_of_a_missing_file_is_404_and_a_dir_listing_describes_entries(a
     assert "d" in listing(api, session, "/home/work")  # the official CLI's default path
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("../etc/passwd", "not inside /home/work"),
-    ("a/../../x", "not inside /home/work"),
-    ("/etc/passwd", "not inside /home/work"),
-    ("/home/work/x", "must be relative"),
-    ("a\x00b", "NUL"),
-    ("", "names no file"),
-    ("./", "names no file"),
-    ("%2e%2e%2fetc%2fpasswd", "not inside /home/work"),  # percent-encoded, as aiohttp sends names
-    ("a%00b", "NUL"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("../etc/passwd", "not inside /home/work"),
+        ("a/../../x", "not inside /home/work"),
+        ("/etc/passwd", "not inside /home/work"),
+        ("/home/work/x", "must be relative"),
+        ("a\x00b", "NUL"),
+        ("", "names no file"),
+        ("./", "names no file"),
+        ("%2e%2e%2fetc%2fpasswd", "not inside /home/work"),  # percent-encoded, as aiohttp sends names
+        ("a%00b", "NUL"),
+    ],
+)
 def test_bad_upload_paths_are_400_naming_the_path(api: SignedClient, session: str, bad: str, why: str) -> None:
     r = upload(api, session, [("fine.txt", b"ok"), (bad, b"evil")])
     assert r.status_code == 400, r.text

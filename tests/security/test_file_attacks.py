@@ -83,8 +83,9 @@ def host_state(*paths: Path) -> list[Any]:
     return [(fingerprint(p), sorted(os.listdir(p)) if p.is_dir() else None) for p in paths]
 
 
-def test_a_link_to_etc_passwd_is_never_read_nor_written(api: SignedClient, session: tuple[str, str],
-                                                        outside: Path) -> None:
+def test_a_link_to_etc_passwd_is_never_read_nor_written(
+    api: SignedClient, session: tuple[str, str], outside: Path
+) -> None:
     """Reads go through a link to the real /etc/passwd; the write goes through a link
     to a copy of it outside any sandbox, so that a regression fails this test without
     damaging the host that runs it."""
@@ -102,8 +103,9 @@ def test_a_link_to_etc_passwd_is_never_read_nor_written(api: SignedClient, sessi
 
 
 @pytest.mark.parametrize("target", ["/etc", "/root", "OUTSIDE"])
-def test_a_linked_parent_directory_is_refused(api: SignedClient, session: tuple[str, str], outside: Path,
-                                              target: str) -> None:
+def test_a_linked_parent_directory_is_refused(
+    api: SignedClient, session: tuple[str, str], outside: Path, target: str
+) -> None:
     """``work/dir -> /etc``, then upload ``dir/...``. In /etc and /root the names written
     are fresh ones (a regression adds a stray file, removed below, and fails the test);
     in the outside dir, an existing file is the target too."""
@@ -129,8 +131,9 @@ def test_a_linked_parent_directory_is_refused(api: SignedClient, session: tuple[
                 leftover.unlink()
 
 
-def test_a_link_to_another_sessions_file(api: SignedClient, bai_server: RunningServer,
-                                          session: tuple[str, str]) -> None:
+def test_a_link_to_another_sessions_file(
+    api: SignedClient, bai_server: RunningServer, session: tuple[str, str]
+) -> None:
     name, _ = session
     victim, victim_id = new_session(api)
     try:
@@ -138,8 +141,9 @@ def test_a_link_to_another_sessions_file(api: SignedClient, bai_server: RunningS
         victim_dir = bai_server.server.agent.backend.sandboxes[victim_id].scratch
         secret = victim_dir / "secret.txt"
         before = host_state(secret, victim_dir)
-        plant(api, name, f"os.symlink({str(secret)!r}, '/home/work/s')\n"
-                         f"os.symlink({str(victim_dir)!r}, '/home/work/v')")
+        plant(
+            api, name, f"os.symlink({str(secret)!r}, '/home/work/s')\nos.symlink({str(victim_dir)!r}, '/home/work/v')"
+        )
         refused(upload(api, name, [("s", b"overwritten")]), "s")
         refused(upload(api, name, [("v/secret.txt", b"overwritten")]), "v/secret.txt")
         refused(download(api, name, ["s"]), "s")
@@ -150,17 +154,20 @@ def test_a_link_to_another_sessions_file(api: SignedClient, bai_server: RunningS
         api.delete(f"/session/{victim}")
 
 
-def test_links_inside_a_downloaded_tree_are_stored_not_followed(api: SignedClient,
-                                                                 session: tuple[str, str]) -> None:
+def test_links_inside_a_downloaded_tree_are_stored_not_followed(api: SignedClient, session: tuple[str, str]) -> None:
     name, _ = session
-    plant(api, name, (
-        "os.makedirs('/home/work/t/in')\n"
-        "os.symlink('/etc/shadow', '/home/work/t/shadow')\n"
-        "os.symlink('/root', '/home/work/t/root')\n"
-        "os.symlink('/', '/home/work/t/in/slash')\n"
-        "os.mkfifo('/home/work/t/in/fifo')\n"
-        "open('/home/work/t/in/ok.txt', 'w').write('ok')\n"
-    ))
+    plant(
+        api,
+        name,
+        (
+            "os.makedirs('/home/work/t/in')\n"
+            "os.symlink('/etc/shadow', '/home/work/t/shadow')\n"
+            "os.symlink('/root', '/home/work/t/root')\n"
+            "os.symlink('/', '/home/work/t/in/slash')\n"
+            "os.mkfifo('/home/work/t/in/fifo')\n"
+            "open('/home/work/t/in/ok.txt', 'w').write('ok')\n"
+        ),
+    )
     started = time.monotonic()
     tar = tars_of(download(api, name, ["t"]))[0]
     assert time.monotonic() - started < 10  # the fifo was not opened
@@ -173,8 +180,12 @@ def test_links_inside_a_downloaded_tree_are_stored_not_followed(api: SignedClien
 
 def test_a_fifo_is_refused_and_nothing_hangs(api: SignedClient, session: tuple[str, str]) -> None:
     name, _ = session
-    plant(api, name, "os.mkfifo('/home/work/fifo')\nos.symlink('loop-b', '/home/work/loop-a')\n"
-                     "os.symlink('loop-a', '/home/work/loop-b')")
+    plant(
+        api,
+        name,
+        "os.mkfifo('/home/work/fifo')\nos.symlink('loop-b', '/home/work/loop-a')\n"
+        "os.symlink('loop-a', '/home/work/loop-b')",
+    )
     started = time.monotonic()
     r = download(api, name, ["fifo"])
     refused(r, "fifo")
@@ -196,13 +207,18 @@ def test_hard_links(api: SignedClient, session: tuple[str, str]) -> None:
     """A host file cannot be hard-linked in (another file system); a hard link among the
     session's own files is replaced by an upload, never written through."""
     name, _ = session
-    out = stdout_of(api.run(name, (
-        "import errno, os\n"
-        "try:\n    os.link('/etc/passwd', '/home/work/hl'); print('linked')\n"
-        "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
-        "open('/home/work/a', 'w').write('original')\n"
-        "os.link('/home/work/a', '/home/work/b')\n"
-    )))
+    out = stdout_of(
+        api.run(
+            name,
+            (
+                "import errno, os\n"
+                "try:\n    os.link('/etc/passwd', '/home/work/hl'); print('linked')\n"
+                "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+                "open('/home/work/a', 'w').write('original')\n"
+                "os.link('/home/work/a', '/home/work/b')\n"
+            ),
+        )
+    )
     assert out.strip() in ("EXDEV", "EPERM")
     assert download(api, name, ["hl"]).status_code == 404
     assert upload(api, name, [("b", b"uploaded")]).status_code == 204
@@ -210,8 +226,9 @@ def test_hard_links(api: SignedClient, session: tuple[str, str]) -> None:
     assert out == "original uploaded\n"
 
 
-def test_swapping_a_directory_for_a_link_during_uploads(api: SignedClient, session: tuple[str, str],
-                                                        outside: Path) -> None:
+def test_swapping_a_directory_for_a_link_during_uploads(
+    api: SignedClient, session: tuple[str, str], outside: Path
+) -> None:
     """The session flips ``d`` between a directory and a link to a host dir as fast as
     it can while we upload into ``d``: every upload lands inside /home/work or is refused."""
     name, _ = session
@@ -232,8 +249,11 @@ def test_swapping_a_directory_for_a_link_during_uploads(api: SignedClient, sessi
         "        except OSError:\n"
         "            pass\n"
     )
-    plant(api, name, f"import subprocess, sys\nos.mkdir('/home/work/d')\n"
-                     f"subprocess.Popen([sys.executable, '-c', {flipper!r}])\n")
+    plant(
+        api,
+        name,
+        f"import subprocess, sys\nos.mkdir('/home/work/d')\nsubprocess.Popen([sys.executable, '-c', {flipper!r}])\n",
+    )
     deadline = time.monotonic() + 10
     while "flipping" not in api.get(f"/session/{name}/files").text and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -53,9 +53,17 @@ def do_upload(work: files.WorkDir, path: str, *parts: bytes, limit: int = 1 << 2
     return asyncio.run(files.upload(work, path, chunks_of(*parts), limit))
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("a", "a"), ("a/b", "a/b"), ("./a//b/", "a/b"), ("/home/work/a", "a"), ("/home/work", ""), (".", ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("a", "a"),
+        ("a/b", "a/b"),
+        ("./a//b/", "a/b"),
+        ("/home/work/a", "a"),
+        ("/home/work", ""),
+        (".", ""),
+    ],
+)
 def test_work_path_normalises(raw: str, expected: str) -> None:
     assert work_path(raw, allow_absolute=True, allow_root=True) == expected
 
@@ -94,11 +102,18 @@ def test_upload_creates_dirs_owned_by_the_session_and_replaces_files(work: files
     assert sorted(os.listdir(work.path / "plain")) == ["f.txt"]  # no temporary left
 
 
-@pytest.mark.parametrize("path, why", [
-    ("to-secret", "symbolic link"), ("to-outside/secret", "symbolic link"), ("to-outside/new", "symbolic link"),
-    ("rel-up/secret", "symbolic link"), ("fifo", "special file"), ("plain", "directory"),
-    ("plain/f.txt/x", "not a directory"),
-])
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("to-secret", "symbolic link"),
+        ("to-outside/secret", "symbolic link"),
+        ("to-outside/new", "symbolic link"),
+        ("rel-up/secret", "symbolic link"),
+        ("fifo", "special file"),
+        ("plain", "directory"),
+        ("plain/f.txt/x", "not a directory"),
+    ],
+)
 def test_upload_refusals_leave_the_outside_alone(work: files.WorkDir, path: str, why: str) -> None:
     outside = work.path.parent / "outside"
     with pytest.raises(InvalidRequest) as caught:
