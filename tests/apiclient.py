@@ -4,10 +4,13 @@ of a request (date, version, signature)."""
 
 from __future__ import annotations
 
+import io
 import json
+import secrets
+import tarfile
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -76,6 +79,46 @@ class SignedClient:
             console += result["console"]
         result["console"] = console
         return result
+
+
+def multipart_form(files: list[tuple[str, bytes]], name: str = "src") -> tuple[str, bytes]:
+    """A multipart/form-data body written by hand (so a test can put anything in a
+    filename: NUL, '..', quotes); returns (content type, body)."""
+    boundary = secrets.token_hex(12)
+    body = b""
+    for filename, content in files:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; ").encode()
+        body += b'filename="' + filename.encode("utf-8", "surrogateescape") + b'"\r\n'
+        body += b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+def upload(client: SignedClient, session: str, files: list[tuple[str, bytes]], name: str = "src") -> httpx.Response:
+    content_type, body = multipart_form(files, name)
+    path = f"/session/{session}/upload"
+    headers = client.headers("POST", path, b"", content_type)
+    return client.http.post(path, content=body, headers=headers)
+
+
+def download(client: SignedClient, session: str, paths: list[str]) -> httpx.Response:
+    query = "&".join(f"files={quote(p, safe='')}" for p in paths)
+    return client.post(f"/session/{session}/download?{query}")
+
+
+def tars_of(response: httpx.Response) -> list[tarfile.TarFile]:
+    """The tars of a multipart/mixed download answer."""
+    media, _, params = response.headers["content-type"].partition(";")
+    assert media.strip() == "multipart/mixed", response.headers["content-type"]
+    boundary = params.strip().removeprefix("boundary=").strip('"').encode()
+    body = response.content
+    assert body.endswith(b"--" + boundary + b"--\r\n"), body[-200:]
+    tars = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        _headers, _, content = chunk.partition(b"\r\n\r\n")
+        assert content.endswith(b"\r\n")
+        tars.append(tarfile.open(fileobj=io.BytesIO(content[:-2])))  # noqa: SIM115 (in memory)
+    return tars
 
 
 def stdout_of(result: dict[str, Any]) -> str:

@@ -47,3 +47,26 @@ def test_named_session_keeps_state(bai_server) -> None:
 def test_user_errors_reach_stderr(bai_server) -> None:
     result = official(bai_server, "run", "--rm", "python", "-c", "raise RuntimeError('visible')")
     assert "RuntimeError: visible" in result.stdout + result.stderr
+
+
+def test_session_upload_ls_download(bai_server, tmp_path: Path) -> None:
+    """``backend.ai session upload / ls / download``: aiohttp's multipart with
+    percent-encoded names, a GET with a JSON body for ls and download."""
+    assert official(bai_server, "run", "--name", "official-files", "python", "-c", "x = 1").returncode == 0
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a b.txt").write_text("from the official client\n")
+    env = dict(bai_server.env, HOME=str(bai_server.data_dir / "official-home"))
+    up = subprocess.run([str(OFFICIAL), "session", "upload", "official-files", "sub/a b.txt"], env=env, cwd=src,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stdout + up.stderr
+    listing = official(bai_server, "session", "ls", "official-files", "/home/work/sub")
+    assert listing.returncode == 0 and "a b.txt" in listing.stdout, listing.stdout + listing.stderr
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    down = official(bai_server, "session", "download", "official-files", "sub/a b.txt", "--dest", str(dest))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert (dest / "a b.txt").read_text() == "from the official client\n"
+    refused = official(bai_server, "session", "ls", "official-files", "/etc")
+    assert refused.returncode != 0 and "not inside /home/work" in refused.stdout + refused.stderr
+    official(bai_server, "session", "rm", "official-files")

@@ -4,6 +4,7 @@ sessions run on it through the agent RPC, and the manager notices when it dies."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -21,7 +22,7 @@ import pytest
 from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer
-from tests.apiclient import SignedClient, stdout_of
+from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.conftest import sandbox_unavailable
 
 pytestmark = pytest.mark.sandbox
@@ -139,3 +140,26 @@ def test_sandboxes_the_manager_does_not_know_are_destroyed(cluster: Cluster) -> 
 
     mgr.call(forget())
     assert wait_for(lambda: session_id not in agent_state.info.sessions)
+
+
+def test_session_files_cross_the_agent_rpc(cluster: Cluster) -> None:
+    """Uploads stream to the remote agent (a chunked body), downloads stream back, and
+    the agent's refusals come back as the same 400/404 naming the path."""
+    api = cluster.api
+    assert wait_for(lambda: api.post("/session", {"image": "python", "name": "files"}).status_code == 201)
+    big = os.urandom(5 * 2**20 + 123)
+    assert upload(api, "files", [("big.bin", big), ("d/small.txt", b"small")]).status_code == 204
+    api.run("files", "import os\nos.symlink('/etc/passwd', '/home/work/d/pw')")
+    entries = {e["filename"]: e for e in json.loads(api.get("/session/files/files?path=d").json()["files"])}
+    assert entries["small.txt"]["size"] == 5 and entries["pw"]["type"] == "link"
+    first, second = tars_of(download(api, "files", ["big.bin", "d"]))
+    member = first.extractfile("big.bin")
+    assert member is not None and member.read() == big
+    assert sorted(second.getnames()) == ["d", "d/pw", "d/small.txt"]
+    refused = upload(api, "files", [("d/pw", b"pwned")])
+    assert refused.status_code == 400 and "'d/pw'" in refused.json()["msg"], refused.text
+    refused = upload(api, "files", [("d/pw", big)])  # refused before the agent read the body
+    assert refused.status_code == 400 and "'d/pw'" in refused.json()["msg"], refused.text
+    assert download(api, "files", ["d/pw"]).status_code == 400
+    assert download(api, "files", ["missing"]).status_code == 404
+    assert api.get("/session/files/files?path=d/pw").status_code == 400

@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 
+from bai.agent import downloads, files
 from bai.agent.backends import Backend, create_backend
 from bai.agent.backends.base import Sandbox
 from bai.agent.backends.bwrap import invalid_env_names
@@ -28,9 +29,14 @@ from bai.agent.scratch import MAX_SCRATCH_BYTES, MIN_SCRATCH_BYTES
 from bai.agent.session import GoneCallback, Session
 from bai.common.agent_rpc import (
     AgentInfo,
+    ByteStream,
     CompleteRequest,
     ExecRequest,
     ExecResult,
+    FileDownload,
+    FileListing,
+    FileListRequest,
+    FileUpload,
     SandboxSpec,
     SessionGone,
     SessionStats,
@@ -38,6 +44,7 @@ from bai.common.agent_rpc import (
 from bai.common.errors import (
     BaiError,
     InvalidRequest,
+    NotImplementedFeature,
     SessionCreationFailed,
     SessionNotFound,
     SessionRestartFailed,
@@ -269,3 +276,21 @@ class Agent:
 
     async def session_stats(self, session_id: str) -> SessionStats:
         return await self._session(session_id).sandbox.stats()
+
+    # -- files (bai.agent.files: host-side, through fds, no link followed) ---------
+
+    def _work_dir(self, session_id: str) -> files.WorkDir:
+        work = self._session(session_id).sandbox.work_dir()
+        if work is None:
+            raise NotImplementedFeature(f"the {self.backend.name} backend has no file transfer")
+        return work
+
+    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
+        """Write one file into the session's /home/work (works while a run is busy)."""
+        await files.upload(self._work_dir(request.session_id), request.path, chunks, request.max_bytes)
+
+    async def download(self, request: FileDownload) -> ByteStream:
+        return await downloads.download(self._work_dir(request.session_id), request.paths, request.max_bytes)
+
+    async def list_files(self, request: FileListRequest) -> FileListing:
+        return await files.list_files(self._work_dir(request.session_id), request.path, request.max_entries)

@@ -13,10 +13,14 @@ constant time on every route):
     interrupt         SessionRef        204
     complete          CompleteRequest   200 list[str]
     session_stats     SessionRef        200 SessionStats
+    upload_file       the file's bytes  204   (FileUpload in the X-BAI-Args header; body streamed)
+    download          FileDownload      200 multipart/mixed, one tar per path (streamed)
+    list_files        FileListRequest   200 FileListing
 
 A failure answers ``RpcError`` (``error`` = the bai.common.errors class name)
-with the status of its family: 400 InvalidRequest (bad body too), 401
-AuthFailed, 404 NotFound, 503 ServiceUnavailable, 500 anything else.
+with the status of its family: 400 InvalidRequest (bad body too), 413
+RequestTooLarge, 401 AuthFailed, 404 NotFound, 503 ServiceUnavailable, 507
+StorageFull, 500 anything else.
 
 As in the manager (docs/decisions/0002), the handlers are plain Starlette
 endpoints inside a FastAPI app, validating with our own models: FastAPI's
@@ -36,13 +40,16 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from bai.agent.agent import Agent
 from bai.common.agent_rpc import (
     CompleteRequest,
     ExecRequest,
+    FileDownload,
+    FileListRequest,
+    FileUpload,
     RpcError,
     SandboxSpec,
     SessionRef,
@@ -52,12 +59,15 @@ from bai.common.errors import (
     BaiError,
     InvalidRequest,
     NotFound,
+    RequestTooLarge,
     ServiceUnavailable,
+    StorageFull,
 )
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "x-bai-cluster-secret"
+ARGS_HEADER = "x-bai-args"
 JSON = "application/json"
 
 M = TypeVar("M", bound=BaseModel)
@@ -66,7 +76,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 _STRINGS = TypeAdapter(list[str])
 _STATUS: list[tuple[type[BaiError], int]] = [
+    (RequestTooLarge, 413),
     (InvalidRequest, 400),
+    (StorageFull, 507),
     (AuthFailed, 401),
     (NotFound, 404),
     (ServiceUnavailable, 503),
@@ -127,6 +139,25 @@ class RpcApp:
 
         return endpoint
 
+    async def _upload(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
+        try:
+            args = _parse(FileUpload, request.headers.get(ARGS_HEADER, "").encode())
+            await self.agent.upload_file(args, request.stream())
+        except BaiError as exc:
+            return error_response(exc)
+        return Response(status_code=204)
+
+    async def _download(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
+        try:
+            stream = await self.agent.download(_parse(FileDownload, await request.body()))
+        except BaiError as exc:
+            return error_response(exc)
+        return StreamingResponse(stream.chunks, media_type=stream.media_type)
+
     async def _info(self, request: Request) -> Response:
         if not self._authorized(request):
             return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
@@ -161,6 +192,9 @@ class RpcApp:
             Route("/rpc/interrupt", self._endpoint(SessionRef, self._interrupt), methods=["POST"]),
             Route("/rpc/complete", self._endpoint(CompleteRequest, agent.complete), methods=["POST"]),
             Route("/rpc/session_stats", self._endpoint(SessionRef, self._stats), methods=["POST"]),
+            Route("/rpc/upload_file", self._upload, methods=["POST"]),
+            Route("/rpc/download", self._download, methods=["POST"]),
+            Route("/rpc/list_files", self._endpoint(FileListRequest, agent.list_files), methods=["POST"]),
         ]
         return FastAPI(routes=routes, openapi_url=None, docs_url=None, redoc_url=None)
 

@@ -35,14 +35,17 @@ class RequestSigner:
         self._clock = clock
 
     def sign_request(self, request: httpx.Request) -> None:
-        """Add the signed headers to a built httpx request (its body already in memory)."""
+        """Add the signed headers to a built httpx request (its body already in memory,
+        unless it is multipart: a multipart body is signed as empty, so it may stream)."""
+        content_type = request.headers.get("Content-Type")
+        multipart = (content_type or "").lower().startswith("multipart/")
         request.headers.update(
             self._headers(
                 method=request.method,
                 path_with_query=request.url.raw_path.decode("ascii"),
                 host=request.headers["Host"],
-                content_type=request.headers.get("Content-Type"),
-                body=request.content,
+                content_type=content_type,
+                body=b"" if multipart else request.content,
             )
         )
 

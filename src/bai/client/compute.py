@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from pydantic.alias_generators import to_camel
 
+from bai.client import files as transfer
 from bai.client.base import AsyncAPI
 from bai.client.models import (
     CompleteAnswer,
     CompletionResult,
     DestroyAnswer,
     ExecuteAnswer,
+    FileList,
     SessionStats,
     request_body,
 )
@@ -105,6 +108,39 @@ class AsyncComputeSession(AsyncAPI):
 
     async def restart(self) -> None:
         await self._api.request("PATCH", self.path)
+
+    async def upload(
+        self, files: Sequence[str | Path], basedir: str | Path | None = None, *,
+        progress: transfer.Progress | None = None,
+    ) -> list[str]:  # fmt: skip
+        """``POST {path}/upload``: local files into the session's /home/work, each at its
+        path relative to ``basedir`` (default: the current directory); returns those paths.
+        The body is streamed from the files; ``progress`` is called with each chunk's size."""
+        items = transfer.upload_items(files, basedir)
+        body = transfer.MultipartUpload(items, progress)
+        headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
+        request = self._api.build_request("POST", f"{self.path}/upload", content=body.chunks(), headers=headers)
+        await self._api.send(request)
+        return [item.remote for item in items]
+
+    async def download(
+        self, files: Sequence[str], dest: str | Path = ".", *, progress: transfer.Progress | None = None
+    ) -> transfer.Extracted:
+        """``POST {path}/download``: files and directories of /home/work, extracted under
+        ``dest``. Members that would land outside ``dest`` (absolute, ``..``, links out),
+        devices and fifos are skipped and listed in ``skipped``, never written."""
+        request = self._api.build_request("POST", f"{self.path}/download", params={"files": list(files)})
+        response = await self._api.send(request, stream=True)
+        try:
+            content_type = response.headers.get("content-type", "")
+            return await transfer.receive(response.aiter_bytes(), content_type, Path(dest), progress)
+        finally:
+            await response.aclose()
+
+    async def list_files(self, path: str = ".") -> FileList:
+        """``GET {path}/files``: the entries of a directory below /home/work (links described,
+        not followed)."""
+        return await self._api.request_model(FileList, "GET", f"{self.path}/files", params={"path": path})
 
     async def destroy(self) -> SessionStats:
         """Terminate the session; returns its final usage statistics."""

@@ -71,6 +71,8 @@ class ProtocolError(ClientError):
 _SLUG_TO_DOMAIN: dict[str, type[BaiError]] = {
     "generic-bad-request": domain.BadRequest,
     "invalid-api-params": domain.InvalidRequest,
+    "request-too-large": domain.RequestTooLarge,
+    "insufficient-storage": domain.StorageFull,
     "invalid-auth-params": domain.InvalidAuthParams,
     "session-already-exists": domain.SessionAlreadyExists,
     "vfolder-already-exists": domain.BadRequest,

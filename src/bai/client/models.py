@@ -7,6 +7,7 @@ that a newer server does not break an older client.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -168,3 +169,30 @@ class SessionEvent(BaseModel):
 
     name: str
     data: SessionEventData
+
+
+class SessionFile(_Answer):
+    """One entry of ``GET /session/{id}/files`` (API.md section 5). ``type`` is ours;
+    Backend.AI's own server leaves it out."""
+
+    filename: str
+    size: int
+    mode: str
+    mtime: float
+    type: Literal["file", "dir", "link", "other"] | None = None
+
+
+class FileList(_Answer):
+    """``GET /session/{id}/files``; ``files`` arrives as a JSON string of entries."""
+
+    files: list[SessionFile]
+    folder_path: str = ""
+    errors: str | None = None
+    truncated: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files_from_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("files"), str):
+            return {**data, "files": json.loads(data["files"])}
+        return data

@@ -143,9 +143,13 @@ class AsyncSession(AsyncAPI):
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send one signed request; raise the mapped error for a non-2xx answer."""
-        request = self.build_request(method, path, json=json, params=params)
+        return await self.send(self.build_request(method, path, json=json, params=params))
+
+    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send a built, signed request; raise the mapped error for a non-2xx answer.
+        With ``stream`` the caller reads the body and closes the answer."""
         try:
-            response = await self._http.send(request)
+            response = await self._http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(self._timeout_message(exc)) from exc
         except httpx.ConnectError as exc:
@@ -154,6 +158,9 @@ class AsyncSession(AsyncAPI):
             reason = str(exc) or type(exc).__name__
             raise ConnectionFailed(f"lost the connection to {self.config.endpoint}: {reason}") from exc
         if response.is_error:
+            if stream:
+                await response.aread()
+                await response.aclose()
             raise error_from_problem(response.status_code, response.content, reason=response.reason_phrase)
         return response
 
@@ -163,10 +170,13 @@ class AsyncSession(AsyncAPI):
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        content: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
-        """The signed request exactly as ``request`` sends it."""
-        request = self._http.build_request(method, path, json=json, params=params)
+        """The signed request exactly as ``request`` sends it (``content``: a streamed
+        multipart body, with its Content-Type in ``headers``)."""
+        request = self._http.build_request(method, path, json=json, params=params, content=content, headers=headers)
         self.signer.sign_request(request)
         return request
 

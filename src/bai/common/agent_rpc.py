@@ -4,6 +4,8 @@ with the cluster secret)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -122,3 +124,57 @@ class RpcError(BaseModel):
     message: str
     field: str | None = None
     data: Any = None
+
+
+class FileUpload(BaseModel):
+    """Manager → agent: one file for a session's /home/work. The content follows as
+    the call's (streamed) body; over the agent RPC this model travels in the
+    ``X-BAI-Args`` header."""
+
+    session_id: str
+    path: str  # relative to /home/work, already checked by bai.common.workpaths
+    max_bytes: int  # the content is refused past this many bytes
+
+
+class FileDownload(BaseModel):
+    """Manager → agent: files and directories of a session's /home/work, answered as
+    ``multipart/mixed`` with one tar per path."""
+
+    session_id: str
+    paths: list[str]
+    max_bytes: int  # the sum of the regular files' sizes
+
+
+class FileListRequest(BaseModel):
+    session_id: str
+    path: str = ""  # relative to /home/work; "": /home/work itself
+    max_entries: int = 10000
+
+
+class FileEntry(BaseModel):
+    """One directory entry, as the official client's ``session ls`` reads it
+    (``filename``, ``size``, ``mode`` as ``ls -l`` writes it, ``mtime`` in epoch
+    seconds) plus ``type``. Links are described, never followed."""
+
+    filename: str
+    type: Literal["file", "dir", "link", "other"]
+    size: int
+    mode: str
+    mtime: float
+    ctime: float
+    atime: float
+
+
+class FileListing(BaseModel):
+    path: str
+    entries: list[FileEntry]
+    truncated: bool = False  # more entries than ``max_entries``
+
+
+@dataclass
+class ByteStream:
+    """A streamed answer (a download): its media type and its body, chunk by chunk.
+    Not a wire model: over the agent RPC it is the HTTP answer itself."""
+
+    media_type: str
+    chunks: AsyncIterator[bytes]

@@ -4,6 +4,7 @@ SDK maps problem+json back to these classes.
 
     BaiError
     ├── InvalidRequest            a body or parameter is wrong; ``field`` names it
+    │   └── RequestTooLarge       past a size or count limit (HTTP 413)
     ├── BadRequest                a request that cannot be understood (bad version header...)
     ├── InvalidAuthParams         missing/garbled auth headers, clock skew
     ├── AuthFailed                unknown or inactive key, wrong signature
@@ -23,7 +24,8 @@ SDK maps problem+json back to these classes.
         ├── SessionCreationFailed
         ├── SessionDestructionFailed
         ├── SessionRestartFailed
-        └── ExecutionFailed
+        ├── ExecutionFailed
+        └── StorageFull           the session's /home/work has no room left (HTTP 507)
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class InvalidRequest(BaiError):
     def __init__(self, message: str, *, field: str | None = None, data: Any = None) -> None:
         super().__init__(message, data=data)
         self.field = field
+
+
+class RequestTooLarge(InvalidRequest):
+    pass
 
 
 class BadRequest(BaiError):
@@ -125,4 +131,8 @@ class SessionRestartFailed(OperationFailed):
 
 
 class ExecutionFailed(OperationFailed):
+    pass
+
+
+class StorageFull(OperationFailed):
     pass

@@ -6,6 +6,7 @@ bai.common.errors class; transport failures become ServiceUnavailable."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import httpx
@@ -14,9 +15,14 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from bai.common import errors
 from bai.common.agent_rpc import (
     AgentInfo,
+    ByteStream,
     CompleteRequest,
     ExecRequest,
     ExecResult,
+    FileDownload,
+    FileListing,
+    FileListRequest,
+    FileUpload,
     RpcError,
     SandboxSpec,
     SessionRef,
@@ -33,9 +39,11 @@ _RAISABLE: dict[str, type[errors.BaiError]] = {
         errors.InvalidRequest, errors.NotFound, errors.SessionNotFound, errors.ServiceUnavailable,
         errors.SessionCreationFailed, errors.SessionDestructionFailed, errors.SessionRestartFailed,
         errors.ExecutionFailed, errors.OperationFailed, errors.AuthFailed,
+        errors.RequestTooLarge, errors.StorageFull, errors.NotImplementedFeature,
     )
 }
 SECRET_HEADER = "X-BAI-Cluster-Secret"
+ARGS_HEADER = "X-BAI-Args"  # the call's model, for calls whose body is a byte stream
 
 
 def _error_from(response: httpx.Response) -> errors.BaiError:
@@ -44,8 +52,8 @@ def _error_from(response: httpx.Response) -> errors.BaiError:
     except ValidationError:
         return errors.OperationFailed(f"agent answered {response.status_code}: {response.text[:200]}")
     cls = _RAISABLE.get(body.error, errors.OperationFailed)
-    if cls is errors.InvalidRequest:
-        return errors.InvalidRequest(body.message, field=body.field, data=body.data)
+    if issubclass(cls, errors.InvalidRequest):
+        return cls(body.message, field=body.field, data=body.data)
     return cls(body.message, data=body.data)
 
 
@@ -96,6 +104,44 @@ class HttpAgentLink(AgentLink):
 
     async def session_stats(self, session_id: str) -> SessionStats:
         return await self._model("session_stats", SessionRef(session_id=session_id), SessionStats)
+
+    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            response = await self._http.post(
+                "/rpc/upload_file", content=chunks,
+                headers={ARGS_HEADER: request.model_dump_json(), "Content-Type": "application/octet-stream"},
+            )  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise errors.ServiceUnavailable(f"agent {self.agent_id} is unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+
+    async def download(self, request: FileDownload) -> ByteStream:
+        call = self._http.build_request(
+            "POST", "/rpc/download", content=request.model_dump_json(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            response = await self._http.send(call, stream=True)
+        except httpx.HTTPError as exc:
+            raise errors.ServiceUnavailable(f"agent {self.agent_id} is unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            raise _error_from(response)
+        media_type = response.headers.get("content-type", "application/octet-stream")
+        return ByteStream(media_type=media_type, chunks=self._relay(response))
+
+    async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise errors.ServiceUnavailable(f"agent {self.agent_id}: the download broke off: {exc}") from exc
+        finally:
+            await response.aclose()
+
+    async def list_files(self, request: FileListRequest) -> FileListing:
+        return await self._model("list_files", request, FileListing)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from bai.common.agent_rpc import (
     AgentInfo,
+    ByteStream,
     CompleteRequest,
     ExecRequest,
     ExecResult,
+    FileDownload,
+    FileListing,
+    FileListRequest,
+    FileUpload,
     SandboxSpec,
     SessionStats,
 )
@@ -54,6 +59,19 @@ class AgentLink(ABC):
 
     @abstractmethod
     async def session_stats(self, session_id: str) -> SessionStats: ...
+
+    @abstractmethod
+    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
+        """Write one file into the session's /home/work from ``chunks`` (streamed, not
+        held whole). Raises InvalidRequest naming the path, RequestTooLarge, StorageFull."""
+
+    @abstractmethod
+    async def download(self, request: FileDownload) -> ByteStream:
+        """``multipart/mixed``, one tar per path; path errors are raised before the
+        stream starts. The caller must exhaust or close ``chunks``."""
+
+    @abstractmethod
+    async def list_files(self, request: FileListRequest) -> FileListing: ...
 
     async def close(self) -> None:
         """Release connections; the agent itself keeps running."""

@@ -32,6 +32,13 @@ class ManagerConfig(BaseSettings):
     default_rate_limit: int = 10000
     #: wall-time limit per execution, seconds; None: none
     exec_timeout_s: float | None = None
+    #: file transfers (POST /session/{id}/upload, download, GET .../files)
+    upload_max_files: int = Field(default=100, ge=1)
+    upload_max_file_bytes: int = Field(default=64 * 2**20, ge=1)
+    upload_max_request_bytes: int = Field(default=256 * 2**20, ge=1)
+    download_max_files: int = Field(default=100, ge=1)
+    download_max_bytes: int = Field(default=256 * 2**20, ge=1)
+    list_max_entries: int = Field(default=10000, ge=1)
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'bai.sqlite3'}"

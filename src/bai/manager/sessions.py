@@ -42,7 +42,7 @@ from bai.common.errors import (
 from bai.common.resources import Slots, format_slots
 from bai.common.wire import SESSION_NAME_RE
 from bai.manager import lifecycle as st
-from bai.manager.agents import AgentRegistry
+from bai.manager.agents import AgentLink, AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus, SessionEvent
 from bai.manager.keypairs import Keypair
@@ -517,6 +517,12 @@ class SessionRegistry:
             raise InvalidRequest(
                 f"session {session.name} is {session.status}{detail}, not RUNNING", field="sessionId"
             )
+
+    def agent_of(self, session: LiveSession) -> AgentLink:
+        """The link to a RUNNING session's agent, for the calls the API edge makes
+        itself (file transfers, bai.manager.api.files; wrap them in ``in_use``)."""
+        self._require_running(session)
+        return self._agents.link(session.agent_id)
 
     async def execute(self, session: LiveSession, request: ExecRequest) -> ExecResult:
         self._require_running(session)

@@ -3,8 +3,21 @@ directly, with no serialisation and no socket in between."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from bai.agent.agent import Agent
-from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec, SessionStats
+from bai.common.agent_rpc import (
+    ByteStream,
+    CompleteRequest,
+    ExecRequest,
+    ExecResult,
+    FileDownload,
+    FileListing,
+    FileListRequest,
+    FileUpload,
+    SandboxSpec,
+    SessionStats,
+)
 from bai.manager.agents import AgentLink
 
 
@@ -32,3 +45,12 @@ class InProcessAgentLink(AgentLink):
 
     async def session_stats(self, session_id: str) -> SessionStats:
         return await self._agent.session_stats(session_id)
+
+    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
+        await self._agent.upload_file(request, chunks)
+
+    async def download(self, request: FileDownload) -> ByteStream:
+        return await self._agent.download(request)
+
+    async def list_files(self, request: FileListRequest) -> FileListing:
+        return await self._agent.list_files(request)

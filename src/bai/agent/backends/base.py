@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from bai.agent.cgroups import Limits, RunUsage
 from bai.agent.config import AgentConfig
+from bai.agent.files import WorkDir
 from bai.common.agent_rpc import SandboxSpec, SessionStats
 from bai.common.errors import ServiceUnavailable, SessionCreationFailed
 
@@ -76,6 +77,13 @@ class Sandbox(ABC):
         """The usage since ``begin_run``, or None where this sandbox cannot tell. Called by
         Session when the run ends (Finished, a forced end after an exec timeout, or the
         sandbox's death); same cost rules as ``begin_run``. Raises OSError."""
+        return None
+
+    def work_dir(self) -> WorkDir | None:
+        """The session's /home/work as the host sees it, for file transfers done by
+        the agent (bai.agent.files), or None where the host cannot reach it. Called by
+        Agent.upload_file, download and list_files; a backend without host access keeps
+        this default."""
         return None
 
     @abstractmethod

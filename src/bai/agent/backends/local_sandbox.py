@@ -41,6 +41,7 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
+from bai.agent.files import WorkDir
 from bai.agent.gpu import GpuAllocator, GpuDevice, GpuInventory, visible_devices
 from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import SandboxSpec, SessionStats
@@ -255,6 +256,9 @@ class LocalSandbox(Sandbox):
 
     def end_run(self) -> RunUsage | None:
         return self._meter.stop() if self._meter is not None else None
+
+    def work_dir(self) -> WorkDir:
+        return WorkDir(self.scratch, self.uid)
 
     async def wait_exit(self) -> int:
         assert self.child is not None

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from bai.client.cli import admin, agents, connection, events, policies, run, sessions
+from bai.client.cli import admin, agents, connection, events, files, policies, run, sessions
 from bai.client.cli.context import CliState
 from bai.client.cli.output import print_error, print_warning
 from bai.common.errors import BaiError
@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "bai.cli"
 BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     run.run,
     *sessions.COMMANDS,
+    *files.COMMANDS,
     admin.admin,
     connection.auth_test,
     connection.version,

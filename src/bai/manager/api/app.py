@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
-from bai.manager.api import agents, events, execute, misc, session, stream
+from bai.manager.api import agents, events, execute, files, misc, session, stream
 from bai.manager.api.middleware import EdgeMiddleware
 from bai.manager.api.problems import problem, problem_for
 from bai.manager.core import Manager
@@ -43,6 +43,9 @@ def _session_routes() -> list[Route]:
             Route(f"{prefix}/{{id}}/interrupt", execute.interrupt, methods=["POST"]),
             Route(f"{prefix}/{{id}}/complete", execute.complete, methods=["POST"]),
             Route(f"{prefix}/{{id}}/rename", session.rename, methods=["POST"]),
+            Route(f"{prefix}/{{id}}/upload", files.upload, methods=["POST"]),
+            Route(f"{prefix}/{{id}}/download", files.download, methods=["GET", "POST"]),
+            Route(f"{prefix}/{{id}}/files", files.list_files, methods=["GET"]),
         ]
     return routes
 

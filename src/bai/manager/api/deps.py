@@ -35,7 +35,10 @@ def api_version(conn: HTTPConnection) -> ApiVersion:
 async def caller(conn: HTTPConnection) -> Keypair:
     """Authenticate the request and count it against the keypair's rate limit."""
     manager = manager_of(conn)
-    body = await conn.body() if isinstance(conn, Request) else b""
+    # a multipart body is signed as empty (bai.manager.auth): left unread, so an
+    # upload handler can stream it
+    multipart = conn.headers.get("content-type", "").lower().startswith("multipart/")
+    body = await conn.body() if isinstance(conn, Request) and not multipart else b""
     signed = SignedRequest(
         method=conn.scope.get("method", "GET"),
         raw_path=conn.scope["state"]["raw_path"],

@@ -14,6 +14,7 @@ PROBLEM_BASE = "https://api.backend.ai/probs/"
 #: class → (slug, status, title); the most specific class wins (looked up along the MRO)
 PROBLEMS: dict[type[e.BaiError], tuple[str, int, str]] = {
     e.InvalidRequest: ("invalid-api-params", 400, "Missing or invalid API parameters."),
+    e.RequestTooLarge: ("request-too-large", 413, "The request is larger than the server allows."),
     e.BadRequest: ("generic-bad-request", 400, "Bad request."),
     e.InvalidAuthParams: ("invalid-auth-params", 400, "Missing or invalid authorization parameters."),
     e.SessionAlreadyExists: ("session-already-exists", 400, "The session already exists but you requested not to reuse existing one."),  # noqa: E501
@@ -33,6 +34,7 @@ PROBLEMS: dict[type[e.BaiError], tuple[str, int, str]] = {
     e.SessionDestructionFailed: ("kernel-destruction-failed", 500, "Kernel destruction has failed."),
     e.SessionRestartFailed: ("kernel-restart-failed", 500, "Kernel restart has failed."),
     e.ExecutionFailed: ("kernel-execution-failed", 500, "Executing user code in the kernel has failed."),
+    e.StorageFull: ("insufficient-storage", 507, "The session's storage is full."),
     e.ServiceUnavailable: ("instance-not-available", 503, "There is no available instance."),
     e.BaiError: ("internal-server-error", 500, "Something has gone wrong."),
 }
