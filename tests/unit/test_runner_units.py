@@ -137,7 +137,7 @@ def test_user_sys_path_starts_with_cwd_and_drops_the_runner(monkeypatch: pytest.
 def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
     assert Execute("a", "1") == Execute(run_id="a", code="1", mode="query")
     assert Execute("a", "1") != Execute("a", "2") and Execute("a", "1") != RunCode("1")
-    assert repr(Execute("a", "1")) == "Execute(run_id='a', code='1', mode='query')"
+    assert repr(Execute("a", "1")) == "Execute(run_id='a', code='1', mode='query', source='', steps=[], build_log=False)"
     assert repr(Interrupt()) == "Interrupt()" and Interrupt() == Interrupt()
     first, second = Completions(), Completions()
     assert first.items == [] and first.items is not second.items  # a fresh default per record

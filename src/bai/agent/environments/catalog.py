@@ -95,6 +95,10 @@ class Repl(_Model):
     wrap: str = "{code}"
     #: a regular expression for prompts the REPL prints even without a terminal; stripped
     prompt: str | None = None
+    #: the REPL echoes each input line (readline without a terminal): the runner drops them
+    echo: bool = False
+    #: code sent once when the REPL starts, before its first query (its output is dropped)
+    init: str | None = None
 
     @field_validator("sentinel")
     @classmethod
