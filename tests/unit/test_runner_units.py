@@ -150,7 +150,7 @@ def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
         Execute("a", "1").extra = 1  # type: ignore[attr-defined]  # slots: no stray attributes
     makers: list[Callable[[], object]] = [
         lambda: Execute("a"),  # type: ignore[call-arg]
-        lambda: Execute("a", "1", "query", "x"),  # type: ignore[call-arg]
+        lambda: Execute("a", "1", "query", "x", [], False, "extra"),  # type: ignore[call-arg]
         lambda: Execute("a", run_id="b", code="1"),  # type: ignore[misc]
         lambda: Execute(run_id="a", code="1", colour="red"),  # type: ignore[call-arg]
     ]
