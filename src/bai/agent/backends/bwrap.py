@@ -73,6 +73,8 @@ ETC_ENTRIES = (
     "python3.12",
     "python3.13",
     "java-17-openjdk",
+    "R",  # Renviron, Rprofile.site (r-base-core)
+    "php",  # php.ini and the extensions' conf.d (php-cli)
     "matplotlibrc",
 )
 TOP_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
@@ -131,6 +133,8 @@ class SandboxCommand:
     tmp_size: int
     seccomp: bool = True  # the program is on SECCOMP_FD
     preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
+    config: str = ""  # the engine's settings, JSON (the runner's --config)
+    binds: tuple[Path, ...] = ()  # host dirs bound read-only at the same path (a venv)
 
     def argv(self) -> list[str]:
         args = [
@@ -148,6 +152,7 @@ class SandboxCommand:
             "--size", str(self.tmp_size), "--tmpfs", "/tmp",
             "--bind", str(self.scratch), HOME,
             "--ro-bind", str(self.runner_dir), RUNNER_MOUNT,
+            *[arg for path in self.binds for arg in ("--ro-bind", str(path), str(path))],
             "--remount-ro", "/",  # the root tmpfs bwrap built (mount points, /etc) turns read-only
             "--chdir", HOME,
             "--info-fd", str(INFO_FD),
@@ -161,6 +166,8 @@ class SandboxCommand:
         args += ["--fd", str(SOCKET_FD), "--engine", self.engine]
         if self.preload:
             args += ["--preload", ",".join(self.preload)]
+        if self.config:
+            args += ["--config", self.config]
         return args
 
 

@@ -108,7 +108,8 @@ class LineFilter:
         body = self._strip(partial)
         if body == "" or len(body) < 3 or (bool(self.marker) and self.marker.startswith(body)):
             return True
-        return bool(self.echo) and any(line.startswith(body) for line in list(self.echo)[:2])
+        echo = self.echo
+        return echo is not None and any(line.startswith(body) for line in list(echo)[:2])
 
     def _line(self, line: str, complete: bool) -> str:
         body = self._strip(line) if self._at_line_start else line
