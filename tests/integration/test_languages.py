@@ -179,8 +179,9 @@ def test_a_makefile_is_the_build_and_the_build_log_is_optional(
     lang, session = lang_session
     scratch = scratch_of(bai_server, api, session)
     (scratch / "prog.c").write_text(lang.main)
-    (scratch / "Makefile").write_text("main: prog.c\n\t@echo building from the Makefile\n\tgcc -o main prog.c\n"
-                                      "clean:\n\trm -f main\n")
+    (scratch / "Makefile").write_text(
+        "main: prog.c\n\t@echo building from the Makefile\n\tgcc -o main prog.c\nclean:\n\trm -f main\n"
+    )
     statuses, result = batch(api, session, clean="make clean", build="*", exec="*")
     assert statuses == [("clean-finished", 0), ("build-finished", 0), ("finished", 0)], result
     assert stdout_of(result) == "rm -f main\nhello batch\n"  # a good build's output is dropped
@@ -234,8 +235,9 @@ def test_batch_over_the_streaming_websocket(
     path = f"/stream/session/{session}/execute"
     headers = api.headers("GET", path, b"", None)
     with connect("ws" + api.endpoint[4:] + path, additional_headers=headers, open_timeout=10) as ws:
-        ws.send(json.dumps({"mode": "batch", "code": "", "options": {"build": "echo built", "buildLog": True,
-                                                                      "exec": "*"}}))
+        ws.send(
+            json.dumps({"mode": "batch", "code": "", "options": {"build": "echo built", "buildLog": True, "exec": "*"}})
+        )
         frames = []
         while not frames or frames[-1]["status"] not in ("finished", "error"):
             frames.append(json.loads(ws.recv(timeout=20)))
