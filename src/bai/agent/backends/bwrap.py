@@ -134,7 +134,7 @@ class SandboxCommand:
     seccomp: bool = True  # the program is on SECCOMP_FD
     preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
     config: str = ""  # the engine's settings, JSON (the runner's --config)
-    binds: tuple[Path, ...] = ()  # host dirs bound read-only at the same path (a venv)
+    binds: tuple[Path, ...] = ()  # host paths bound read-only at the same path, if they exist (a venv)
 
     def argv(self) -> list[str]:
         args = [
@@ -152,7 +152,7 @@ class SandboxCommand:
             "--size", str(self.tmp_size), "--tmpfs", "/tmp",
             "--bind", str(self.scratch), HOME,
             "--ro-bind", str(self.runner_dir), RUNNER_MOUNT,
-            *[arg for path in self.binds for arg in ("--ro-bind", str(path), str(path))],
+            *[arg for path in self.binds for arg in ("--ro-bind-try", str(path), str(path))],
             "--remount-ro", "/",  # the root tmpfs bwrap built (mount points, /etc) turns read-only
             "--chdir", HOME,
             "--info-fd", str(INFO_FD),

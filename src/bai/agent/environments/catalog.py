@@ -163,6 +163,17 @@ class Host(_Model):
     binaries: tuple[str, ...] = ()
     venv: Venv | None = None
     unavailable: str | None = None
+    #: host paths outside /usr the toolchain reads (GHC's package db in /var/lib/ghc): the
+    #: sandbox sees them read-only at the same path
+    binds: tuple[str, ...] = ()
+
+    @field_validator("binds")
+    @classmethod
+    def _binds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/") or ".." in path.split("/") or path.rstrip("/") in ("", "/home", "/tmp"):
+                raise ValueError(f"{path!r} is not an absolute path the sandbox may see")
+        return value
 
     @field_validator("debian")
     @classmethod

@@ -63,8 +63,10 @@ class Launch:
 
     @property
     def binds(self) -> tuple[Path, ...]:
-        """Host dirs the sandbox sees read-only at the same path."""
-        return (self.venv,) if self.venv is not None else ()
+        """Host paths the sandbox sees read-only at the same path: the venv and what the
+        catalog's ``host.binds`` names."""
+        venv = (self.venv,) if self.venv is not None else ()
+        return (*venv, *(Path(path) for path in self.env.host.binds))
 
     def query(self, code: str) -> tuple[str, list[list[str]]]:
         """A query's source file and steps for the command engine; ("", []) for an
