@@ -215,7 +215,7 @@ class LocalBackend(Backend):
         """The catalog's entries this host can run (``bai env list``): each under
         ``name:tag``, and under ``name`` alone for its default tag."""
         try:
-            catalog = self.catalog = load_catalog()
+            catalog = self.catalog = load_catalog(self.config.environment_catalog)
         except CatalogError as exc:
             raise BackendUnavailable(f"environment catalog: {exc}") from exc
         statuses = await asyncio.to_thread(host_status, catalog, self.config.data_dir)
