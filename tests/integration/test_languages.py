@@ -7,6 +7,8 @@ the build log). A language whose toolchain this host lacks is skipped, with the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,3 +266,15 @@ def test_an_unknown_or_unavailable_image_is_refused_naming_image(api: SignedClie
         r = api.post("/session", {"image": image, "name": f"lang-{uuid.uuid4().hex[:6]}"})
         assert r.status_code == 400, r.text
         assert "image" in r.text and image in r.text
+
+
+@pytest.mark.skipif(not STATUS["c"].available, reason=f"c is not available here: {STATUS['c'].reason}")
+def test_bai_run_compiles_and_runs_a_c_file(bai_server: RunningServer, tmp_path: Path) -> None:
+    source = tmp_path / "hello.c"
+    source.write_text('#include <stdio.h>\nint main(void) { puts("hello from C"); return 5; }\n')
+    cli = [sys.executable, "-m", "bai.client.cli.main", "run", "c", str(source)]
+    done = subprocess.run(cli, env=bai_server.env, capture_output=True, text=True, timeout=90, check=False)
+    assert (done.returncode, done.stdout) == (5, "hello from C\n"), done.stderr
+    source.write_text("int main(void) { return undeclared; }\n")
+    done = subprocess.run(cli, env=bai_server.env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode != 0 and "undeclared" in done.stderr and done.stdout == ""
