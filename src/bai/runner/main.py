@@ -24,7 +24,6 @@ import sys
 
 from bai.runner.engines import ENGINES, load_engine
 from bai.runner.engines.base import Busy, EngineContext, RunnerError
-from bai.runner.engines.steps import StepRunner
 from bai.runner.link import AgentLink
 from bai.runner.loop import Loop
 from bai.runner.process import read_oom_score_adj, set_dumpable, write_oom_score_adj
@@ -46,6 +45,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: millise
 if TYPE_CHECKING:
     import signal as _signal
     from typing import Any, Callable, Dict, List, NoReturn, Optional
+
+    from bai.runner.engines.steps import StepRunner
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
@@ -114,7 +115,10 @@ class Runner:
             interrupt_grace=options.interrupt_grace,
             config=options.config,
         )
-        self.steps = context.steps = StepRunner(context)
+        self._context = context
+        self._steps: Optional[StepRunner] = None
+        if options.engine != "python":  # python runs shell steps in batch mode only
+            context.steps = self.steps
         self.engine = load_engine(options.engine)(context)
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Execute: self._execute,
@@ -131,8 +135,19 @@ class Runner:
             self.link.send(self.engine.start())
             self.loop.run()
         finally:
-            self.steps.close()
+            if self._steps is not None:
+                self._steps.close()
             self.engine.close()
+
+    @property
+    def steps(self) -> StepRunner:
+        """The runner of shell steps, made (and its module imported) when first needed:
+        the python engine's start does without it."""
+        if self._steps is None:
+            from bai.runner.engines.steps import StepRunner  # noqa: PLC0415 (start-up time)
+
+            self._steps = self._context.steps = StepRunner(self._context)
+        return self._steps
 
     def _execute(self, message: Execute) -> None:
         """Batch mode runs shell steps whatever the engine; a query goes to the engine."""
@@ -140,19 +155,19 @@ class Runner:
             if self.engine.busy:
                 raise Busy("a run is in progress", message.run_id)
             self.steps.start(message, batch=True)
-        elif self.steps.active:
+        elif self._steps is not None and self._steps.active:
             raise Busy("a run is in progress", message.run_id)
         else:
             self.engine.execute(message)
 
     def _interrupt(self, message: Interrupt) -> None:
-        if self.steps.active:
-            self.steps.interrupt()
+        if self._steps is not None and self._steps.active:
+            self._steps.interrupt()
         else:
             self.engine.interrupt(message)
 
     def _child_exited(self, pid: int, status: int) -> None:
-        if not self.steps.child_exited(pid, status):
+        if self._steps is None or not self._steps.child_exited(pid, status):
             self.engine.child_exited(pid, status)
 
     def _on_message(self, message: Message) -> None:
