@@ -157,12 +157,13 @@ class ReplProcess:
 
 
 class ActiveRun:
-    __slots__ = ("interrupt_timer", "run_id", "started")
+    __slots__ = ("interrupt_timer", "line_open", "run_id", "started")
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.started = time.monotonic()
         self.interrupt_timer: Optional[Timer] = None
+        self.line_open = False  # the last output forwarded did not end a line
 
 
 class ReplEngine(Engine):
@@ -325,6 +326,7 @@ class ReplEngine(Engine):
     def _forward(self, stream: str, text: str) -> None:
         run = self._run
         if run is not None:  # between runs: a REPL's own noise (prompts); dropped
+            run.line_open = not text.endswith("\n")
             self.context.emit(Output(run_id=run.run_id, stream=stream, data=text))
 
     def _finish(self, exit_code: int, restarted: bool = False, note: str = "") -> None:
@@ -332,7 +334,8 @@ class ReplEngine(Engine):
         if run is None:
             return
         if note:
-            self.context.emit(Output(run_id=run.run_id, stream="stderr", data=note))
+            text = ("\n" if run.line_open else "") + note
+            self.context.emit(Output(run_id=run.run_id, stream="stderr", data=text))
         if run.interrupt_timer is not None:
             run.interrupt_timer.cancel()
         wall_ms = round((time.monotonic() - run.started) * 1000.0, 3)
@@ -358,11 +361,11 @@ class ReplEngine(Engine):
         self._drain(repl)
         exit_code, how = describe_exit(repl.process.wait())
         name = self.command[0]
-        note = "\nthe %s process %s; its state is lost and a fresh one was started\n" % (name, how)
+        note = "the %s process %s; its state is lost and a fresh one was started\n" % (name, how)
         self._finish(exit_code, restarted=True, note=note)
         queued, self._queued = self._queued, None
         if queued is not None:  # it died before it could take its first query
-            self.context.emit(Output(run_id=queued.run_id, stream="stderr", data=note.lstrip("\n")))
+            self.context.emit(Output(run_id=queued.run_id, stream="stderr", data=note))
             self.context.emit(Finished(run_id=queued.run_id, exit_code=exit_code, engine_restarted=True))
         self._replace(repl, delay=0.0 if repl.warm else RESPAWN_PAUSE_S)
 
@@ -373,7 +376,7 @@ class ReplEngine(Engine):
         repl.process.signal_group(_signal.SIGKILL)
         repl.process.wait()
         note = (
-            "\nthe run did not stop within %g s of the interrupt, so the %s process was killed; "
+            "the run did not stop within %g s of the interrupt, so the %s process was killed; "
             "its state is lost and a fresh one was started\n" % (self.context.interrupt_grace, self.command[0])
         )
         self._finish(128 + _signal.SIGKILL, restarted=True, note=note)
