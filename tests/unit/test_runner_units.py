@@ -173,8 +173,8 @@ def test_the_wire_format_is_unchanged() -> None:
     """Fields in declaration order, then the type; compact UTF-8 JSON (what
     dataclasses.asdict and json.dumps made before the records were plain classes)."""
     payload = (
-        b'{"run_id":"a","code":"\xc3\xa9","mode":"query","source":"","steps":[],"build_log":false,'
-        b'"type":"execute"}'
+        b'{"run_id":"a","code":"\xc3\xa9","mode":"query","source":"","steps":[],'
+        + b'"build_log":false,"type":"execute"}'
     )
     assert encode(Execute(run_id="a", code="é")) == HEADER.pack(len(payload)) + payload
     assert encode(Failure(message="m"))[HEADER.size :] == b'{"message":"m","run_id":null,"type":"failure"}'
