@@ -262,7 +262,9 @@ async def test_info(agent: Agent, session: str) -> None:
     info = agent.info()
     assert info.agent_id == agent.config.agent_id
     assert info.backend == "local"
-    assert info.environments == ["python"]
+    # what the catalog has and this host can run, by name and name:tag (bai env list)
+    assert {"python", "python:3.11", "shell", "shell:bash"} <= set(info.environments)
+    assert info.environments == sorted(info.environments) and "julia" not in info.environments
     # the hardware times the overcommit ratios (docs/decisions/0005)
     assert Decimal(info.capacity["cpu"]) == os.cpu_count() * agent.config.cpu_overcommit
     with open("/proc/meminfo") as f:

@@ -74,7 +74,8 @@ def test_a_repl_keeps_state_and_its_sentinel_ends_each_query(name: str, tmp_path
     env = _env(name)
     assert env.repl is not None
     sentinel = env.repl.sentinel.format(marker=MARKER)
-    feed = "".join(env.repl.wrap.format(code=code) + "\n" + sentinel + "\n" for code in STATE[name])
+    init = env.repl.init + "\n" if env.repl.init else ""  # the runner sends it first, once
+    feed = init + "".join(env.repl.wrap.format(code=code) + "\n" + sentinel + "\n" for code in STATE[name])
     result = subprocess.run(list(env.repl.command), input=feed, capture_output=True, text=True, timeout=60,
                             cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TERM": "dumb"},
                             check=False)  # fmt: skip

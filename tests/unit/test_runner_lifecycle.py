@@ -161,7 +161,7 @@ def test_a_malformed_frame_is_answered_and_the_runner_goes_on(runner: RunnerClie
         assert "malformed frame" in runner.expect(Failure).message
     runner.send_raw(encode(Ready(engine="python", language_version="0")))
     assert "does not take" in runner.expect(Failure).message
-    runner.send_raw(encode(Execute(run_id="m", code="2 * 21", mode="batch")))
+    runner.send_raw(encode(Execute(run_id="m", code="2 * 21", mode="bogus")))
     assert runner.expect(Failure).run_id == "m"
     assert runner.run("2 * 21").stdout == "42\n"
 

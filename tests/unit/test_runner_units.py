@@ -137,7 +137,9 @@ def test_user_sys_path_starts_with_cwd_and_drops_the_runner(monkeypatch: pytest.
 def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
     assert Execute("a", "1") == Execute(run_id="a", code="1", mode="query")
     assert Execute("a", "1") != Execute("a", "2") and Execute("a", "1") != RunCode("1")
-    assert repr(Execute("a", "1")) == "Execute(run_id='a', code='1', mode='query')"
+    assert repr(Execute("a", "1")) == (
+        "Execute(run_id='a', code='1', mode='query', source='', steps=[], build_log=False)"
+    )
     assert repr(Interrupt()) == "Interrupt()" and Interrupt() == Interrupt()
     first, second = Completions(), Completions()
     assert first.items == [] and first.items is not second.items  # a fresh default per record
@@ -150,7 +152,7 @@ def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
         Execute("a", "1").extra = 1  # type: ignore[attr-defined]  # slots: no stray attributes
     makers: list[Callable[[], object]] = [
         lambda: Execute("a"),  # type: ignore[call-arg]
-        lambda: Execute("a", "1", "query", "x"),  # type: ignore[call-arg]
+        lambda: Execute("a", "1", "query", "x", [], False, "extra"),  # type: ignore[call-arg]
         lambda: Execute("a", run_id="b", code="1"),  # type: ignore[misc]
         lambda: Execute(run_id="a", code="1", colour="red"),  # type: ignore[call-arg]
     ]
@@ -170,7 +172,10 @@ def test_a_field_without_a_default_cannot_follow_one_with_a_default() -> None:
 def test_the_wire_format_is_unchanged() -> None:
     """Fields in declaration order, then the type; compact UTF-8 JSON (what
     dataclasses.asdict and json.dumps made before the records were plain classes)."""
-    payload = b'{"run_id":"a","code":"\xc3\xa9","mode":"query","type":"execute"}'
+    payload = (
+        b'{"run_id":"a","code":"\xc3\xa9","mode":"query","source":"","steps":[],'
+        + b'"build_log":false,"type":"execute"}'
+    )
     assert encode(Execute(run_id="a", code="é")) == HEADER.pack(len(payload)) + payload
     assert encode(Failure(message="m"))[HEADER.size :] == b'{"message":"m","run_id":null,"type":"failure"}'
     assert decode(b'{"type":"failure","message":"m"}') == Failure(message="m")

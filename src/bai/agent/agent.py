@@ -82,7 +82,7 @@ class Agent:
         if config.pool_size > 0:
             self.pool = WarmPool(
                 self.backend,
-                targets={env: config.pool_size for env in self.backend.environments()},
+                targets={env: config.pool_size for env in self.backend.pooled_environments()},
                 limits=Limits(cpu=config.default_cpu, mem=config.default_mem, pids=config.default_pids),
                 make_session=self._make_session,
                 startup_timeout_s=config.startup_timeout_s,
@@ -149,11 +149,9 @@ class Agent:
             raise InvalidRequest("a session id is 1-128 letters, digits, '_', '.', '-'", field="session_id")
         if spec.session_id in self.sessions or spec.session_id in self._creating:
             raise InvalidRequest(f"session {spec.session_id} already exists here", field="session_id")
-        if spec.environment not in self.backend.environments():
-            known = ", ".join(self.backend.environments())
-            raise InvalidRequest(
-                f"unknown environment {spec.environment!r} (this agent has: {known})", field="environment"
-            )
+        problem = self.backend.environment_problem(spec.environment)
+        if problem is not None:
+            raise InvalidRequest(problem, field="environment")
         if spec.scratch_bytes is not None and not MIN_SCRATCH_BYTES <= spec.scratch_bytes <= MAX_SCRATCH_BYTES:
             raise InvalidRequest(
                 f"scratch_bytes must be between {MIN_SCRATCH_BYTES} and {MAX_SCRATCH_BYTES}", field="scratch_bytes"

@@ -34,6 +34,8 @@ class AgentConfig(BaseSettings):
     bwrap_path: str = "/usr/bin/bwrap"
     runner_python: str = "/usr/bin/python3"
     runner_dir: Path | None = None  # None: the installed bai.runner package
+    #: the environment catalog (docs/environments.md); None: the one shipped with bai
+    environment_catalog: Path | None = None
     cgroup_driver: Literal["auto", "v1", "v2", "none"] = "auto"
     # host uids for sandboxes: uid_base + slot, one slot per live session
     sandbox_uid_base: int = Field(default=1_000_000, ge=1000)

@@ -5,7 +5,9 @@ the manager's requests and acts on what it returns:
 
 - ``start`` / ``check_continue`` / ``check_input`` validate a request against the
   current run (raising ``InvalidRequest(field="runId")``) and say what to send;
-- ``on_output``, ``on_media``, ``on_waiting_input``, ``on_finished`` record what
+- ``on_output``, ``on_media``, ``on_waiting_input``, ``on_step_finished`` (a batch
+  step's end: a response ends there, ``clean-finished`` / ``build-finished``),
+  ``on_finished`` record what
   the runner said; ``on_exec_timeout`` and ``add_notice`` record the agent's own;
 - ``deliverable`` says whether a waiting ``execute`` should answer now;
 - ``take_response`` cuts the next response: consecutive chunks of one stream are
@@ -41,7 +43,8 @@ STREAM_CAP = 512 * 1024
 OUTPUT_LIMIT = 8 * 2**20  # the default of AgentConfig.output_limit
 TEXT_STREAMS = ("stdout", "stderr")
 
-Status = Literal["continued", "waiting-input", "finished", "exec-timeout"]
+Status = Literal["continued", "waiting-input", "finished", "exec-timeout", "clean-finished", "build-finished"]
+STEP_STATUSES: dict[str, Status] = {"clean": "clean-finished", "build": "build-finished"}
 
 
 class RunPhase(Enum):
@@ -62,10 +65,11 @@ class Response:
 
 @dataclass
 class _Chunk:
-    kind: str  # stdout | stderr | media | html
-    text: str = ""
+    kind: str  # stdout | stderr | media | html | step (the end of a batch step)
+    text: str = ""  # the step's name, for a step
     size: int = 0  # UTF-8 bytes of text, for the per-stream cap
     media: list[str] | None = None
+    exit_code: int | None = None  # a step's
 
 
 @dataclass
@@ -224,6 +228,14 @@ class RunBook:
             run.pending.append(_Chunk(kind="media", media=[mime, data], size=len(data)))
         self.backlog_bytes += len(data)
 
+    def on_step_finished(self, run_id: str, step: str, exit_code: int) -> None:
+        """A batch step ended: the response that reaches this point ends there, with
+        ``<step>-finished`` and the step's exit code."""
+        run = self._live(run_id)
+        if run is None or step not in STEP_STATUSES:
+            return
+        run.pending.append(_Chunk(kind="step", text=step, exit_code=exit_code))
+
     def on_waiting_input(self, run_id: str, password: bool) -> None:
         run = self._live(run_id)
         if run is None:
@@ -300,6 +312,8 @@ class RunBook:
             return True
         if run.phase is RunPhase.WAITING_INPUT and not run.input_reported:
             return True
+        if any(chunk.kind == "step" for chunk in run.pending):
+            return True
         return any(size >= self.stream_cap for size in run.pending_bytes.values())
 
     def take_response(self) -> Response:
@@ -308,6 +322,9 @@ class RunBook:
         if run is None:
             raise InvalidRequest("no run to report on", field="runId")
         console, complete = self._cut(run)
+        if run.pending and run.pending[0].kind == "step":
+            step = run.pending.popleft()
+            return Response(run.run_id, STEP_STATUSES[step.text], step.exit_code, console)
         if complete and run.phase is RunPhase.FINISHED:
             status: Status = "exec-timeout" if run.timed_out else "finished"
             return Response(run.run_id, status, run.exit_code, console, stats=run.stats)
@@ -322,6 +339,8 @@ class RunBook:
         console: list[ConsoleEntry] = []
         while run.pending:
             chunk = run.pending[0]
+            if chunk.kind == "step":  # the response ends at a step's end
+                return console, False
             if chunk.kind in TEXT_STREAMS:
                 room = budget[chunk.kind]
                 if chunk.size > room:

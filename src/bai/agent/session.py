@@ -28,7 +28,7 @@ from typing import Any
 
 from bai.agent.backends.base import Sandbox
 from bai.agent.runs import RunBook
-from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, SandboxSpec
+from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult, SandboxSpec
 from bai.common.errors import ExecutionFailed, SessionCreationFailed
 from bai.runner import protocol as p
 
@@ -125,6 +125,7 @@ class Session:
             p.Media: self._on_media,
             p.WaitingInput: self._on_waiting_input,
             p.Finished: self._on_finished,
+            p.StepFinished: self._on_step_finished,
             p.Completions: self._on_completions,
             p.Configured: self._on_configured,
             p.Failure: self._on_failure,
@@ -226,6 +227,9 @@ class Session:
     def _on_waiting_input(self, message: p.WaitingInput) -> None:
         self.runs.on_waiting_input(message.run_id, message.password)
 
+    def _on_step_finished(self, message: p.StepFinished) -> None:
+        self.runs.on_step_finished(message.run_id, message.step, message.exit_code)
+
     def _on_finished(self, message: p.Finished) -> None:
         if not self.runs.on_finished(message.run_id, message.exit_code, message.engine_restarted):
             return
@@ -292,12 +296,8 @@ class Session:
             self._check_alive(request.mode)
             link = self.link
             assert link is not None
-            if request.mode == "query":
-                run = self.runs.start(request.run_id, self.spec.output_limit_bytes)
-                self._oom_baseline = (self.oom_kills, self.oom_events)
-                self._run_begins()
-                link.send(p.Execute(run_id=run.run_id, code=request.code))
-                self._arm_exec_timer(run.run_id)
+            if request.mode in ("query", "batch"):
+                self._start_run(link, request)
             elif request.mode == "continue":
                 self.runs.check_continue(request.run_id)
             else:
@@ -316,6 +316,19 @@ class Session:
             is_password=response.is_password,
             stats=response.stats,
         )
+
+    def _start_run(self, link: RunnerLink, request: ExecRequest) -> None:
+        """A query or a batch run: the runner is sent the commands the sandbox renders."""
+        if request.mode == "batch":
+            message = self.sandbox.batch_message("", request.batch or BatchSteps())
+        else:
+            message = self.sandbox.query_message("", request.code)
+        run = self.runs.start(request.run_id, self.spec.output_limit_bytes)
+        message.run_id = run.run_id
+        self._oom_baseline = (self.oom_kills, self.oom_events)
+        self._run_begins()
+        link.send(message)
+        self._arm_exec_timer(run.run_id)
 
     def _run_begins(self) -> None:
         try:

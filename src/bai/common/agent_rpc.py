@@ -46,12 +46,23 @@ class SandboxSpec(BaseModel):
     output_limit_bytes: int | None = None
 
 
+class BatchSteps(BaseModel):
+    """A batch run's steps as the client gave them: a command, ``"*"`` (the environment's
+    default) or None / ``""`` (skipped)."""
+
+    clean: str | None = None
+    build: str | None = None
+    build_log: bool = False
+    exec: str | None = None
+
+
 class ExecRequest(BaseModel):
     session_id: str
-    mode: Literal["query", "continue", "input"]
+    mode: Literal["query", "batch", "continue", "input"]
     run_id: str | None = None
     code: str = ""
     flush_timeout_s: float = 2.0  # return what there is after this long
+    batch: BatchSteps | None = None  # with mode "batch"
 
 
 class RunStats(BaseModel):

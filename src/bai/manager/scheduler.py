@@ -7,7 +7,7 @@ fit, the one with the most free CPU wins (spreads load).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -39,16 +39,24 @@ def environment_name(image: str) -> str:
     return image.split(":", 1)[0]
 
 
+def serves(environments: Collection[str], image: str) -> bool:
+    """Whether an agent offering ``environments`` runs ``image``: the exact ``name:tag``,
+    or the name where the agent lists no tag of it (an agent that lists names only)."""
+    if image in environments:
+        return True
+    name = environment_name(image)
+    return name in environments and not any(env.startswith(name + ":") for env in environments)
+
+
 def schedule_fifo(pending: Sequence[PendingSession], agents: Sequence[AgentCapacity]) -> list[Assignment]:
     free: dict[str, Slots] = {a.agent_id: dict(a.free) for a in agents}
     envs = {a.agent_id: a.environments for a in agents}
     out: list[Assignment] = []
     for request in pending:
-        env = environment_name(request.image)
         candidates = [
             agent_id
             for agent_id, slots in free.items()
-            if env in envs[agent_id] and fits(request.requested, slots)
+            if serves(envs[agent_id], request.image) and fits(request.requested, slots)
         ]
         if not candidates:
             break

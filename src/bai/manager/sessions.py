@@ -55,7 +55,7 @@ from bai.manager.policies import (
     session_slots,
 )
 from bai.manager.reaper import Activity, Reaper
-from bai.manager.scheduler import PendingSession, environment_name, schedule_fifo
+from bai.manager.scheduler import PendingSession, schedule_fifo, serves
 from bai.manager.store.db import Database
 from bai.manager.store.tables import SessionRow
 from bai.manager.usage import stats_payload
@@ -317,7 +317,7 @@ class SessionRegistry:
 
     def _check_schedulable(self, image: str, requested: Slots) -> None:
         environments = self._agents.environments()
-        if environment_name(image) not in environments:
+        if not serves(environments, image):
             known = ", ".join(sorted(environments)) or "none: no agent is connected"
             raise InvalidRequest(f"image: unknown environment {image!r} (available: {known})",
                                  field="image")
@@ -526,7 +526,7 @@ class SessionRegistry:
 
     async def execute(self, session: LiveSession, request: ExecRequest) -> ExecResult:
         self._require_running(session)
-        if request.mode == "query":
+        if request.mode in ("query", "batch"):
             session.num_queries += 1
         activity = session.activity  # the hot path: no context manager (about 2 µs)
         activity.enter()
@@ -534,7 +534,7 @@ class SessionRegistry:
             result = await self._agents.link(session.agent_id).execute(request)
         finally:
             activity.leave()
-        if result.status == "continued":
+        if result.status in ("continued", "clean-finished", "build-finished"):
             activity.run_continues(session.limits.exec_timeout_s)
         else:
             activity.run_ended()

@@ -18,11 +18,12 @@ from __future__ import annotations
 import _socket  # socket.py's C core: socket.py adds enums and selectors, milliseconds per start
 import contextlib
 import gc
+import json
 import os
 import sys
 
-from bai.runner.engines import ENGINES
-from bai.runner.engines.base import EngineContext, RunnerError
+from bai.runner.engines import ENGINES, load_engine
+from bai.runner.engines.base import Busy, EngineContext, RunnerError
 from bai.runner.link import AgentLink
 from bai.runner.loop import Loop
 from bai.runner.process import read_oom_score_adj, set_dumpable, write_oom_score_adj
@@ -37,18 +38,23 @@ from bai.runner.protocol import (
     Message,
     Record,
     Shutdown,
+    field,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
     import signal as _signal
     from typing import Any, Callable, Dict, List, NoReturn, Optional
+
+    from bai.runner.engines.steps import StepRunner
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
-USAGE = "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]" % "|".join(
-    sorted(ENGINES)
+USAGE = (
+    "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...] [--config JSON]"
+    % "|".join(sorted(ENGINES))
 )
+FLAGS = ("--fd", "--engine", "--interrupt-grace", "--preload", "--config")
 
 
 class Options(Record):
@@ -58,6 +64,8 @@ class Options(Record):
     # modules imported before the REPL is forked: a claimed pooled session finds them
     # loaded, and their pages are shared with every REPL the runner forks
     preload: str = ""
+    # the engine's settings, a JSON object (a REPL's command and sentinel...)
+    config: Dict[str, Any] = field(default_factory=dict)
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -67,7 +75,7 @@ def parse_args(argv: List[str]) -> Options:
     while rest:
         flag = rest.pop(0)
         name, eq, value = flag.partition("=")
-        if name not in ("--fd", "--engine", "--interrupt-grace", "--preload"):
+        if name not in FLAGS:
             raise SystemExit("%s\nunknown argument %r" % (USAGE, flag))
         if not eq:
             if not rest:
@@ -80,9 +88,12 @@ def parse_args(argv: List[str]) -> Options:
             engine=values.get("--engine", "python"),
             interrupt_grace=float(values.get("--interrupt-grace", "2")),
             preload=values.get("--preload", ""),
+            config=json.loads(values.get("--config", "{}")),
         )
     except (KeyError, ValueError) as exc:
         raise SystemExit("%s\nbad or missing argument: %s" % (USAGE, exc)) from None
+    if not isinstance(options.config, dict):
+        raise SystemExit("%s\n--config must be a JSON object" % USAGE)
     if options.engine not in ENGINES:
         raise SystemExit("%s\nunknown engine %r" % (USAGE, options.engine))
     return options
@@ -102,24 +113,62 @@ class Runner:
             emit=self.link.send,
             after_fork=self._reset_in_child,
             interrupt_grace=options.interrupt_grace,
+            config=options.config,
         )
-        self.engine = ENGINES[options.engine](context)
+        self._context = context
+        self._steps: Optional[StepRunner] = None
+        if options.engine != "python":  # python runs shell steps in batch mode only
+            context.steps = self.steps
+        self.engine = load_engine(options.engine)(context)
         self._handlers: Dict[type, Callable[[Any], None]] = {
-            Execute: self.engine.execute,
+            Execute: self._execute,
             Input: self.engine.provide_input,
-            Interrupt: self.engine.interrupt,
+            Interrupt: self._interrupt,
             Complete: self.engine.complete,
             Configure: self._configure,
             Shutdown: self._shutdown,
         }
 
     def run(self) -> None:
-        self.loop.watch_children(self.engine.child_exited)
+        self.loop.watch_children(self._child_exited)
         try:
             self.link.send(self.engine.start())
             self.loop.run()
         finally:
+            if self._steps is not None:
+                self._steps.close()
             self.engine.close()
+
+    @property
+    def steps(self) -> StepRunner:
+        """The runner of shell steps, made (and its module imported) when first needed:
+        the python engine's start does without it."""
+        if self._steps is None:
+            from bai.runner.engines.steps import StepRunner  # noqa: PLC0415 (start-up time)
+
+            self._steps = self._context.steps = StepRunner(self._context)
+        return self._steps
+
+    def _execute(self, message: Execute) -> None:
+        """Batch mode runs shell steps whatever the engine; a query goes to the engine."""
+        if message.mode == "batch":
+            if self.engine.busy:
+                raise Busy("a run is in progress", message.run_id)
+            self.steps.start(message, batch=True)
+        elif self._steps is not None and self._steps.active:
+            raise Busy("a run is in progress", message.run_id)
+        else:
+            self.engine.execute(message)
+
+    def _interrupt(self, message: Interrupt) -> None:
+        if self._steps is not None and self._steps.active:
+            self._steps.interrupt()
+        else:
+            self.engine.interrupt(message)
+
+    def _child_exited(self, pid: int, status: int) -> None:
+        if self._steps is None or not self._steps.child_exited(pid, status):
+            self.engine.child_exited(pid, status)
 
     def _on_message(self, message: Message) -> None:
         handler = self._handlers.get(type(message))

@@ -139,12 +139,24 @@ class Message(Record):
 
 
 class Execute(Message):
-    """Run ``code`` in the session's engine. ``mode`` is ``query`` for issue-2 engines."""
+    """Run ``code`` in the session's engine (``mode`` "query"), or a batch ("batch").
+
+    The runner cannot read the environment catalog: the agent renders the commands.
+    ``steps`` is a list of ``[name, shell command]`` run in order under /bin/sh in the
+    working dir. Query mode of the command engine: the code is first written to
+    ``source`` (a file name in the working dir), then the steps ("compile", "run") run;
+    a failing step ends the run with its exit code. Batch mode (any engine): steps
+    "clean", "build", "exec"; each of clean and build ends with a ``StepFinished``; a
+    failing build ends the run; the build's output is dropped unless ``build_log`` is
+    set or the build fails."""
 
     TYPE: ClassVar[str] = "execute"
     run_id: str
     code: str
     mode: str = "query"
+    source: str = ""
+    steps: List[List[str]] = field(default_factory=list)
+    build_log: bool = False
 
 
 class Input(Message):
@@ -224,6 +236,15 @@ class Finished(Message):
     engine_restarted: bool = False
 
 
+class StepFinished(Message):
+    """A batch step ("clean", "build") ended with ``exit_code``; the run goes on."""
+
+    TYPE: ClassVar[str] = "step-finished"
+    run_id: str
+    step: str
+    exit_code: int
+
+
 class Completions(Message):
     TYPE: ClassVar[str] = "completions"
     items: List[str] = field(default_factory=list)
@@ -256,13 +277,14 @@ if TYPE_CHECKING:
         Media,
         WaitingInput,
         Finished,
+        StepFinished,
         Completions,
         Configured,
         Failure,
     ]
 
 _TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown)
-_TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, Completions, Configured, Failure)
+_TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, StepFinished, Completions, Configured, Failure)
 MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT}
 
 

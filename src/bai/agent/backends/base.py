@@ -23,8 +23,9 @@ from typing import ClassVar
 from bai.agent.cgroups import Limits, RunUsage
 from bai.agent.config import AgentConfig
 from bai.agent.files import WorkDir
-from bai.common.agent_rpc import SandboxSpec, SessionStats
-from bai.common.errors import ServiceUnavailable, SessionCreationFailed
+from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
+from bai.common.errors import InvalidRequest, ServiceUnavailable, SessionCreationFailed
+from bai.runner import protocol
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -106,6 +107,16 @@ class Sandbox(ABC):
         dir, with a new runner socket. Called by Agent.restart_session, after the agent
         stopped listening to the old socket. Raises SessionRestartFailed."""
 
+    def query_message(self, run_id: str, code: str) -> protocol.Execute:
+        """The Execute frame of a query: the code alone, for an engine that runs it
+        itself; a backend whose runner compiles and runs files renders the commands."""
+        return protocol.Execute(run_id=run_id, code=code)
+
+    def batch_message(self, run_id: str, batch: BatchSteps) -> protocol.Execute:
+        """The Execute frame of a batch run (its steps rendered). Raises InvalidRequest
+        naming the option that cannot be run."""
+        raise InvalidRequest(f"the {type(self).__name__} has no batch mode", field="mode")
+
     async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
         """Make this pooled sandbox (started for no session) the sandbox of ``spec``:
         set ``limits`` on its running processes and take the session's id. Called by
@@ -146,6 +157,17 @@ class Backend(ABC):
     @abstractmethod
     def environments(self) -> list[str]:
         """Names of the environments it can start. Called by Agent.info and create_session."""
+
+    def environment_problem(self, environment: str) -> str | None:
+        """Why ``environment`` cannot be started here, or None when it can. Called by
+        Agent.create_session."""
+        if environment in self.environments():
+            return None
+        return f"unknown environment {environment!r} (this agent has: {', '.join(self.environments())})"
+
+    def pooled_environments(self) -> list[str]:
+        """The environments the warm pool keeps sandboxes of. Called by Agent.start."""
+        return self.environments()
 
     def scratch_type(self) -> str | None:
         """What backs each session's /home/work ("hostfile", "memory", "hostdir"), once

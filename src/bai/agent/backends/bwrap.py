@@ -73,6 +73,8 @@ ETC_ENTRIES = (
     "python3.12",
     "python3.13",
     "java-17-openjdk",
+    "R",  # Renviron, Rprofile.site (r-base-core)
+    "php",  # php.ini and the extensions' conf.d (php-cli)
     "matplotlibrc",
 )
 TOP_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
@@ -132,6 +134,8 @@ class SandboxCommand:
     seccomp: bool = True  # the program is on SECCOMP_FD
     preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
     devices: tuple[str, ...] = ()  # host device nodes (its GPUs'), each bound at /dev/<its name>
+    config: str = ""  # the engine's settings, JSON (the runner's --config)
+    binds: tuple[Path, ...] = ()  # host paths bound read-only at the same path, if they exist (a venv)
 
     def _device_binds(self) -> list[str]:
         args = []
@@ -156,6 +160,7 @@ class SandboxCommand:
             "--size", str(self.tmp_size), "--tmpfs", "/tmp",
             "--bind", str(self.scratch), HOME,
             "--ro-bind", str(self.runner_dir), RUNNER_MOUNT,
+            *[arg for path in self.binds for arg in ("--ro-bind-try", str(path), str(path))],
             "--remount-ro", "/",  # the root tmpfs bwrap built (mount points, /etc) turns read-only
             "--chdir", HOME,
             "--info-fd", str(INFO_FD),
@@ -169,6 +174,8 @@ class SandboxCommand:
         args += ["--fd", str(SOCKET_FD), "--engine", self.engine]
         if self.preload:
             args += ["--preload", ",".join(self.preload)]
+        if self.config:
+            args += ["--config", self.config]
         return args
 
 

@@ -30,9 +30,11 @@ from bai.agent import cgroups, gpu
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.child import Spawner
-from bai.agent.backends.local_sandbox import ENVIRONMENTS, LocalHost, LocalSandbox, kill_cgroup
+from bai.agent.backends.local_sandbox import LocalHost, LocalSandbox, kill_cgroup
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
+from bai.agent.environments import Catalog, CatalogError, Status, UnknownEnvironment, host_status, load_catalog
+from bai.agent.environments.launch import Launch
 from bai.agent.gpu import GpuAllocator, GpuDevice, GpuError, GpuInventory, gpu_count
 from bai.agent.mounts import unmount_under
 from bai.agent.scratch import (
@@ -150,6 +152,9 @@ class LocalBackend(Backend):
         self._locks: list[int] = []
         self.host: LocalHost | None = None
         self.scratch_kind: str | None = None  # the scratch disks' kind, once started
+        self.catalog: Catalog | None = None
+        self.launches: dict[str, Launch] = {}  # the available environments, "name" and "name:tag"
+        self.unavailable: dict[str, str] = {}  # the others: why not
 
     @property
     def scratch_root(self) -> Path:
@@ -165,6 +170,7 @@ class LocalBackend(Backend):
                 cgroups.check_writable(driver)
         except CgroupError as exc:
             raise BackendUnavailable(f"cgroups unusable: {exc}") from exc
+        await self._find_environments()
         seccomp = self._compile_seccomp()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
@@ -189,6 +195,7 @@ class LocalBackend(Backend):
             seccomp=seccomp,
             runner_dir=runner_dir,
             spawner=Spawner(),
+            launches=self.launches,
             scratch=disks,
             gpus=inventory,
             gpu_allocator=GpuAllocator(inventory.devices),
@@ -208,6 +215,31 @@ class LocalBackend(Backend):
             open_disks, config.scratch_type, self.scratch_root, image_dir, config.scratch_size
         )
 
+    async def _find_environments(self) -> None:
+        """The catalog's entries this host can run (``bai env list``): each under
+        ``name:tag``, and under ``name`` alone for its default tag."""
+        try:
+            catalog = self.catalog = load_catalog(self.config.environment_catalog)
+        except CatalogError as exc:
+            raise BackendUnavailable(f"environment catalog: {exc}") from exc
+        statuses = await asyncio.to_thread(host_status, catalog, self.config.data_dir)
+        for status in statuses:
+            env = status.env
+            names = [env.key] + ([env.name] if catalog.default_tag(env.name) == env.tag else [])
+            reason = status.reason if not status.available else self._unreachable(status)
+            for name in names:
+                if reason:
+                    self.unavailable[name] = f"environment {env.key} is not available on this agent: {reason}"
+                else:
+                    self.launches[name] = Launch(env, status.venv_dir)
+
+    def _unreachable(self, status: Status) -> str:
+        """Why a built venv cannot be bound into sandboxes ("" when it can)."""
+        if status.venv_dir is None or not self.switch_uid:
+            return ""
+        blocked = reachable_by_others(status.venv_dir)
+        return f"{blocked} is not traversable by other users (chmod o+x {blocked})" if blocked else ""
+
     def _compile_seccomp(self) -> dict[str, bytes]:
         """Each environment's BPF program (bai.agent.seccomp.policy_for), compiled once per
         distinct policy."""
@@ -217,7 +249,7 @@ class LocalBackend(Backend):
         programs: dict[Policy, bytes] = {}
         out: dict[str, bytes] = {}
         try:
-            for name in ENVIRONMENTS:
+            for name in sorted({launch.env.name for launch in self.launches.values()}):
                 policy = policy_for(name, self.config.seccomp_overlay, self.config.seccomp_environment_dir)
                 if policy not in programs:
                     programs[policy] = compile_bpf(policy)
@@ -346,7 +378,25 @@ class LocalBackend(Backend):
         return slots
 
     def environments(self) -> list[str]:
-        return sorted(ENVIRONMENTS)
+        return sorted(self.launches)
+
+    def environment_problem(self, environment: str) -> str | None:
+        if environment in self.launches:
+            return None
+        if environment in self.unavailable:
+            return self.unavailable[environment]
+        if self.catalog is not None:
+            try:
+                entry = self.catalog.resolve(environment)
+            except UnknownEnvironment as exc:
+                return str(exc)
+            return self.unavailable.get(entry.key, f"environment {entry.key} is not available on this agent")
+        return f"unknown environment {environment!r}"
+
+    def pooled_environments(self) -> list[str]:
+        """Python only: its runner forks a REPL in a millisecond, and a pooled sandbox takes
+        its session's variables; the others start cold."""
+        return [name for name in ("python",) if name in self.launches]
 
     def scratch_type(self) -> str | None:
         return self.scratch_kind

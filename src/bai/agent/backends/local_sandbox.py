@@ -41,15 +41,16 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
+from bai.agent.environments.launch import Launch
 from bai.agent.files import WorkDir
 from bai.agent.gpu import GpuAllocator, GpuDevice, GpuInventory, visible_devices
 from bai.agent.scratch import Scratch, ScratchDisks
-from bai.common.agent_rpc import SandboxSpec, SessionStats
+from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
+from bai.runner import protocol
 
 log = logging.getLogger(__name__)
 
-ENVIRONMENTS = {"python": "python"}  # environment name → runner engine
 KILL_DEADLINE_S = 5.0
 
 
@@ -60,7 +61,8 @@ class LocalHost:
     config: AgentConfig
     cgroups: CgroupDriver | None
     layout: list[str]  # bwrap.host_layout()
-    seccomp: dict[str, bytes]  # environment → BPF program, compiled once at start; absent: no filter
+    seccomp: dict[str, bytes]  # environment name → BPF program, compiled once at start; absent: no filter
+    launches: dict[str, Launch]  # "name" (its default tag) and "name:tag" → what the runner is told
     runner_dir: Path
     spawner: Spawner
     scratch: ScratchDisks
@@ -141,20 +143,30 @@ class LocalSandbox(Sandbox):
                 log.warning("session %s: no per-run accounting: %s", self.session_id, exc)
         await self._spawn()
 
+    @property
+    def launch(self) -> Launch:
+        try:
+            return self.host.launches[self.spec.environment]
+        except KeyError:
+            raise SessionCreationFailed(f"environment {self.spec.environment!r} is not available here") from None
+
     def _command(self) -> list[str]:
         config = self.host.config
+        launch = self.launch
         return bwrap.SandboxCommand(
             bwrap=config.bwrap_path,
             layout=self.host.layout,
             scratch=self.scratch,
             runner_dir=self.host.runner_dir,
-            runner_python=config.runner_python,
-            engine=ENVIRONMENTS[self.spec.environment],
+            runner_python=launch.runner_python(config.runner_python),
+            engine=launch.engine,
             environ=self._environ(),
-            preload=config.preload_modules,
+            preload=config.preload_modules if launch.engine == "python" else (),
             devices=tuple(str(node) for node in self.host.gpus.nodes_for(self.gpus)),
             tmp_size=config.tmp_size,
-            seccomp=self.spec.environment in self.host.seccomp,
+            seccomp=launch.env.name in self.host.seccomp,
+            config=json.dumps(launch.runner_config(), separators=(",", ":")) if launch.engine != "python" else "",
+            binds=launch.binds,
         ).argv()
 
     def _environ(self) -> dict[str, str]:
@@ -162,11 +174,20 @@ class LocalSandbox(Sandbox):
             return dict(self.spec.environ)
         return {**self.spec.environ, "CUDA_VISIBLE_DEVICES": visible_devices(self.gpus)}
 
+    def query_message(self, run_id: str, code: str) -> protocol.Execute:
+        source, steps = self.launch.query(code)
+        return protocol.Execute(run_id=run_id, code=code, source=source, steps=steps)
+
+    def batch_message(self, run_id: str, batch: BatchSteps) -> protocol.Execute:
+        options = {"clean": batch.clean, "build": batch.build, "exec": batch.exec}
+        steps = self.launch.batch(options, self.scratch)
+        return protocol.Execute(run_id=run_id, code="", mode="batch", steps=steps, build_log=batch.build_log)
+
     async def _spawn(self) -> None:
         agent_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
         data = [bwrap.passwd_data(), bwrap.group_data(), bwrap.hosts_data()]
-        program = self.host.seccomp.get(self.spec.environment)
+        program = self.host.seccomp.get(self.launch.env.name)
         if program is not None:
             data.append(program)
         data_fds = [_data_pipe(chunk) for chunk in data]

@@ -95,6 +95,10 @@ class Repl(_Model):
     wrap: str = "{code}"
     #: a regular expression for prompts the REPL prints even without a terminal; stripped
     prompt: str | None = None
+    #: the REPL echoes each input line (readline without a terminal): the runner drops them
+    echo: bool = False
+    #: code sent once when the REPL starts, before its first query (its output is dropped)
+    init: str | None = None
 
     @field_validator("sentinel")
     @classmethod
@@ -159,6 +163,17 @@ class Host(_Model):
     binaries: tuple[str, ...] = ()
     venv: Venv | None = None
     unavailable: str | None = None
+    #: host paths outside /usr the toolchain reads (GHC's package db in /var/lib/ghc): the
+    #: sandbox sees them read-only at the same path
+    binds: tuple[str, ...] = ()
+
+    @field_validator("binds")
+    @classmethod
+    def _binds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/") or ".." in path.split("/") or path.rstrip("/") in ("", "/home", "/tmp"):
+                raise ValueError(f"{path!r} is not an absolute path the sandbox may see")
+        return value
 
     @field_validator("debian")
     @classmethod

@@ -8,9 +8,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult
-from bai.common.errors import InvalidRequest, NotImplementedFeature
-from bai.common.wire import CompleteOptions, ExecuteRequest, RunResult
+from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult
+from bai.common.errors import InvalidRequest
+from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, RunResult
 from bai.manager.api.deps import body_as, live_session, manager_of, validate
 from bai.manager.sessions import LiveSession
 
@@ -33,18 +33,29 @@ def run_result(result: ExecResult, *, with_run_id: bool = True) -> dict[str, Any
 
 def exec_request(session: LiveSession, req: ExecuteRequest, flush_timeout_s: float) -> ExecRequest:
     """Check a run request's fields against its mode."""
-    if req.mode == "batch":
-        raise NotImplementedFeature("mode: batch execution is not supported yet; use query")
     if req.mode in ("continue", "input") and not req.run_id:
         raise InvalidRequest(f"runId: mode {req.mode!r} needs the runId of the run in progress", field="runId")
-    assert req.mode in ("query", "continue", "input")
+    assert req.mode in ("query", "batch", "continue", "input")
     return ExecRequest(
         session_id=session.id,
         mode=req.mode,
         run_id=req.run_id,
         code=req.code,
         flush_timeout_s=flush_timeout_s,
+        batch=batch_steps(req.options) if req.mode == "batch" else None,
     )
+
+
+def batch_steps(raw_options: Any) -> BatchSteps:
+    """A batch run's ``options`` (API.md section 6): ``clean``, ``build``, ``exec`` (a
+    command, ``"*"`` or null) and ``buildLog``."""
+    if raw_options is not None and not isinstance(raw_options, dict):
+        raise InvalidRequest("options: must be a JSON object", field="options")
+    try:
+        options = validate(BatchOptions, raw_options or {})
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"options.{exc.message}", field=f"options.{exc.field}") from None
+    return BatchSteps(clean=options.clean, build=options.build, build_log=options.build_log, exec=options.exec)
 
 
 async def _complete(request: Request, session: LiveSession, code: str, raw_options: Any) -> Response:

@@ -85,7 +85,7 @@ async def _relay(ws: WebSocket, inbox: _Inbox, manager: Manager, session: LiveSe
             text = await inbox.next_text()
             request = ExecRequest(session_id=session.id, mode="input", run_id=result.run_id, code=text,
                                   flush_timeout_s=first.flush_timeout_s)
-        elif result.status == "continued":
+        elif result.status in ("continued", "clean-finished", "build-finished"):
             request = ExecRequest(session_id=session.id, mode="continue", run_id=result.run_id,
                                   flush_timeout_s=first.flush_timeout_s)
         else:

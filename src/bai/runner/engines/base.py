@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import abc
 
-from bai.runner.protocol import Record
+from bai.runner.protocol import Record, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
-    from typing import Callable, ClassVar, Dict, Optional
+    from typing import Any, Callable, ClassVar, Dict, Optional
 
+    from bai.runner.engines.steps import StepRunner
     from bai.runner.loop import Loop
     from bai.runner.protocol import Complete, Execute, Input, Interrupt, Message, Ready
 
@@ -54,6 +55,11 @@ class EngineContext(Record):
     after_fork: Callable[[], None]
     # Seconds a run may go on after an Interrupt before its process is killed.
     interrupt_grace: float = 2.0
+    # The engine's settings from the agent (``--config`` JSON): a REPL's command and
+    # sentinel, the language's version...
+    config: Dict[str, Any] = field(default_factory=dict)
+    # Runs shell steps (batch mode, compile-and-run queries); set by the runner.
+    steps: Optional[StepRunner] = None
 
 
 class Engine(abc.ABC):
@@ -61,6 +67,11 @@ class Engine(abc.ABC):
 
     def __init__(self, context: EngineContext) -> None:
         self.context = context
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run of the engine's own is in progress (a batch cannot start)."""
+        return False
 
     @abc.abstractmethod
     def start(self) -> Ready:

@@ -150,6 +150,10 @@ class PythonEngine(Engine):
         }
         self._on_request: Dict[type, Callable[[Any], None]] = {Fence: self._fence, AskInput: self._ask_input}
 
+    @property
+    def busy(self) -> bool:
+        return self._run is not None
+
     def start(self) -> Ready:
         self._spawn()
         return Ready(engine=self.name, language_version=python_version())
