@@ -65,7 +65,7 @@ async def test_a_venv_environment_runs_on_its_venv_bound_read_only(tmp_path: Pat
     data_dir.chmod(0o711)
     built = build_environment(load_catalog(catalog_file).resolve("tiny"), data_dir, Quiet())
     assert built.venv_dir is not None
-    async with running_agent(data_dir=data_dir, environment_catalog=catalog_file) as agent:
+    async with running_agent(data_dir=data_dir, environments_base=data_dir, environment_catalog=catalog_file) as agent:
         assert agent.info().environments == ["shell", "shell:bash", "tiny", "tiny:1"]
         session = await new_session(agent, environment="tiny")
         code = (

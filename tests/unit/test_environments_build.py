@@ -183,7 +183,7 @@ def test_the_cli_builds_and_reports(tmp_path: Path) -> None:
     catalog.write_text(_catalog_text())
     data = tmp_path / "data"
     runner = CliRunner()
-    args = ["--catalog", str(catalog), "--data-dir", str(data)]
+    args = ["--catalog", str(catalog), "--base", str(data)]
     first = runner.invoke(env_cli, ["build", "tiny", *args])
     assert first.exit_code == 0, first.output
     assert "built tiny:1" in first.output

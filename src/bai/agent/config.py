@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+def _default_environments_base() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/bai")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bai"
+
+
 def _default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/bai/agent")
@@ -29,6 +36,9 @@ class AgentConfig(BaseSettings):
     agent_id: str = Field(default_factory=lambda: f"agent-{socket.gethostname()}", pattern=r"^[\w.-]{1,64}$")
     data_dir: Path = Field(default_factory=_default_data_dir)
     backend: str = "local"
+    #: built environments (venvs) live in <environments_base>/environments/<name>-<tag>: one
+    #: place per host, shared by every agent on it and by ``bai env build``, whatever their data dirs
+    environments_base: Path = Field(default_factory=_default_environments_base)
 
     # -- local backend ------------------------------------------------------
     bwrap_path: str = "/usr/bin/bwrap"

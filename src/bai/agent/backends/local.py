@@ -222,7 +222,7 @@ class LocalBackend(Backend):
             catalog = self.catalog = load_catalog(self.config.environment_catalog)
         except CatalogError as exc:
             raise BackendUnavailable(f"environment catalog: {exc}") from exc
-        statuses = await asyncio.to_thread(host_status, catalog, self.config.data_dir)
+        statuses = await asyncio.to_thread(host_status, catalog, self.config.environments_base)
         for status in statuses:
             env = status.env
             names = [env.key] + ([env.name] if catalog.default_tag(env.name) == env.tag else [])

@@ -27,10 +27,12 @@ _CATALOG = click.option(
     help="A catalog file instead of the shipped one.",
 )
 _DATA_DIR = click.option(
-    "--data-dir",
+    "--base",
+    "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="The agent's data dir (venvs go under environments/); default: the agent's.",
+    help="Where built environments live (under environments/); default: BAI_AGENT_ENVIRONMENTS_BASE, "
+    "else /var/lib/bai as root, ~/.local/share/bai otherwise: the place every agent on the host looks.",
 )
 
 
@@ -45,7 +47,7 @@ def _data_dir(data_dir: Path | None) -> Path:
     if data_dir:
         return data_dir.expanduser().resolve()
     try:
-        return AgentConfig().data_dir
+        return AgentConfig().environments_base
     except ValidationError as exc:
         raise click.ClickException(f"the agent's settings (BAI_AGENT_*) are invalid: {exc}") from None
 
