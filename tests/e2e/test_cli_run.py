@@ -182,3 +182,28 @@ def test_limits_are_set_per_session(server: Any) -> None:
     assert len(flood.stdout) <= 64 * 1024 and "output truncated" in flood.stderr
     typo = bai(server, "run", "python", "-c", "1", "-l", "exectimeout=1")
     assert typo.returncode == 2 and "unknown limit exectimeout" in typo.stderr
+
+
+def test_files_run_in_batch_mode(server: Any, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "main.c").write_text('#include "src/util.h"\nint main(void) { return greet("batch"); }\n')
+    (tmp_path / "src" / "util.h").write_text("int greet(const char *who);\n")
+    (tmp_path / "src" / "util.c").write_text(
+        '#include <stdio.h>\nint greet(const char *who) { printf("hello, %s\\n", who); return 3; }\n'
+    )
+    files = ["main.c", "src/util.h", "src/util.c"]
+    done = bai(server, "run", "c", *[str(tmp_path / f) for f in files], "--basedir", str(tmp_path),
+               "--build", "gcc -o main main.c src/util.c")  # fmt: skip
+    assert done.stdout == "hello, batch\n", done.stderr
+    assert done.returncode == 3  # the exec step's exit code
+    assert "uploaded 3 file(s)" in done.stderr and "src/util.c" in done.stderr
+
+    broken = tmp_path / "main.py"
+    broken.write_text("print('from the file')\n")
+    defaults = bai(server, "run", "python", str(broken), "--batch", "--basedir", str(tmp_path))
+    assert (defaults.returncode, defaults.stdout) == (0, "from the file\n"), defaults.stderr
+
+    failing = bai(server, "run", "c", str(tmp_path / "main.c"), "--basedir", str(tmp_path), "--build", "exit 7")
+    assert failing.returncode == 7 and "build step exited with 7" in failing.stderr, failing.stderr
+    mixed = bai(server, "run", "c", "-c", "int main(){}", "--build", "make")
+    assert mixed.returncode == 2 and "batch mode runs FILEs" in mixed.stderr

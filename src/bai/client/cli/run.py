@@ -1,5 +1,11 @@
 """``bai run``: run code in a (new or reused) session, streaming its output live.
 
+Query mode runs ``-c CODE`` or one FILE's contents in the session's REPL (state kept
+with ``--name``). Batch mode (API.md section 6) uploads the FILEs into /home/work and runs
+the environment's build and exec steps (``*``, the defaults: a Makefile, ``main.<ext>``)
+or ``--build`` / ``--exec`` commands; it is chosen by more than one FILE, by ``--build``,
+``--exec`` or ``--clean``, or by ``--batch``.
+
 Exit status: the run's exit code; 130 after Ctrl-C (the run is interrupted);
 1 with ``error: ...`` when the session or the stream fails.
 """
@@ -11,9 +17,10 @@ import contextlib
 import getpass
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import click
 
@@ -57,12 +64,21 @@ class RunPlan:
     envs: Mapping[str, str] = field(default_factory=dict)
     resources: Mapping[str, str] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
+    files: Sequence[Path] = ()  # batch mode: uploaded first, relative to basedir
+    basedir: Path | None = None
+    batch: Mapping[str, str | None] | None = None  # batch mode's clean / build / exec; None: query mode
 
 
 @click.command()
 @click.argument("image")
-@click.argument("file", type=click.File("r"), required=False)
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-c", "--code", help="The code to run (instead of a FILE).")
+@click.option("--build", metavar="CMD", help="Batch mode: the build step (default: the environment's, '*').")
+@click.option("--exec", "exec_", metavar="CMD", help="Batch mode: the exec step (default: the environment's, '*').")
+@click.option("--clean", metavar="CMD", help="Batch mode: a clean step before the build.")
+@click.option("--batch", "force_batch", is_flag=True, help="Batch mode even for one FILE.")
+@click.option("--basedir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Batch mode: FILEs keep their paths relative to this dir (default: the current dir).")  # fmt: skip
 @click.option("--name", help="Run in the session of this name, creating it when absent; it is kept.")
 @click.option("--rm", is_flag=True, help="Destroy the session after the run (always so without --name).")
 @click.option(
@@ -102,8 +118,13 @@ def run(
     state: CliState,
     *,
     image: str,
-    file: IO[str] | None,
+    files: tuple[Path, ...],
     code: str | None,
+    build: str | None,
+    exec_: str | None,
+    clean: str | None,
+    force_batch: bool,
+    basedir: Path | None,
     name: str | None,
     rm: bool,
     stats: bool,
@@ -117,17 +138,23 @@ def run(
     Output is printed as it comes, stdout to stdout and stderr to stderr; what
     the code reads from its stdin is read from this terminal.
     """
-    if (code is None) == (file is None):
-        raise click.UsageError("give the code to run either with -c CODE or as a FILE")
+    if (code is None) == (not files):
+        raise click.UsageError("give the code to run either with -c CODE or as FILEs")
     unknown = sorted(set(limit) - LIMIT_NAMES)
     if unknown:
         raise click.BadParameter(
             f"unknown limit {', '.join(unknown)} (known: {', '.join(sorted(LIMIT_NAMES))})", param_hint="--limit"
         )
-    source = code if code is not None else file.read() if file is not None else ""
+    batch = None
+    if force_batch or len(files) > 1 or build is not None or exec_ is not None or clean is not None:
+        if code is not None:
+            raise click.UsageError("batch mode runs FILEs, not -c CODE")
+        batch = {"clean": clean, "build": build if build is not None else "*", "exec": exec_ or "*"}
+    source = code if code is not None else files[0].read_text() if batch is None else ""
     plan = RunPlan(
-        image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource, limits=limit
-    )
+        image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource,
+        limits=limit, files=files if batch is not None else (), basedir=basedir, batch=batch,
+    )  # fmt: skip
     try:
         exit_code = asyncio.run(run_once(state.config, plan, Terminal()))
     except KeyboardInterrupt:
@@ -142,7 +169,10 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
             plan.image, name=plan.name, envs=plan.envs, resources=plan.resources, limits=plan.limits or None
         )
         try:
-            exit_code = await stream_run(session, plan.code, terminal)
+            if plan.files:
+                sent = await session.upload(list(plan.files), basedir=plan.basedir)
+                print_note(f"uploaded {len(sent)} file(s) to /home/work: {', '.join(sent)}")
+            exit_code = await stream_run(session, plan.code, terminal, plan.batch)
             if plan.show_stats and terminal.run_stats is not None:
                 print_note(format_run_stats(terminal.run_stats))
         except BaseException:
@@ -157,14 +187,21 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
         return exit_code
 
 
-async def stream_run(session: AsyncComputeSession, code: str, terminal: Terminal) -> int:
-    """Stream one query-mode run to the terminal; returns its exit code (130 when cancelled by Ctrl-C)."""
+async def stream_run(
+    session: AsyncComputeSession, code: str, terminal: Terminal, batch: Mapping[str, str | None] | None = None
+) -> int:
+    """Stream one run (query mode, or batch mode with ``batch``'s steps) to the terminal;
+    returns its exit code (130 when cancelled by Ctrl-C)."""
+    mode: Literal["query", "batch"] = "batch" if batch is not None else "query"
     try:
-        async with session.stream_execute(code) as stream:
+        async with session.stream_execute(code, mode=mode, opts=batch) as stream:
             async for frame in stream:
                 terminal.show(frame)
                 terminal.run_stats = frame.stats or terminal.run_stats
-                if frame.status == "waiting-input":
+                if frame.status in ("clean-finished", "build-finished") and frame.exitCode:
+                    step = frame.status.split("-", 1)[0]
+                    print_note(f"the {step} step exited with {frame.exitCode}")
+                elif frame.status == "waiting-input":
                     await stream.send_input(await terminal.read_line(password=frame.is_password))
                 elif frame.status == "exec-timeout":
                     print_error("the run hit its time limit")
