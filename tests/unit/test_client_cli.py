@@ -78,7 +78,7 @@ def test_a_plugin_is_added_by_its_name_and_builtins_win() -> None:
         (["run", "python", "-c", "1", "--env", "FOO"], "expected KEY=VALUE, got 'FOO'"),
         (["run", "python", "-c", "1", "--env", "=x"], "expected KEY=VALUE, got '=x'"),
         (["run", "python", "-c", "1", "--resource", "cpu"], "expected KEY=VALUE, got 'cpu'"),
-        (["run", "python"], "give the code to run either with -c CODE or as a FILE"),
+        (["run", "python"], "give the code to run either with -c CODE or as FILEs"),
         (["rm"], "Missing argument 'NAME...'"),
     ],
 )
@@ -91,7 +91,7 @@ def test_usage_errors(args: list[str], message: str) -> None:
 def test_run_with_a_file_and_code_at_once_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["run", "python", os.devnull, "-c", "print(1)"])
     assert result.exit_code == 2
-    assert "either with -c CODE or as a FILE" in result.stderr
+    assert "either with -c CODE or as FILEs" in result.stderr
 
 
 def test_a_missing_variable_is_one_error_line() -> None:
