@@ -60,6 +60,10 @@ class AgentConfig(BaseSettings):
     #: scheduling, allocation and isolation tests on machines without one
     fake_gpus: int = Field(default=0, ge=0, le=64)
 
+    # -- docker backend (bai.agent.backends.docker) ----------------------------
+    #: the Docker engine's address ("unix:///var/run/docker.sock", "tcp://..."); None: DOCKER_HOST or the default socket
+    docker_url: str | None = None
+
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)
     default_mem: int = 2**30

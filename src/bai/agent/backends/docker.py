@@ -1,0 +1,260 @@
+"""The Docker backend: one container per session, through the Engine API (aiodocker).
+See docs/docker-backend.md.
+
+``start`` checks the engine, finds the kernel images ``bai image build`` made (their
+``bai.environment`` labels name the environments offered), exports each environment's
+syscall policy as a Docker seccomp profile, opens the scratch disks (as the local
+backend's, bai.agent.scratch) and removes every container a previous agent with this
+id left (labels ``bai.agent``). ``create`` makes the session's scratch dir and socket
+dir and starts a ``DockerSandbox`` (docker_sandbox.py).
+
+Directories: ``<data_dir>/docker/scratch/<name>`` each session's /home/work; the
+runner sockets under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix
+socket's path is at most 107 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import ClassVar
+
+import aiodocker
+
+from bai.agent import cgroups
+from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
+from bai.agent.backends.docker_parts import (
+    LABEL_AGENT,
+    LABEL_ENVIRONMENT,
+    ContainerSpec,
+    KernelImage,
+    environments_of,
+    image_from,
+)
+from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
+from bai.agent.backends.local_sandbox import ENVIRONMENTS as LOCAL_ENGINES
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits
+from bai.agent.config import AgentConfig
+from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
+from bai.agent.seccomp import PolicyError, policy_for
+from bai.agent.seccomp.docker import docker_profile
+from bai.common.agent_rpc import SandboxSpec
+from bai.common.errors import SessionCreationFailed
+from bai.runner import protocol
+
+log = logging.getLogger(__name__)
+
+SOCKET_BASE = Path("/run/bai-docker")
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class DockerBackend(Backend):
+    name: ClassVar[str] = "docker"
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(config)
+        self.root = config.data_dir / "docker"
+        digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.socket_root = SOCKET_BASE / digest
+        self.docker: aiodocker.Docker | None = None
+        self.images: dict[str, KernelImage] = {}
+        self.profiles: dict[str, str] = {}  # environment → Docker seccomp profile JSON
+        self.sandboxes: dict[str, DockerSandbox] = {}
+        self.host: DockerHost | None = None
+        self.runner_dir = config.runner_dir or Path(protocol.__file__).resolve().parent
+        self._lock: int | None = None
+
+    async def start(self) -> None:
+        docker = aiodocker.Docker(url=self.config.docker_url)
+        try:
+            await docker.version()
+            self.images = await self._kernel_images(docker)
+        except (aiodocker.DockerError, OSError) as exc:
+            await docker.close()
+            raise BackendUnavailable(f"the Docker engine is unreachable: {exc}") from exc
+        if not self.images:
+            await docker.close()
+            raise BackendUnavailable("no kernel images (labelled bai.environment): run `bai image build python`")
+        self.docker = docker
+        try:
+            self.profiles = self._seccomp_profiles()
+            self._prepare_dirs()
+            disks = await self._scratch_disks()
+        except (OSError, ScratchError, PolicyError, BackendUnavailable) as exc:
+            await self._close()
+            if isinstance(exc, BackendUnavailable):
+                raise
+            raise BackendUnavailable(f"cannot prepare the Docker backend: {exc}") from exc
+        self.host = DockerHost(
+            config=self.config,
+            docker=docker,
+            cgroups=_cgroup_driver(self.config.agent_id),
+            scratch=disks,
+            released=self._released,
+            renamed=self._renamed,
+        )
+        await self.reconcile()
+
+    async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
+        found = []
+        for entry in await docker.images.list(filters={"label": [LABEL_ENVIRONMENT]}):
+            labels = entry.get("Labels") or {}
+            for ref in entry.get("RepoTags") or []:
+                if ref != "<none>:<none>":
+                    image = image_from(ref, labels)
+                    if image is not None:
+                        found.append(image)
+        return environments_of(found, LOCAL_ENGINES.values())
+
+    def _seccomp_profiles(self) -> dict[str, str]:
+        if not self.config.seccomp:
+            log.warning("the syscall filter is off (BAI_AGENT_SECCOMP=false): Docker's default profile applies")
+            return {}
+        config = self.config
+        return {
+            name: docker_profile(policy_for(name, config.seccomp_overlay, config.seccomp_environment_dir))
+            .model_dump_json()
+            for name in self.images
+        }
+
+    def _prepare_dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackendUnavailable(f"another agent is using {self.root}") from None
+        self._lock = fd
+        SOCKET_BASE.mkdir(parents=True, exist_ok=True)
+        SOCKET_BASE.chmod(0o711)
+        shutil.rmtree(self.socket_root, ignore_errors=True)
+        self.socket_root.mkdir(mode=0o711)
+        self.socket_root.chmod(0o711)  # traversable, not listable: each sandbox's dir name is a secret
+
+    async def _scratch_disks(self) -> ScratchDisks:
+        config = self.config
+        scratch_root, image_dir = self.root / "scratch", self.root / "scratch-images"
+        scratch_root.mkdir(exist_ok=True)
+        for item in await asyncio.to_thread(reconcile, scratch_root, image_dir):
+            log.warning("released the leftover scratch %s", item)
+        return await asyncio.to_thread(open_disks, config.scratch_type, scratch_root, image_dir, config.scratch_size)
+
+    async def reconcile(self) -> list[str]:
+        """Remove the containers this agent id left (a crashed or restarted agent): the
+        agent starts with no sessions, so none of them is anyone's any more. Returns their
+        names. Re-attaching live ones is not done (docs/docker-backend.md)."""
+        assert self.docker is not None
+        removed = []
+        filters = {"label": [f"{LABEL_AGENT}={self.config.agent_id}"]}
+        for container in await self.docker.containers.list(all=True, filters=filters):
+            name = (container._container.get("Names") or [container.id])[0].lstrip("/")
+            try:
+                await container.delete(force=True, v=True)
+            except aiodocker.DockerError as exc:
+                log.warning("cannot remove the leftover container %s: %s", name, exc)
+                continue
+            log.warning("removed the leftover container %s", name)
+            removed.append(name)
+        return removed
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.docker is not None:
+            await self.docker.close()
+            self.docker = None
+        self.host = None
+        shutil.rmtree(self.socket_root, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def capacity(self) -> dict[str, Decimal]:
+        return {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+
+    def environments(self) -> list[str]:
+        return sorted(name for name in self.images if ":" not in name)
+
+    def image_for(self, environment: str) -> KernelImage | None:
+        return self.images.get(environment)
+
+    def scratch_type(self) -> str | None:
+        return self.host.scratch.kind if self.host is not None else None
+
+    def poolable(self, spec: SandboxSpec) -> bool:
+        if self.host is None or spec.resources.get("cuda.device", "0") not in ("0", ""):
+            return False
+        disks = self.host.scratch
+        return disks.cap_for(spec.scratch_bytes) == disks.cap_for(None)
+
+    async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
+        host = self.host
+        if host is None:
+            raise SessionCreationFailed("the Docker backend is not started")
+        if spec.resources.get("cuda.device", "0") not in ("0", ""):
+            raise SessionCreationFailed("the Docker backend offers no GPUs")
+        image = self.images.get(spec.environment)
+        if image is None:
+            raise SessionCreationFailed(f"no image for the environment {spec.environment!r}")
+        try:
+            scratch = await asyncio.to_thread(
+                host.scratch.create, spec.session_id, spec.scratch_bytes, image.uid, image.gid
+            )
+        except (OSError, ScratchError) as exc:
+            raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+        container = ContainerSpec(
+            agent_id=self.config.agent_id,
+            session_id=spec.session_id,
+            image=image,
+            limits=limits,
+            runner_dir=self.runner_dir,
+            scratch=scratch.path,
+            socket_dir=self.socket_root / secrets.token_hex(8),
+            environ=spec.environ,
+            tmp_size=self.config.tmp_size,
+            seccomp_profile=self.profiles.get(image.environment),
+            preload=self.config.preload_modules if image.engine == "python" else (),
+        )
+        sandbox = DockerSandbox(host, spec, container, scratch)
+        self.sandboxes[spec.session_id] = sandbox
+        try:
+            await sandbox.start()
+        except BaseException as exc:
+            await sandbox.destroy(grace_s=0)
+            if isinstance(exc, OSError):
+                raise SessionCreationFailed(f"cannot start the container: {exc}") from exc
+            raise
+        return sandbox
+
+    def _released(self, sandbox: DockerSandbox) -> None:
+        if self.sandboxes.get(sandbox.session_id) is sandbox:
+            del self.sandboxes[sandbox.session_id]
+
+    def _renamed(self, sandbox: DockerSandbox, old_id: str) -> None:
+        self.sandboxes.pop(old_id, None)
+        self.sandboxes[sandbox.session_id] = sandbox
+
+
+def _cgroup_driver(agent_id: str) -> CgroupDriver | None:
+    """A driver to read the containers' cgroups (Docker makes them), or None: no figures."""
+    try:
+        return cgroups.detect_driver(agent_id)
+    except CgroupError as exc:
+        log.warning("no session accounting: %s", exc)
+        return None
