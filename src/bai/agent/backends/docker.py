@@ -229,6 +229,7 @@ class DockerBackend(Backend):
             environ=spec.environ,
             tmp_size=self.config.tmp_size,
             seccomp_profile=self.profiles.get(image.environment),
+            init=self.config.docker_init,
             preload=self.config.preload_modules if image.engine == "python" else (),
         )
         sandbox = DockerSandbox(host, spec, container, scratch)

@@ -95,6 +95,7 @@ class ContainerSpec:
     environ: Mapping[str, str]
     tmp_size: int
     seccomp_profile: str | None  # Docker's JSON, or None: Docker's default profile
+    init: bool = False  # Docker's init (tini) as PID 1 above the runner; else the runner is PID 1
     preload: tuple[str, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -127,7 +128,7 @@ class ContainerSpec:
         if self.seccomp_profile is not None:
             security.append(f"seccomp={self.seccomp_profile}")
         return {
-            "Init": True,
+            "Init": self.init,
             "NetworkMode": "none",
             "Binds": [
                 f"{self.runner_dir}:{RUNNER_MOUNT}:ro",

@@ -128,7 +128,7 @@ class DockerSandbox(Sandbox):
                     raise SessionCreationFailed(f"the container exited before its runner connected{self._suffix()}")
                 continue
             pid = _peer_pid(conn)
-            if pid is not None and await self._is_ours(pid):
+            if pid is not None and self._is_ours(pid):
                 self.runner_pid = pid
                 return conn
             log.warning("session %s: refused a connection from pid %s", self.session_id, pid)
@@ -136,10 +136,10 @@ class DockerSandbox(Sandbox):
         await self._fetch_logs()
         raise SessionCreationFailed(f"the runner did not connect within the start timeout{self._suffix()}")
 
-    async def _is_ours(self, pid: int) -> bool:
+    def _is_ours(self, pid: int) -> bool:
         """Whether ``pid`` runs in this container (its cgroup names the container's id)."""
         try:
-            text = await asyncio.to_thread(Path(f"/proc/{pid}/cgroup").read_text)
+            text = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             return False
         return self.container_id in text
@@ -195,12 +195,13 @@ class DockerSandbox(Sandbox):
         return self._socket
 
     def runner_started(self) -> None:
-        """Protect the runner and the init above it from the OOM killer (host pids)."""
+        """Protect the runner (and Docker's init above it, if any) from the OOM killer."""
         if self.runner_pid is None:
             return
         pids = [self.runner_pid]
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pids.append(parent_pid(Path(f"/proc/{self.runner_pid}/stat").read_text()))
+        if self.container_spec.init:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pids.append(parent_pid(Path(f"/proc/{self.runner_pid}/stat").read_text()))
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/oom_score_adj", "w") as f:
@@ -299,7 +300,7 @@ class DockerSandbox(Sandbox):
         try:
             await asyncio.gather(
                 docker._query_json(f"containers/{self.container_id}/update", "POST", data=limit_fields(limits)),
-                docker._query(f"containers/{self.container_id}/rename", "POST", params={"name": name}),
+                self._rename(name),
             )
         except aiodocker.DockerError as exc:
             raise SessionCreationFailed(f"cannot set the session's limits: {exc.message}") from exc
@@ -308,6 +309,10 @@ class DockerSandbox(Sandbox):
         self.host.renamed(self, old_id)
         self.spec = spec
         self.limits = limits
+
+    async def _rename(self, name: str) -> None:
+        async with self.host.docker._query(f"containers/{self.container_id}/rename", "POST", params={"name": name}):
+            pass
 
     def _check_memory(self, limits: Limits) -> None:
         driver = self.host.cgroups
