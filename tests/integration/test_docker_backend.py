@@ -165,8 +165,13 @@ async def test_killing_everything_inside_spares_the_runner(agent: Agent, session
 
 
 async def test_stats_come_from_the_containers_cgroup(agent: Agent, session: str) -> None:
-    big = await agent.execute(query(session, "import time\nx = b'x' * (100 * 2**20)\nt = time.process_time()\n"
-                                    "while time.process_time() - t < 0.2:\n    pass\ndel x"))
+    big = await agent.execute(
+        query(
+            session,
+            "import time\nx = b'x' * (100 * 2**20)\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.2:\n    pass\ndel x",
+        )
+    )
     assert big.stats is not None
     assert big.stats.mem_peak >= 100 * 2**20 and big.stats.cpu_ms >= 200
     small = await agent.execute(query(session, "1"))
@@ -183,7 +188,9 @@ async def test_restart_keeps_scratch_and_drops_state(agent: Agent, session: str)
     await agent.execute(query(session, "x = 1\nopen('/home/work/kept', 'w').write('yes')\nopen('/tmp/gone', 'w')"))
     await agent.restart_session(session)
     result = await agent.execute(
-        query(session, "import os\nprint('x' in globals(), open('/home/work/kept').read(), os.path.exists('/tmp/gone'))")
+        query(
+            session, "import os\nprint('x' in globals(), open('/home/work/kept').read(), os.path.exists('/tmp/gone'))"
+        )
     )
     assert stdout_of(result) == "False yes False\n"
     assert result.stats is not None and result.stats.mem_peak > 0  # the meter was reopened

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
-USAGE = "usage: runner (--fd N | --connect PATH) [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]" % "|".join(
-    sorted(ENGINES)
+USAGE = (
+    "usage: runner (--fd N | --connect PATH) [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]"
+    % "|".join(sorted(ENGINES))
 )
 
 

@@ -35,9 +35,10 @@ class EmbeddedServer:
         self.manager = Manager(ManagerConfig(data_dir=data_dir, host=host, port=port,
                                              cluster_secret=secrets.token_hex(16),
                                              agent_lost_after_s=agent_lost_after_s))
-        agent_options = {"backend": backend} if backend else {}  # else BAI_AGENT_BACKEND, or local
-        self.agent = Agent(AgentConfig(data_dir=data_dir / "agent", agent_id="embedded",
-                                       rpc_url="inproc://embedded", **agent_options))
+        agent_config = AgentConfig(data_dir=data_dir / "agent", agent_id="embedded", rpc_url="inproc://embedded")
+        if backend:  # else BAI_AGENT_BACKEND, or local
+            agent_config = agent_config.model_copy(update={"backend": backend})
+        self.agent = Agent(agent_config)
         self.api = ApiServer(self.manager, host, port, log_level)
         self._heartbeat_task: asyncio.Task[None] | None = None
 

@@ -126,8 +126,9 @@ class DockerBackend(Backend):
             return {}
         config = self.config
         return {
-            name: docker_profile(policy_for(name, config.seccomp_overlay, config.seccomp_environment_dir))
-            .model_dump_json()
+            name: docker_profile(
+                policy_for(name, config.seccomp_overlay, config.seccomp_environment_dir)
+            ).model_dump_json()
             for name in self.images
         }
 

@@ -125,7 +125,9 @@ class DockerSandbox(Sandbox):
             except TimeoutError:
                 if not await self._running():
                     await self._fetch_logs()
-                    raise SessionCreationFailed(f"the container exited before its runner connected{self._suffix()}")
+                    raise SessionCreationFailed(
+                        f"the container exited before its runner connected{self._suffix()}"
+                    ) from None
                 continue
             pid = _peer_pid(conn)
             if pid is not None and self._is_ours(pid):
