@@ -99,6 +99,7 @@ class DockerBackend(Backend):
             if isinstance(exc, BackendUnavailable):
                 raise
             raise BackendUnavailable(f"cannot prepare the Docker backend: {exc}") from exc
+        await _precompile(self.config.runner_python, self.runner_dir)
         self.host = DockerHost(
             config=self.config,
             docker=docker,
@@ -251,6 +252,19 @@ class DockerBackend(Backend):
     def _renamed(self, sandbox: DockerSandbox, old_id: str) -> None:
         self.sandboxes.pop(old_id, None)
         self.sandboxes[sandbox.session_id] = sandbox
+
+
+async def _precompile(python: str, runner_dir: Path) -> None:
+    """Byte-compile the runner on the host, once: it is read-only in the containers, so
+    without this each start compiles it from source (the images' python3 and the host's
+    should be the same minor version for the cache to serve)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python, "-m", "compileall", "-q", str(runner_dir), stdout=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+    except OSError as exc:
+        log.warning("could not byte-compile the runner with %s: %s", python, exc)
 
 
 def _cgroup_driver(agent_id: str) -> CgroupDriver | None:
