@@ -161,3 +161,24 @@ def test_the_runner_connects_to_a_listening_socket(tmp_path: Path) -> None:
         timeout=30,
     )
     assert refused.returncode != 0 and "FileNotFoundError" in refused.stderr
+
+
+def test_the_agent_and_server_commands_take_a_backend() -> None:
+    from click.testing import CliRunner
+
+    from bai.agent.cli import agent
+    from bai.server.cli import server
+
+    runner = CliRunner()
+    for command in (agent, server):
+        assert "[docker|local]" in runner.invoke(command, ["--help"]).output
+    refused = runner.invoke(server, ["--backend", "podman"])
+    assert refused.exit_code == 2 and "podman" in refused.output
+
+
+def test_the_embedded_server_passes_the_backend_to_its_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bai.server.embedded import EmbeddedServer
+
+    monkeypatch.delenv("BAI_AGENT_BACKEND", raising=False)
+    assert EmbeddedServer(tmp_path, backend="docker").agent.config.backend == "docker"
+    assert EmbeddedServer(tmp_path).agent.config.backend == "local"
