@@ -18,7 +18,8 @@ from agent_sandbox import make_config, new_session, run, stderr_of, stdout_of
 from docker_sandbox import IMAGE, container_of, docker_agent, docker_unavailable
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker_parts import LABEL_AGENT, LABEL_SESSION
+from bai.agent.backends.docker import DockerBackend
+from bai.agent.backends.docker_parts import LABEL_AGENT, LABEL_DATA_DIR, LABEL_SESSION
 from bai.common.agent_rpc import ExecRequest
 from bai.common.errors import InvalidRequest, SessionCreationFailed
 from tests.apiclient import SignedClient
@@ -68,6 +69,7 @@ async def test_the_container_is_set_up_as_the_issue_lists(agent: Agent, session:
     assert config["Image"] == IMAGE and config["User"] == "1000:1000"
     assert config["Labels"][LABEL_AGENT] == agent.config.agent_id
     assert config["Labels"][LABEL_SESSION] == session
+    assert config["Labels"][LABEL_DATA_DIR] == agent.backend.data_digest  # type: ignore[attr-defined]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
     profile = next(opt for opt in host["SecurityOpt"] if opt.startswith("seccomp="))
@@ -233,18 +235,27 @@ async def test_a_failed_start_reports_the_containers_words_and_leaves_nothing(tm
 
 async def test_the_agent_removes_what_its_predecessor_left() -> None:
     config = make_config(backend="docker", pool_size=0)
+    digest = DockerBackend(config).data_digest
     docker = aiodocker.Docker()
+
+    async def leave(name: str, data_dir_digest: str) -> str:
+        labels = {LABEL_AGENT: config.agent_id, LABEL_SESSION: name, LABEL_DATA_DIR: data_dir_digest}
+        body = {"Image": IMAGE, "Cmd": ["sleep", "60"], "Labels": labels, "HostConfig": {"NetworkMode": "none"}}
+        container = await docker.containers.run(body, name=f"bai-{config.agent_id}-{name}")
+        return container.id
+
+    neighbours = ""
     try:
-        labels = {LABEL_AGENT: config.agent_id, LABEL_SESSION: "old"}
-        left = await docker.containers.run(
-            {"Image": IMAGE, "Cmd": ["sleep", "60"], "Labels": labels, "HostConfig": {"NetworkMode": "none"}},
-            name=f"bai-{config.agent_id}-old",
-        )
+        ours = await leave("old", digest)
+        neighbours = await leave("neighbours", "0" * 16)  # same agent id, another data dir
         async with docker_agent(agent_id=config.agent_id, data_dir=config.data_dir) as agent:
             assert agent.sessions == {}
             with pytest.raises(aiodocker.DockerError):
-                await docker._query_json(f"containers/{left.id}/json")
+                await docker._query_json(f"containers/{ours}/json")
+            assert (await docker._query_json(f"containers/{neighbours}/json"))["State"]["Running"]
     finally:
+        if neighbours:
+            await docker.containers.container(neighbours).delete(force=True)
         await docker.close()
 
 

@@ -32,6 +32,7 @@ from bai.agent import cgroups
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.docker_parts import (
     LABEL_AGENT,
+    LABEL_DATA_DIR,
     LABEL_ENVIRONMENT,
     ContainerSpec,
     KernelImage,
@@ -68,8 +69,8 @@ class DockerBackend(Backend):
     def __init__(self, config: AgentConfig) -> None:
         super().__init__(config)
         self.root = config.data_dir / "docker"
-        digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:16]
-        self.socket_root = SOCKET_BASE / digest
+        self.data_digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.socket_root = SOCKET_BASE / self.data_digest
         self.docker: aiodocker.Docker | None = None
         self.images: dict[str, KernelImage] = {}
         self.profiles: dict[str, str] = {}  # environment → Docker seccomp profile JSON
@@ -157,12 +158,14 @@ class DockerBackend(Backend):
         return await asyncio.to_thread(open_disks, config.scratch_type, scratch_root, image_dir, config.scratch_size)
 
     async def reconcile(self) -> list[str]:
-        """Remove the containers this agent id left (a crashed or restarted agent): the
-        agent starts with no sessions, so none of them is anyone's any more. Returns their
-        names. Re-attaching live ones is not done (docs/docker-backend.md)."""
+        """Remove the containers this agent id left on this data dir (a crashed or restarted
+        agent): the agent starts with no sessions, so none of them is anyone's any more.
+        Those of an agent with the same id on another data dir may be a live neighbour's
+        and are left alone. Returns their names. Re-attaching live ones is not done
+        (docs/docker-backend.md)."""
         assert self.docker is not None
         removed = []
-        filters = {"label": [f"{LABEL_AGENT}={self.config.agent_id}"]}
+        filters = {"label": [f"{LABEL_AGENT}={self.config.agent_id}", f"{LABEL_DATA_DIR}={self.data_digest}"]}
         for container in await self.docker.containers.list(all=True, filters=filters):
             name = (container._container.get("Names") or [container.id])[0].lstrip("/")
             try:
@@ -233,6 +236,7 @@ class DockerBackend(Backend):
             seccomp_profile=self.profiles.get(image.environment),
             init=self.config.docker_init,
             preload=self.config.preload_modules if image.engine == "python" else (),
+            extra_labels={LABEL_DATA_DIR: self.data_digest},
         )
         sandbox = DockerSandbox(host, spec, container, scratch)
         self.sandboxes[spec.session_id] = sandbox

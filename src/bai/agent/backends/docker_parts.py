@@ -16,6 +16,7 @@ from bai.agent.cgroups import Limits
 
 LABEL_AGENT = "bai.agent"
 LABEL_SESSION = "bai.session"  # the id it was created for (a pooled one's: its pool name)
+LABEL_DATA_DIR = "bai.data-dir"  # a digest of the agent's data dir: two agents with one id keep apart
 LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
 SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
 SOCKET_NAME = "runner.sock"
