@@ -297,3 +297,12 @@ def test_a_session_through_the_api(fresh_server: Any) -> None:
         assert stats["status"] == "terminated"
     finally:
         client.close()
+
+
+async def test_dockers_init_above_the_runner_on_request() -> None:
+    async with docker_agent(docker_init=True) as agent:
+        session = await new_session(agent)
+        out = stdout_of(await run(agent, session, "print(open('/proc/1/comm').read().strip())"))
+        assert out == "docker-init\n"
+        info = await inspect(container_of(agent, session).container_id)
+        assert info["HostConfig"]["Init"] is True
