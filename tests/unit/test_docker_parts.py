@@ -182,3 +182,13 @@ def test_the_embedded_server_passes_the_backend_to_its_agent(tmp_path: Path, mon
     monkeypatch.delenv("BAI_AGENT_BACKEND", raising=False)
     assert EmbeddedServer(tmp_path, backend="docker").agent.config.backend == "docker"
     assert EmbeddedServer(tmp_path).agent.config.backend == "local"
+
+
+async def test_an_unreachable_engine_stops_the_backend_start(tmp_path: Path) -> None:
+    from bai.agent.backends.base import BackendUnavailable
+    from bai.agent.config import AgentConfig
+
+    config = AgentConfig(data_dir=tmp_path, backend="docker", docker_url=f"unix://{tmp_path}/none.sock")
+    with pytest.raises(BackendUnavailable) as caught:
+        await DockerBackend(config).start()
+    assert "unreachable" in caught.value.message

@@ -80,7 +80,10 @@ class DockerBackend(Backend):
         self._lock: int | None = None
 
     async def start(self) -> None:
-        docker = aiodocker.Docker(url=self.config.docker_url)
+        try:
+            docker = aiodocker.Docker(url=self.config.docker_url)
+        except ValueError as exc:  # no address given and no default socket
+            raise BackendUnavailable(f"no Docker engine: {exc}") from exc
         try:
             await docker.version()
             self.images = await self._kernel_images(docker)
