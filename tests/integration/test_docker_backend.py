@@ -306,3 +306,37 @@ async def test_dockers_init_above_the_runner_on_request() -> None:
         assert out == "docker-init\n"
         info = await inspect(container_of(agent, session).container_id)
         assert info["HostConfig"]["Init"] is True
+
+
+async def test_a_run_whose_container_dies_is_reported(agent: Agent, session: str) -> None:
+    import os
+    import signal
+
+    gone: list[str] = []
+
+    async def on_gone(event: Any) -> None:
+        gone.append(event.reason)
+
+    agent.on_session_gone = on_gone
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass\n"
+    first = await agent.execute(query(session, code + "print('spun', flush=True)\ntime.sleep(60)\n", flush=0.3))
+    seen = stdout_of(first)
+    while "spun" not in seen:
+        answer = await agent.execute(
+            ExecRequest(session_id=session, mode="continue", run_id=first.run_id, flush_timeout_s=0.3)
+        )
+        seen += stdout_of(answer)
+    pid = container_of(agent, session).runner_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the runner, PID 1 of the container, dies mid-run
+    result = await agent.execute(
+        ExecRequest(session_id=session, mode="continue", run_id=first.run_id, flush_timeout_s=10)
+    )
+    assert result.status == "finished" and result.exit_code == 137
+    for _ in range(100):
+        if gone:
+            break
+        await _sleep(0.05)
+    assert gone and "exit" in gone[0].lower(), gone
+    if agent.backend.session_cgroups:  # type: ignore[attr-defined]  # the figures outlive the container
+        assert result.stats is not None and result.stats.cpu_ms >= 200

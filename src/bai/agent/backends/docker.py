@@ -16,15 +16,17 @@ socket's path is at most 107 bytes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiodocker
 
@@ -41,7 +43,7 @@ from bai.agent.backends.docker_parts import (
 )
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
 from bai.agent.backends.local_sandbox import ENVIRONMENTS as LOCAL_ENGINES
-from bai.agent.cgroups import CgroupDriver, CgroupError, Limits
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
 from bai.agent.seccomp import PolicyError, policy_for
@@ -53,6 +55,7 @@ from bai.runner import protocol
 log = logging.getLogger(__name__)
 
 SOCKET_BASE = Path("/run/bai-docker")
+STALE_CGROUP_S = 60.0
 
 
 def _meminfo_total() -> int:
@@ -78,6 +81,7 @@ class DockerBackend(Backend):
         self.host: DockerHost | None = None
         self.runner_dir = config.runner_dir or Path(protocol.__file__).resolve().parent
         self._lock: int | None = None
+        self.session_cgroups = False  # whether each container goes under a session cgroup of ours
 
     async def start(self) -> None:
         try:
@@ -87,6 +91,7 @@ class DockerBackend(Backend):
         try:
             await docker.version()
             self.images = await self._kernel_images(docker)
+            info = await docker.system.info()
         except (aiodocker.DockerError, OSError) as exc:
             await docker.close()
             raise BackendUnavailable(f"the Docker engine is unreachable: {exc}") from exc
@@ -104,10 +109,24 @@ class DockerBackend(Backend):
                 raise
             raise BackendUnavailable(f"cannot prepare the Docker backend: {exc}") from exc
         await _precompile(self.config.runner_python, self.runner_dir)
+        driver = _cgroup_driver(self.config.agent_id)
+        # session cgroups above the containers' need Docker's cgroupfs driver (systemd's
+        # takes slices only) and the same hierarchy as ours
+        self.session_cgroups = (
+            driver is not None
+            and info.get("CgroupDriver") == "cgroupfs"
+            and _docker_cgroup_version(info) == driver.version
+        )
+        if not self.session_cgroups:
+            log.warning(
+                "Docker's cgroup driver is %s: figures come from each container's own cgroup, "
+                "and a run whose container dies reports none",
+                info.get("CgroupDriver"),
+            )
         self.host = DockerHost(
             config=self.config,
             docker=docker,
-            cgroups=_cgroup_driver(self.config.agent_id),
+            cgroups=driver,
             scratch=disks,
             released=self._released,
             renamed=self._renamed,
@@ -178,12 +197,27 @@ class DockerBackend(Backend):
                 continue
             log.warning("removed the leftover container %s", name)
             removed.append(name)
+        self._remove_stale_cgroups()
         return removed
+
+    def _remove_stale_cgroups(self) -> None:
+        """Empty session cgroups of this agent id, once STALE_CGROUP_S old (an agent with
+        the same id on another data dir may be making one right now)."""
+        driver = self.host.cgroups if self.host is not None else None
+        if driver is None or not self.session_cgroups:
+            return
+        for name in driver.leftovers():
+            with contextlib.suppress(CgroupError, OSError):
+                if driver.remove_if_stale(name, STALE_CGROUP_S):
+                    log.info("removed the stale empty cgroup %s", name)
 
     async def stop(self) -> None:
         await self._close()
 
     async def _close(self) -> None:
+        if self.host is not None and self.host.cgroups is not None and self.session_cgroups:
+            with contextlib.suppress(CgroupError, OSError):
+                self.host.cgroups.remove_agent_dirs()
         if self.docker is not None:
             await self.docker.close()
             self.docker = None
@@ -226,6 +260,11 @@ class DockerBackend(Backend):
             )
         except (OSError, ScratchError) as exc:
             raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+        try:
+            parent = self._session_cgroup(spec, limits)
+        except SessionCreationFailed:
+            await asyncio.to_thread(host.scratch.remove, scratch)
+            raise
         container = ContainerSpec(
             agent_id=self.config.agent_id,
             session_id=spec.session_id,
@@ -240,8 +279,9 @@ class DockerBackend(Backend):
             init=self.config.docker_init,
             preload=self.config.preload_modules if image.engine == "python" else (),
             extra_labels={LABEL_DATA_DIR: self.data_digest},
+            cgroup_parent=f"/{parent.name}" if parent is not None else "",
         )
-        sandbox = DockerSandbox(host, spec, container, scratch)
+        sandbox = DockerSandbox(host, spec, container, scratch, parent)
         self.sandboxes[spec.session_id] = sandbox
         try:
             await sandbox.start()
@@ -251,6 +291,15 @@ class DockerBackend(Backend):
                 raise SessionCreationFailed(f"cannot start the container: {exc}") from exc
             raise
         return sandbox
+
+    def _session_cgroup(self, spec: SandboxSpec, limits: Limits) -> SessionCgroup | None:
+        driver = self.host.cgroups if self.host is not None else None
+        if driver is None or not self.session_cgroups:
+            return None
+        try:
+            return driver.create(spec.session_id, limits)
+        except CgroupError as exc:
+            raise SessionCreationFailed(f"cannot make the session's cgroup: {exc}") from exc
 
     def _released(self, sandbox: DockerSandbox) -> None:
         if self.sandboxes.get(sandbox.session_id) is sandbox:
@@ -272,6 +321,11 @@ async def _precompile(python: str, runner_dir: Path) -> None:
         await proc.wait()
     except OSError as exc:
         log.warning("could not byte-compile the runner with %s: %s", python, exc)
+
+
+def _docker_cgroup_version(info: Mapping[str, Any]) -> str:
+    """The engine's hierarchy, "v1" or "v2", from ``GET /info`` ("1" / "2")."""
+    return f"v{info.get('CgroupVersion', '1')}"
 
 
 def _cgroup_driver(agent_id: str) -> CgroupDriver | None:

@@ -96,6 +96,7 @@ class ContainerSpec:
     environ: Mapping[str, str]
     tmp_size: int
     seccomp_profile: str | None  # Docker's JSON, or None: Docker's default profile
+    cgroup_parent: str = ""  # the session cgroup the container's goes under ("": Docker's default)
     init: bool = False  # Docker's init (tini) as PID 1 above the runner; else the runner is PID 1
     preload: tuple[str, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
@@ -142,6 +143,7 @@ class ContainerSpec:
             "CapDrop": ["ALL"],
             "SecurityOpt": security,
             **limit_fields(self.limits),
+            **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         }
 

@@ -6,10 +6,15 @@ its name a random token) that the container sees at /run/bai; the runner, starte
 container's command under Docker's init, connects to it (``--connect``). The agent
 accepts one connection per start: the runner's, told by its peer credentials.
 
-Accounting reads the container's own cgroup files (bai.agent.cgroups' drivers on the
-dirs Docker made), found from the runner's /proc/PID/cgroup: no Engine API call on the
-execute path. A restart makes Docker recreate that cgroup, so the per-run meter and the
-OOM watch are reopened after each start.
+Accounting reads cgroup files with bai.agent.cgroups' drivers: no Engine API call on
+the execute path. Where Docker's cgroup driver is cgroupfs, the agent makes a session
+cgroup (``bai/<agent id>/<name>``, the local backend's layout) and starts the container
+under it (``CgroupParent``): its figures are hierarchical and outlive the container's
+cgroup, which Docker removes as soon as the container's last process exits (a runner
+that dies mid-run, a restart, the Shutdown before destroy). Elsewhere (the systemd
+driver) the figures come from the container's own cgroup, found from the runner's
+/proc/PID/cgroup. The OOM watch is always on the container's own cgroup, where the
+limit is hit; Docker makes a fresh one at each start, so it is reopened after each.
 """
 
 from __future__ import annotations
@@ -58,7 +63,14 @@ class DockerHost:
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, host: DockerHost, spec: SandboxSpec, container: ContainerSpec, scratch: Scratch) -> None:
+    def __init__(
+        self,
+        host: DockerHost,
+        spec: SandboxSpec,
+        container: ContainerSpec,
+        scratch: Scratch,
+        parent: SessionCgroup | None = None,
+    ) -> None:
         self.host = host
         self.session_id = spec.session_id
         self.spec = spec
@@ -69,7 +81,10 @@ class DockerSandbox(Sandbox):
         self.container: DockerContainer | None = None
         self.container_id = ""
         self.runner_pid: int | None = None
-        self.cgroup: SessionCgroup | None = None
+        self.cgroup: SessionCgroup | None = None  # the container's own, for this start
+        self.parent = parent  # the session cgroup above it (cgroupfs), or None
+        self._oom_base = 0  # OOM kills in the containers' cgroups of the earlier starts
+        self._oom_total = 0
         self._listener: socket.socket | None = None
         self._socket: socket.socket | None = None
         self._oom_fd: int | None = None
@@ -83,6 +98,7 @@ class DockerSandbox(Sandbox):
     async def start(self) -> None:
         """Create and start the container, then accept its runner's connection."""
         self._listen()
+        self._open_meter(self.parent)
         body = self.container_spec.body()
         name = container_name(self.host.config.agent_id, self.session_id)
         try:
@@ -158,10 +174,28 @@ class DockerSandbox(Sandbox):
             return False
         return True
 
+    def _open_meter(self, cgroup: SessionCgroup | None) -> None:
+        driver = self.host.cgroups
+        if driver is None or cgroup is None:
+            return
+        try:
+            self._meter = driver.open_meter(cgroup)
+        except OSError as exc:
+            log.warning("session %s: no per-run accounting: %s", self.session_id, exc)
+
+    @property
+    def accounted(self) -> SessionCgroup | None:
+        """The cgroup whose figures are the session's: the session cgroup, else the container's."""
+        return self.parent if self.parent is not None else self.cgroup
+
     def _attach_cgroup(self) -> None:
-        """The container's cgroup (Docker made a fresh one for this start), its per-run
-        meter and OOM watch."""
-        self._close_accounting()
+        """The container's cgroup (Docker made a fresh one for this start), its OOM watch
+        and, without a session cgroup, its per-run meter."""
+        self._close_oom_watch()
+        if self.parent is None:
+            self._close_meter()
+        self.oom_kills()
+        self._oom_base, self.cgroup = self._oom_total, None
         driver = self.host.cgroups
         if driver is None or self.runner_pid is None:
             return
@@ -176,15 +210,15 @@ class DockerSandbox(Sandbox):
             return
         self.cgroup = SessionCgroup(name=name, dirs=[root / name for root in driver.roots()], limits=self.limits)
         self._oom_fd = driver.oom_watch(self.cgroup)
-        try:
-            self._meter = driver.open_meter(self.cgroup)
-        except OSError as exc:
-            log.warning("session %s: no per-run accounting: %s", self.session_id, exc)
+        if self.parent is None:
+            self._open_meter(self.cgroup)
 
-    def _close_accounting(self) -> None:
+    def _close_oom_watch(self) -> None:
         if self._oom_fd is not None:
             os.close(self._oom_fd)
             self._oom_fd = None
+
+    def _close_meter(self) -> None:
         if self._meter is not None:
             self._meter.close()
             self._meter = None
@@ -220,9 +254,13 @@ class DockerSandbox(Sandbox):
         return self.host.cgroups.drain_oom_watch(self._oom_fd)
 
     def oom_kills(self) -> int:
-        if self.cgroup is None or self.host.cgroups is None:
-            return 0
-        return self.host.cgroups.oom_kills(self.cgroup)
+        """The kills counted by the container's cgroups, this start's and the earlier ones'
+        (on v1 a parent cgroup does not count its children's)."""
+        if self.cgroup is not None and self.host.cgroups is not None:
+            with contextlib.suppress(OSError):  # gone with the container: the last count stands
+                now = self._oom_base + self.host.cgroups.oom_kills(self.cgroup)
+                self._oom_total = max(self._oom_total, now)
+        return self._oom_total
 
     def begin_run(self) -> None:
         if self._meter is not None:
@@ -266,10 +304,10 @@ class DockerSandbox(Sandbox):
 
     async def _measure(self) -> SessionStats:
         figures = cgroups.CgroupStats()
-        driver = self.host.cgroups
-        if driver is not None and self.cgroup is not None and self.cgroup.dirs[0].is_dir():
+        driver, cgroup = self.host.cgroups, self.accounted
+        if driver is not None and cgroup is not None and cgroup.dirs[0].is_dir():
             with contextlib.suppress(OSError):
-                figures = driver.stats(self.cgroup)
+                figures = driver.stats(cgroup)
         session_peak = self._meter.session_peak if self._meter is not None else 0
         return SessionStats(
             cpu_used_ms=figures.cpu_used_ms,
@@ -280,7 +318,7 @@ class DockerSandbox(Sandbox):
             io_read=figures.io_read,
             io_write=figures.io_write,
             io_scratch_size=await self._scratch_usage(),
-            oom_kills=figures.oom_kills,
+            oom_kills=max(figures.oom_kills, self.oom_kills()),
         )
 
     async def _scratch_usage(self) -> int:
@@ -297,6 +335,12 @@ class DockerSandbox(Sandbox):
                 f"the pooled sandbox's scratch disk holds {self.scratch_disk.cap} bytes, the session asks {wanted}"
             )
         self._check_memory(limits)
+        driver = self.host.cgroups
+        if driver is not None and self.parent is not None:
+            try:
+                driver.apply_limits(self.parent, limits)
+            except (OSError, CgroupError) as exc:
+                raise SessionCreationFailed(f"cannot set the session's limits: {exc}") from exc
         docker = self.host.docker
         name = container_name(self.host.config.agent_id, spec.session_id)
         try:
@@ -317,21 +361,21 @@ class DockerSandbox(Sandbox):
             pass
 
     def _check_memory(self, limits: Limits) -> None:
-        driver = self.host.cgroups
-        if driver is None or self.cgroup is None:
+        driver, cgroup = self.host.cgroups, self.accounted
+        if driver is None or cgroup is None:
             return
         try:
-            in_use = driver.stats(self.cgroup).mem_current
+            in_use = driver.stats(cgroup).mem_current
         except OSError as exc:
             raise SessionCreationFailed(f"cannot read the pooled sandbox's usage: {exc}") from exc
         if in_use >= limits.mem:
             raise SessionCreationFailed(f"the pooled sandbox already uses {in_use} bytes, over {limits.mem}")
 
     def _reset_peak(self) -> None:
-        driver = self.host.cgroups
-        if driver is not None and self.cgroup is not None:
+        driver, cgroup = self.host.cgroups, self.accounted
+        if driver is not None and cgroup is not None:
             with contextlib.suppress(OSError, CgroupError):
-                driver.reset_peak(self.cgroup)
+                driver.reset_peak(cgroup)
         if self._meter is not None:
             self._meter.session_peak = 0
 
@@ -374,13 +418,19 @@ class DockerSandbox(Sandbox):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        self._close_accounting()
+        self._close_oom_watch()
+        self._close_meter()
         if self.container is not None:
             try:
                 await self.container.delete(force=True, v=True)
             except aiodocker.DockerError as exc:  # the next agent start removes it
                 log.warning("session %s: cannot remove container %s: %s", self.session_id, self.container_id, exc)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self.parent is not None and self.host.cgroups is not None:
+            try:
+                self.host.cgroups.remove(self.parent)
+            except CgroupError as exc:  # the next agent start removes it
+                log.warning("session %s: %s", self.session_id, exc)
         try:
             await asyncio.to_thread(self.host.scratch.remove, self.scratch_disk)
         except OSError as exc:
