@@ -36,13 +36,13 @@ from bai.agent.backends.docker_parts import (
     LABEL_AGENT,
     LABEL_DATA_DIR,
     LABEL_ENVIRONMENT,
+    ENGINES,
     ContainerSpec,
     KernelImage,
     environments_of,
     image_from,
 )
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
-from bai.agent.backends.local_sandbox import ENVIRONMENTS as LOCAL_ENGINES
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
@@ -142,7 +142,7 @@ class DockerBackend(Backend):
                     image = image_from(ref, labels)
                     if image is not None:
                         found.append(image)
-        return environments_of(found, LOCAL_ENGINES.values())
+        return environments_of(found, ENGINES)
 
     def _seccomp_profiles(self) -> dict[str, str]:
         if not self.config.seccomp:

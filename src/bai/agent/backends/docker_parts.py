@@ -21,6 +21,10 @@ LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
 SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
 SOCKET_NAME = "runner.sock"
 NANO = Decimal(10**9)
+#: the images' runtimes (label bai.runtime) this backend starts, as the runner's engine of the same
+#: name with no engine config: the other languages' launch settings (bai.agent.environments) are not
+#: wired into containers yet (docs/docker-backend.md)
+ENGINES = ("python",)
 
 
 @dataclass(frozen=True)
