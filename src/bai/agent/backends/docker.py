@@ -33,10 +33,10 @@ import aiodocker
 from bai.agent import cgroups
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.docker_parts import (
+    ENGINES,
     LABEL_AGENT,
     LABEL_DATA_DIR,
     LABEL_ENVIRONMENT,
-    ENGINES,
     ContainerSpec,
     KernelImage,
     environments_of,
