@@ -274,6 +274,11 @@ async def test_a_pooled_container_takes_the_sessions_limits_and_name() -> None:
         assert info["Name"] == f"/bai-{agent.config.agent_id}-{session}"
         assert info["Config"]["Labels"][LABEL_SESSION] != session  # made for the pool, then claimed
         assert info["HostConfig"]["Memory"] == 256 * 2**20 and info["HostConfig"]["PidsLimit"] == 100
+        if sandbox.parent is not None:  # the session cgroup above the container took them too
+            assert sandbox.parent.limits.mem == 256 * 2**20 and sandbox.parent.limits.pids == 100
+            memory = sandbox.parent.dirs[0]  # v1: the memory hierarchy's comes first; v2: the one
+            limit = memory / ("memory.limit_in_bytes" if (memory / "memory.limit_in_bytes").exists() else "memory.max")
+            assert int(limit.read_text()) == 256 * 2**20
         assert stdout_of(await run(agent, session, "print('pooled')")) == "pooled\n"
         assert claimed_in < 1.0
 
