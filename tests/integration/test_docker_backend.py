@@ -261,11 +261,7 @@ async def test_the_agent_removes_what_its_predecessor_left() -> None:
 
 async def test_a_pooled_container_takes_the_sessions_limits_and_name() -> None:
     async with docker_agent(pool_size=1) as agent:
-        assert agent.pool is not None
-        for _ in range(200):
-            if agent.pool.counts().get("python", 0):
-                break
-            await _sleep(0.05)
+        await _pool_ready(agent)
         started = time.perf_counter()
         session = await new_session(agent, resources={"mem": str(256 * 2**20), "pids": "100"})
         claimed_in = time.perf_counter() - started
@@ -281,6 +277,22 @@ async def test_a_pooled_container_takes_the_sessions_limits_and_name() -> None:
             assert int(limit.read_text()) == 256 * 2**20
         assert stdout_of(await run(agent, session, "print('pooled')")) == "pooled\n"
         assert claimed_in < 1.0
+        # a session with the agent's default limits: no update, the name still follows
+        await _pool_ready(agent)
+        plain = await new_session(agent)
+        info = await inspect(container_of(agent, plain).container_id)
+        assert info["Name"] == f"/bai-{agent.config.agent_id}-{plain}"
+        assert info["Config"]["Labels"][LABEL_SESSION] != plain
+        assert info["HostConfig"]["Memory"] == agent.config.default_mem
+        assert stdout_of(await run(agent, plain, "print('plain')")) == "plain\n"
+
+
+async def _pool_ready(agent: Agent) -> None:
+    assert agent.pool is not None
+    for _ in range(200):
+        if agent.pool.counts().get("python", 0):
+            return
+        await _sleep(0.05)
 
 
 async def _sleep(seconds: float) -> None:
