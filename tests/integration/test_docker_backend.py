@@ -7,6 +7,7 @@ Skipped with the reason where no engine answers or the image is missing."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -326,7 +327,6 @@ async def test_dockers_init_above_the_runner_on_request() -> None:
 
 
 async def test_a_run_whose_container_dies_is_reported(agent: Agent, session: str) -> None:
-    import os
     import signal
 
     gone: list[str] = []
@@ -357,3 +357,19 @@ async def test_a_run_whose_container_dies_is_reported(agent: Agent, session: str
     assert gone and "exit" in gone[0].lower(), gone
     if agent.backend.session_cgroups:  # type: ignore[attr-defined]  # the figures outlive the container
         assert result.stats is not None and result.stats.cpu_ms >= 200
+
+
+async def test_a_connection_from_outside_the_container_is_refused(agent: Agent, session: str) -> None:
+    import socket
+
+    sandbox = container_of(agent, session)
+    intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    intruder.settimeout(10)
+    intruder.connect(str(sandbox.socket_dir / "runner.sock"))  # queued before the restarted runner's
+    try:
+        await agent.restart_session(session)
+        assert intruder.recv(1) == b""  # closed by the agent
+        assert sandbox.runner_pid is not None and sandbox.runner_pid != os.getpid()
+        assert stdout_of(await run(agent, session, "print('the runner')")) == "the runner\n"
+    finally:
+        intruder.close()

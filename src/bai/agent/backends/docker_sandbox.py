@@ -131,7 +131,8 @@ class DockerSandbox(Sandbox):
 
     async def _accept(self) -> socket.socket:
         """The runner's connection; fails once the container has stopped or the start
-        timeout passed. Connections from other processes are refused."""
+        timeout passed. Connections from processes outside the container are refused (where
+        the peer's pid is visible: the engine in the agent's pid namespace)."""
         assert self._listener is not None
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.host.config.startup_timeout_s
@@ -146,7 +147,10 @@ class DockerSandbox(Sandbox):
                     ) from None
                 continue
             pid = _peer_pid(conn)
-            if pid is not None and self._is_ours(pid):
+            if pid is None:  # the engine runs in a pid namespace the agent cannot see into
+                log.info("session %s: the runner's pid is not visible here: no container cgroup", self.session_id)
+                return conn
+            if self._is_ours(pid):
                 self.runner_pid = pid
                 return conn
             log.warning("session %s: refused a connection from pid %s", self.session_id, pid)
