@@ -95,6 +95,7 @@ def test_the_create_body_carries_every_confinement() -> None:
     host = body["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True and host["Init"] is False
     assert host["CapDrop"] == ["ALL"]
+    assert "/sys/fs/cgroup" in host["MaskedPaths"] and "/proc/kcore" in host["MaskedPaths"]
     assert host["SecurityOpt"] == ["no-new-privileges", 'seccomp={"defaultAction": "SCMP_ACT_ALLOW"}']
     assert host["Binds"] == [
         "/opt/runner:/opt/bai/bai/runner:ro",

@@ -25,6 +25,13 @@ NANO = Decimal(10**9)
 #: name with no engine config: the other languages' launch settings (bai.agent.environments) are not
 #: wired into containers yet (docs/docker-backend.md)
 ENGINES = ("python",)
+#: Docker's default masked paths (moby's oci defaults) and /sys/fs/cgroup: the container sees an
+#: empty dir there, not the cgroup hierarchy (the local sandbox shows no /sys/fs/cgroup at all)
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/sys/fs/cgroup",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class ContainerSpec:
             "ShmSize": self.tmp_size,
             "CapDrop": ["ALL"],
             "SecurityOpt": security,
+            "MaskedPaths": list(MASKED_PATHS),
             **limit_fields(self.limits),
             **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
