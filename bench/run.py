@@ -17,7 +17,13 @@ Two more measure the pool under load, against the same server:
   and the fall of the host's MemAvailable; a Jupyter kernel's memory (PSS of the
   kernel process) is the baseline.
 
-    ./dev bench [--creates N] [--execs N] [--kernels N] [--seconds S] [--workers W] [--idle N] [--json PATH]
+With ``--docker`` the docker backend (bai.agent.backends.docker) is measured too, by
+servers started with ``--backend docker``: pooled and cold create → ready and the exec
+round trip, against a ``docker run --rm bai/python:3.11 python3 -c pass`` baseline
+measured in the same run (and the local backend's figures above).
+
+    ./dev bench [--creates N] [--execs N] [--kernels N] [--seconds S] [--workers W] [--idle N] [--docker]
+                [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from bai.common.signing import signed_headers
 
 VERSION = "v8.20240915"
 POOL_REFILL_WAIT_S = 0.25  # a refill takes ~40 ms on 2 idle cores; leave it room
+DOCKER_REFILL_WAIT_S = 1.0  # a container's: ~150 ms
 BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
@@ -91,7 +98,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_server(
+    data_dir: Path, pool_size: int | None, backend: str | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     port = free_port()
     bai = Path(sys.executable).with_name("bai")
     environ = dict(os.environ)
@@ -99,8 +108,10 @@ def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Pope
         environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
     # the server's log: BAI_BENCH_LOG names a file for it (appended), else it is dropped
     with open(os.environ.get("BAI_BENCH_LOG", os.devnull), "a") as log:
-        proc = subprocess.Popen([str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=log, env=environ)
+        argv = [str(bai), "server", "--data-dir", str(data_dir), "--port", str(port)]
+        if backend:
+            argv += ["--backend", backend]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ)
     env_file = data_dir / "client.env"
     for _ in range(300):
         if env_file.exists():
@@ -110,10 +121,14 @@ def start_server(data_dir: Path, pool_size: int | None) -> tuple[subprocess.Pope
     return proc, env
 
 
-def bench_api(creates: int, execs: int, pooled: bool = True) -> dict[str, dict[str, float]]:
-    """Create → RUNNING (and, when ``execs``, the exec round trip) against a fresh server."""
+def bench_api(
+    creates: int, execs: int, pooled: bool = True, backend: str | None = None
+) -> dict[str, dict[str, float]]:
+    """Create → RUNNING (and, when ``execs``, the exec round trip) against a fresh server;
+    a ``backend``'s figures are named with its prefix ("docker_api_create_ready")."""
+    prefix = f"{backend}_" if backend else ""
     with tempfile.TemporaryDirectory(prefix="bai-bench-") as tmp:
-        proc, env = start_server(Path(tmp), None if pooled else 0)
+        proc, env = start_server(Path(tmp), None if pooled else 0, backend)
         try:
             api = Api(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"])
             # warm up the code paths once
@@ -121,8 +136,8 @@ def bench_api(creates: int, execs: int, pooled: bool = True) -> dict[str, dict[s
             api.call("POST", "/session/bench-warm", {"mode": "query", "code": "1+1"})
             create_ms = []
             for i in range(creates):
-                if pooled:
-                    time.sleep(POOL_REFILL_WAIT_S)
+                if pooled:  # a container's refill takes longer than a local sandbox's
+                    time.sleep(DOCKER_REFILL_WAIT_S if backend == "docker" else POOL_REFILL_WAIT_S)
                 start = time.perf_counter()
                 status, body = api.call("POST", "/session", {"image": "python", "name": f"bench-{i}"})
                 create_ms.append((time.perf_counter() - start) * 1000)
@@ -142,8 +157,42 @@ def bench_api(creates: int, execs: int, pooled: bool = True) -> dict[str, dict[s
             proc.terminate()
             proc.wait(30)
     if not pooled:
-        return {"api_create_ready_cold": percentiles(create_ms)}
-    return {"api_create_ready": percentiles(create_ms), "api_exec_1plus1": percentiles(exec_ms)}
+        return {f"{prefix}api_create_ready_cold": percentiles(create_ms)}
+    return {f"{prefix}api_create_ready": percentiles(create_ms), f"{prefix}api_exec_1plus1": percentiles(exec_ms)}
+
+
+DOCKER = "/usr/bin/docker"  # Debian's client (docs/images.md)
+DOCKER_IMAGE = "bai/python:3.11"
+
+
+def bench_docker(creates: int, execs: int, spawns: int) -> dict[str, dict[str, float]]:
+    """The docker backend through the API, and the ``docker run`` baseline."""
+    def docker_run() -> None:
+        subprocess.run([DOCKER, "run", "--rm", DOCKER_IMAGE, "python3", "-c", "pass"], check=True)
+
+    docker_run()  # warm the engine's caches
+    out = {"docker_run_python3_c_pass": percentiles(timed(docker_run, spawns))}
+    out.update(bench_api(creates, execs, backend="docker"))
+    out.update(bench_api(creates, 0, pooled=False, backend="docker"))
+    return out
+
+
+def docker_report(results: dict[str, dict[str, float]]) -> list[str]:
+    """The docker backend's targets (issue 5), from ``bench_docker``'s figures."""
+    if "docker_api_create_ready" not in results:
+        return []
+    pooled = results["docker_api_create_ready"]["p50"]
+    cold = results["docker_api_create_ready_cold"]["p50"]
+    baseline = results["docker_run_python3_c_pass"]["p50"]
+    exec_gap = results["docker_api_exec_1plus1"]["p50"] - results["api_exec_1plus1"]["p50"]
+    return [
+        "",
+        "Docker backend (p50):",
+        f"- pooled create → ready: {pooled:.2f} ms (target ≤ 30 ms)",
+        f"- cold create → ready / docker run --rm {DOCKER_IMAGE} python3 -c pass: {cold / baseline:.2f}× "
+        f"({cold:.1f} / {baseline:.1f} ms; target ≤ 1.3×)",
+        f"- exec 1+1, docker − local: {exec_gap:+.3f} ms (target within 1 ms)",
+    ]
 
 
 def admin_api(env: dict[str, str]) -> Api:
@@ -333,6 +382,7 @@ def report(results: dict[str, dict[str, float]]) -> str:
         ratio = results["api_exec_1plus1"]["p50"] / results["jupyter_exec_1plus1"]["p50"]
         lines.append(f"- exec 1+1 through the API / Jupyter execute: {ratio:.2f}×")
     lines += load_ratios(results)
+    lines += docker_report(results)
     return "\n".join(lines)
 
 
@@ -364,11 +414,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="sustained create+destroy duration")
     parser.add_argument("--workers", type=int, default=4, help="parallel clients for the sustained run")
     parser.add_argument("--idle", type=int, default=200, help="idle sessions whose memory is measured")
+    parser.add_argument("--docker", action="store_true", help="measure the docker backend too")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = bench_baselines(args.spawns, args.kernels)
     results.update(bench_api(args.creates, args.execs))
     results.update(bench_api(args.creates, 0, pooled=False))
+    if args.docker:
+        results.update(bench_docker(args.creates, args.execs, args.spawns))
     results.update(bench_load(args.seconds, args.workers, args.idle))
     if args.seconds > 0:
         cold = bench_load(args.seconds, args.workers, 0, pooled=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from pydantic import SecretStr
 
+from bai.agent.backends import BACKENDS
 from bai.agent.config import AgentConfig
 from bai.agent.main import serve
 from bai.agent.seccomp import Policy, PolicyError, Rule, policy_for
@@ -30,10 +31,13 @@ from bai.agent.seccomp.docker import docker_profile
 @click.option("--rpc-host", default="127.0.0.1", show_default=True, help="Where the manager reaches this agent.")
 @click.option("--rpc-port", type=int, default=6011, show_default=True, help="0 picks a free port.")
 @click.option("--heartbeat", type=float, default=2.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
+              help="What runs sessions: local (bubblewrap) or docker. Default: BAI_AGENT_BACKEND, else local.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: str | None, agent_id: str | None,
-          data_dir: Path | None, rpc_host: str, rpc_port: int, heartbeat: float, log_level: str) -> None:
+          data_dir: Path | None, rpc_host: str, rpc_port: int, heartbeat: float, backend: str | None,
+          log_level: str) -> None:
     """Run an agent: sandboxes on this machine, scheduled by the manager."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,6 +50,8 @@ def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: st
     }
     if agent_id:
         options["agent_id"] = agent_id
+    if backend:
+        options["backend"] = backend
     if data_dir:
         options["data_dir"] = data_dir.expanduser().resolve()
     config = AgentConfig.model_validate(options)

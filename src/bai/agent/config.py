@@ -72,6 +72,15 @@ class AgentConfig(BaseSettings):
     #: scheduling, allocation and isolation tests on machines without one
     fake_gpus: int = Field(default=0, ge=0, le=64)
 
+    # -- docker backend (bai.agent.backends.docker) ----------------------------
+    #: the Docker engine's address ("unix:///var/run/docker.sock", "tcp://..."); None: DOCKER_HOST or the default socket
+    docker_url: str | None = None
+    #: Docker's init (tini, ``docker run --init``) as each container's PID 1 above the runner.
+    #: Off: the runner is PID 1, as in the local sandbox: it reaps orphans itself, and a
+    #: namespace's PID 1 cannot be killed from inside, where under an init the user's code
+    #: (same uid) could kill the runner
+    docker_init: bool = False
+
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)
     default_mem: int = 2**30

@@ -51,14 +51,16 @@ else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
 USAGE = (
-    "usage: runner --fd N [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...] [--config JSON]"
+    "usage: runner (--fd N | --connect PATH) [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]"
+    " [--config JSON]"
     % "|".join(sorted(ENGINES))
 )
-FLAGS = ("--fd", "--engine", "--interrupt-grace", "--preload", "--config")
+FLAGS = ("--fd", "--connect", "--engine", "--interrupt-grace", "--preload", "--config")
 
 
 class Options(Record):
-    fd: int
+    fd: int = -1  # an inherited socket (the local backend), or
+    connect: str = ""  # a unix socket's path the runner connects to (a container: bai.agent.backends.docker)
     engine: str = "python"
     interrupt_grace: float = 2.0
     # modules imported before the REPL is forked: a claimed pooled session finds them
@@ -84,7 +86,8 @@ def parse_args(argv: List[str]) -> Options:
         values[name] = value
     try:
         options = Options(
-            fd=int(values["--fd"]),
+            fd=int(values.get("--fd", "-1")),
+            connect=values.get("--connect", ""),
             engine=values.get("--engine", "python"),
             interrupt_grace=float(values.get("--interrupt-grace", "2")),
             preload=values.get("--preload", ""),
@@ -94,6 +97,8 @@ def parse_args(argv: List[str]) -> Options:
         raise SystemExit("%s\nbad or missing argument: %s" % (USAGE, exc)) from None
     if not isinstance(options.config, dict):
         raise SystemExit("%s\n--config must be a JSON object" % USAGE)
+    if (options.fd >= 0) == bool(options.connect):
+        raise SystemExit("%s\nexactly one of --fd and --connect" % USAGE)
     if options.engine not in ENGINES:
         raise SystemExit("%s\nunknown engine %r" % (USAGE, options.engine))
     return options
@@ -217,9 +222,18 @@ def main(argv: Optional[List[str]] = None) -> NoReturn:
     _start_collecting()
     set_dumpable(False)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    sock = _socket.socket(fileno=options.fd)
+    sock = _connect(options)
     Runner(sock, options).run()
     _exit_now()
+
+
+def _connect(options: Options) -> _socket.socket:
+    """The agent's socket: inherited (``--fd``), or connected to ``--connect``'s path."""
+    if options.connect:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.connect(options.connect)
+        return sock
+    return _socket.socket(fileno=options.fd)
 
 
 def preload(names: str) -> List[str]:

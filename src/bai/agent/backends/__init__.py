@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from bai.agent.backends.base import Backend, Sandbox
+from bai.agent.backends.docker import DockerBackend
 from bai.agent.backends.local import LocalBackend
 from bai.agent.config import AgentConfig
 
 BACKENDS: dict[str, type[Backend]] = {
     LocalBackend.name: LocalBackend,
+    DockerBackend.name: DockerBackend,
 }
 
 

@@ -1,0 +1,337 @@
+"""The Docker backend: one container per session, through the Engine API (aiodocker).
+See docs/docker-backend.md.
+
+``start`` checks the engine, finds the kernel images ``bai image build`` made (their
+``bai.environment`` labels name the environments offered), exports each environment's
+syscall policy as a Docker seccomp profile, opens the scratch disks (as the local
+backend's, bai.agent.scratch) and removes every container a previous agent with this
+id left (labels ``bai.agent``). ``create`` makes the session's scratch dir and socket
+dir and starts a ``DockerSandbox`` (docker_sandbox.py).
+
+Directories: ``<data_dir>/docker/scratch/<name>`` each session's /home/work; the
+runner sockets under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix
+socket's path is at most 107 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiodocker
+
+from bai.agent import cgroups
+from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
+from bai.agent.backends.docker_parts import (
+    ENGINES,
+    LABEL_AGENT,
+    LABEL_DATA_DIR,
+    LABEL_ENVIRONMENT,
+    ContainerSpec,
+    KernelImage,
+    environments_of,
+    image_from,
+)
+from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
+from bai.agent.config import AgentConfig
+from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
+from bai.agent.seccomp import PolicyError, policy_for
+from bai.agent.seccomp.docker import docker_profile
+from bai.common.agent_rpc import SandboxSpec
+from bai.common.errors import SessionCreationFailed
+from bai.runner import protocol
+
+log = logging.getLogger(__name__)
+
+SOCKET_BASE = Path("/run/bai-docker")
+STALE_CGROUP_S = 60.0
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class DockerBackend(Backend):
+    name: ClassVar[str] = "docker"
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(config)
+        self.root = config.data_dir / "docker"
+        self.data_digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.socket_root = SOCKET_BASE / self.data_digest
+        self.docker: aiodocker.Docker | None = None
+        self.images: dict[str, KernelImage] = {}
+        self.profiles: dict[str, str] = {}  # environment → Docker seccomp profile JSON
+        self.sandboxes: dict[str, DockerSandbox] = {}
+        self.host: DockerHost | None = None
+        self.runner_dir = config.runner_dir or Path(protocol.__file__).resolve().parent
+        self._lock: int | None = None
+        self.session_cgroups = False  # whether each container goes under a session cgroup of ours
+
+    async def start(self) -> None:
+        try:
+            docker = aiodocker.Docker(url=self.config.docker_url)
+        except ValueError as exc:  # no address given and no default socket
+            raise BackendUnavailable(f"no Docker engine: {exc}") from exc
+        try:
+            await docker.version()
+            self.images = await self._kernel_images(docker)
+            info = await docker.system.info()
+        except (aiodocker.DockerError, OSError) as exc:
+            await docker.close()
+            raise BackendUnavailable(f"the Docker engine is unreachable: {exc}") from exc
+        if not self.images:
+            await docker.close()
+            raise BackendUnavailable("no kernel images (labelled bai.environment): run `bai image build python`")
+        self.docker = docker
+        try:
+            self.profiles = self._seccomp_profiles()
+            self._prepare_dirs()
+            disks = await self._scratch_disks()
+        except (OSError, ScratchError, PolicyError, BackendUnavailable) as exc:
+            await self._close()
+            if isinstance(exc, BackendUnavailable):
+                raise
+            raise BackendUnavailable(f"cannot prepare the Docker backend: {exc}") from exc
+        await _precompile(self.config.runner_python, self.runner_dir)
+        driver = _cgroup_driver(self.config.agent_id)
+        # session cgroups above the containers' need Docker's cgroupfs driver (systemd's
+        # takes slices only) and the same hierarchy as ours
+        self.session_cgroups = (
+            driver is not None
+            and info.get("CgroupDriver") == "cgroupfs"
+            and _docker_cgroup_version(info) == driver.version
+        )
+        if not self.session_cgroups:
+            log.warning(
+                "Docker's cgroup driver is %s: figures come from each container's own cgroup, "
+                "and a run whose container dies reports none",
+                info.get("CgroupDriver"),
+            )
+        self.host = DockerHost(
+            config=self.config,
+            docker=docker,
+            cgroups=driver,
+            scratch=disks,
+            released=self._released,
+            renamed=self._renamed,
+        )
+        await self.reconcile()
+
+    async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
+        found = []
+        for entry in await docker.images.list(filters={"label": [LABEL_ENVIRONMENT]}):
+            labels = entry.get("Labels") or {}
+            for ref in entry.get("RepoTags") or []:
+                if ref != "<none>:<none>":
+                    image = image_from(ref, labels)
+                    if image is not None:
+                        found.append(image)
+        return environments_of(found, ENGINES)
+
+    def _seccomp_profiles(self) -> dict[str, str]:
+        if not self.config.seccomp:
+            log.warning("the syscall filter is off (BAI_AGENT_SECCOMP=false): Docker's default profile applies")
+            return {}
+        config = self.config
+        return {
+            name: docker_profile(
+                policy_for(name, config.seccomp_overlay, config.seccomp_environment_dir)
+            ).model_dump_json()
+            for name in self.images
+        }
+
+    def _prepare_dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackendUnavailable(f"another agent is using {self.root}") from None
+        self._lock = fd
+        SOCKET_BASE.mkdir(parents=True, exist_ok=True)
+        SOCKET_BASE.chmod(0o711)
+        shutil.rmtree(self.socket_root, ignore_errors=True)
+        self.socket_root.mkdir(mode=0o711)
+        self.socket_root.chmod(0o711)  # traversable, not listable: each sandbox's dir name is a secret
+
+    async def _scratch_disks(self) -> ScratchDisks:
+        config = self.config
+        scratch_root, image_dir = self.root / "scratch", self.root / "scratch-images"
+        scratch_root.mkdir(exist_ok=True)
+        for item in await asyncio.to_thread(reconcile, scratch_root, image_dir):
+            log.warning("released the leftover scratch %s", item)
+        return await asyncio.to_thread(open_disks, config.scratch_type, scratch_root, image_dir, config.scratch_size)
+
+    async def reconcile(self) -> list[str]:
+        """Remove the containers this agent id left on this data dir (a crashed or restarted
+        agent): the agent starts with no sessions, so none of them is anyone's any more.
+        Those of an agent with the same id on another data dir may be a live neighbour's
+        and are left alone. Returns their names. Re-attaching live ones is not done
+        (docs/docker-backend.md)."""
+        assert self.docker is not None
+        removed = []
+        filters = {"label": [f"{LABEL_AGENT}={self.config.agent_id}", f"{LABEL_DATA_DIR}={self.data_digest}"]}
+        for container in await self.docker.containers.list(all=True, filters=filters):
+            name = (container._container.get("Names") or [container.id])[0].lstrip("/")
+            try:
+                await container.delete(force=True, v=True)
+            except aiodocker.DockerError as exc:
+                log.warning("cannot remove the leftover container %s: %s", name, exc)
+                continue
+            log.warning("removed the leftover container %s", name)
+            removed.append(name)
+        self._remove_stale_cgroups()
+        return removed
+
+    def _remove_stale_cgroups(self) -> None:
+        """Empty session cgroups of this agent id, once STALE_CGROUP_S old (an agent with
+        the same id on another data dir may be making one right now)."""
+        driver = self.host.cgroups if self.host is not None else None
+        if driver is None or not self.session_cgroups:
+            return
+        for name in driver.leftovers():
+            with contextlib.suppress(CgroupError, OSError):
+                if driver.remove_if_stale(name, STALE_CGROUP_S):
+                    log.info("removed the stale empty cgroup %s", name)
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.host is not None and self.host.cgroups is not None and self.session_cgroups:
+            with contextlib.suppress(CgroupError, OSError):
+                self.host.cgroups.remove_agent_dirs()
+        if self.docker is not None:
+            await self.docker.close()
+            self.docker = None
+        self.host = None
+        shutil.rmtree(self.socket_root, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def capacity(self) -> dict[str, Decimal]:
+        return {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+
+    def environments(self) -> list[str]:
+        return sorted(name for name in self.images if ":" not in name)
+
+    def image_for(self, environment: str) -> KernelImage | None:
+        return self.images.get(environment)
+
+    def scratch_type(self) -> str | None:
+        return self.host.scratch.kind if self.host is not None else None
+
+    def poolable(self, spec: SandboxSpec) -> bool:
+        if self.host is None or spec.resources.get("cuda.device", "0") not in ("0", ""):
+            return False
+        disks = self.host.scratch
+        return disks.cap_for(spec.scratch_bytes) == disks.cap_for(None)
+
+    async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
+        host = self.host
+        if host is None:
+            raise SessionCreationFailed("the Docker backend is not started")
+        if spec.resources.get("cuda.device", "0") not in ("0", ""):
+            raise SessionCreationFailed("the Docker backend offers no GPUs")
+        image = self.images.get(spec.environment)
+        if image is None:
+            raise SessionCreationFailed(f"no image for the environment {spec.environment!r}")
+        try:
+            scratch = await asyncio.to_thread(
+                host.scratch.create, spec.session_id, spec.scratch_bytes, image.uid, image.gid
+            )
+        except (OSError, ScratchError) as exc:
+            raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
+        try:
+            parent = self._session_cgroup(spec, limits)
+        except SessionCreationFailed:
+            await asyncio.to_thread(host.scratch.remove, scratch)
+            raise
+        container = ContainerSpec(
+            agent_id=self.config.agent_id,
+            session_id=spec.session_id,
+            image=image,
+            limits=limits,
+            runner_dir=self.runner_dir,
+            scratch=scratch.path,
+            socket_dir=self.socket_root / secrets.token_hex(8),
+            environ=spec.environ,
+            tmp_size=self.config.tmp_size,
+            seccomp_profile=self.profiles.get(image.environment),
+            init=self.config.docker_init,
+            preload=self.config.preload_modules if image.engine == "python" else (),
+            extra_labels={LABEL_DATA_DIR: self.data_digest},
+            cgroup_parent=f"/{parent.name}" if parent is not None else "",
+        )
+        sandbox = DockerSandbox(host, spec, container, scratch, parent)
+        self.sandboxes[spec.session_id] = sandbox
+        try:
+            await sandbox.start()
+        except BaseException as exc:
+            await sandbox.destroy(grace_s=0)
+            if isinstance(exc, OSError):
+                raise SessionCreationFailed(f"cannot start the container: {exc}") from exc
+            raise
+        return sandbox
+
+    def _session_cgroup(self, spec: SandboxSpec, limits: Limits) -> SessionCgroup | None:
+        driver = self.host.cgroups if self.host is not None else None
+        if driver is None or not self.session_cgroups:
+            return None
+        try:
+            return driver.create(spec.session_id, limits)
+        except CgroupError as exc:
+            raise SessionCreationFailed(f"cannot make the session's cgroup: {exc}") from exc
+
+    def _released(self, sandbox: DockerSandbox) -> None:
+        if self.sandboxes.get(sandbox.session_id) is sandbox:
+            del self.sandboxes[sandbox.session_id]
+
+    def _renamed(self, sandbox: DockerSandbox, old_id: str) -> None:
+        self.sandboxes.pop(old_id, None)
+        self.sandboxes[sandbox.session_id] = sandbox
+
+
+async def _precompile(python: str, runner_dir: Path) -> None:
+    """Byte-compile the runner on the host, once: it is read-only in the containers, so
+    without this each start compiles it from source (the images' python3 and the host's
+    should be the same minor version for the cache to serve)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python, "-m", "compileall", "-q", str(runner_dir), stdout=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+    except OSError as exc:
+        log.warning("could not byte-compile the runner with %s: %s", python, exc)
+
+
+def _docker_cgroup_version(info: Mapping[str, Any]) -> str:
+    """The engine's hierarchy, "v1" or "v2", from ``GET /info`` ("1" / "2")."""
+    return f"v{info.get('CgroupVersion', '1')}"
+
+
+def _cgroup_driver(agent_id: str) -> CgroupDriver | None:
+    """A driver to read the containers' cgroups (Docker makes them), or None: no figures."""
+    try:
+        return cgroups.detect_driver(agent_id)
+    except CgroupError as exc:
+        log.warning("no session accounting: %s", exc)
+        return None

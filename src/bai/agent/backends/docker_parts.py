@@ -1,0 +1,193 @@
+"""Pure pieces of the Docker backend (bai.agent.backends.docker): the kernel images an
+agent offers, a container's create body, and a container's cgroup from /proc. No I/O
+but /proc reads; unit-tested without Docker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bai.agent.backends.bwrap import BASE_ENV, HOME, HOSTNAME, RUNNER_BOOT, RUNNER_MOUNT
+from bai.agent.cgroups import Limits
+
+LABEL_AGENT = "bai.agent"
+LABEL_SESSION = "bai.session"  # the id it was created for (a pooled one's: its pool name)
+LABEL_DATA_DIR = "bai.data-dir"  # a digest of the agent's data dir: two agents with one id keep apart
+LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
+SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
+SOCKET_NAME = "runner.sock"
+NANO = Decimal(10**9)
+#: the images' runtimes (label bai.runtime) this backend starts, as the runner's engine of the same
+#: name with no engine config: the other languages' launch settings (bai.agent.environments) are not
+#: wired into containers yet (docs/docker-backend.md)
+ENGINES = ("python",)
+#: Docker's default masked paths (moby's oci defaults) and /sys/fs/cgroup: the container sees an
+#: empty dir there, not the cgroup hierarchy (the local sandbox shows no /sys/fs/cgroup at all)
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/sys/fs/cgroup",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    """A local image built by ``bai image build`` (its labels, docs/images.md)."""
+
+    ref: str  # "bai/python:3.11"
+    environment: str  # its bai.environment label, "python:3.11"
+    engine: str  # the runner's engine, from bai.runtime
+    runner_python: str
+    uid: int
+    gid: int
+    workdir: str = HOME
+
+
+def image_from(ref: str, labels: Mapping[str, str]) -> KernelImage | None:
+    """The kernel image described by ``labels``, or None when they are not a bai image's."""
+    environment = labels.get(LABEL_ENVIRONMENT)
+    runtime = labels.get("bai.runtime")
+    if not environment or not runtime:
+        return None
+    user = labels.get("bai.user", "work:1000")
+    try:
+        uid = int(user.rpartition(":")[2])
+    except ValueError:
+        return None
+    if uid == 0:
+        return None  # a sandbox never runs as root
+    return KernelImage(
+        ref=ref,
+        environment=environment,
+        engine=runtime,
+        runner_python=labels.get("bai.runner-python", "/usr/bin/python3"),
+        uid=uid,
+        gid=uid,
+        workdir=labels.get("bai.workdir", HOME),
+    )
+
+
+def environments_of(images: Iterable[KernelImage], engines: Iterable[str]) -> dict[str, KernelImage]:
+    """Environment name → image: each image under its full name ("python:3.11") and,
+    for the highest tag of each name, under the bare name ("python"). Images whose
+    runtime the runner has no engine for are left out."""
+    known = set(engines)
+    by_name: dict[str, KernelImage] = {}
+    out: dict[str, KernelImage] = {}
+    for image in sorted(images, key=lambda i: _version_key(i.environment)):
+        if image.engine not in known:
+            continue
+        out[image.environment] = image
+        by_name[image.environment.partition(":")[0]] = image  # the highest tag wins
+    out.update(by_name)
+    return out
+
+
+def _version_key(environment: str) -> tuple[str, tuple[int, ...], str]:
+    name, _, tag = environment.partition(":")
+    numbers = tuple(int(part) for part in tag.split(".") if part.isdigit())
+    return name, numbers, tag
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Inputs of one sandbox's container."""
+
+    agent_id: str
+    session_id: str
+    image: KernelImage
+    limits: Limits
+    runner_dir: Path
+    scratch: Path
+    socket_dir: Path
+    environ: Mapping[str, str]
+    tmp_size: int
+    seccomp_profile: str | None  # Docker's JSON, or None: Docker's default profile
+    cgroup_parent: str = ""  # the session cgroup the container's goes under ("": Docker's default)
+    init: bool = False  # Docker's init (tini) as PID 1 above the runner; else the runner is PID 1
+    preload: tuple[str, ...] = ()
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        argv = [self.image.runner_python, "-I", "-c", RUNNER_BOOT]
+        argv += ["--connect", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--engine", self.image.engine]
+        if self.preload:
+            argv += ["--preload", ",".join(self.preload)]
+        return argv
+
+    def body(self) -> dict[str, Any]:
+        """The Engine API's ``POST /containers/create`` body."""
+        env = {**BASE_ENV, "HOME": self.image.workdir, **self.environ}
+        command = self.command()
+        return {
+            "Image": self.image.ref,
+            "Entrypoint": command[:1],
+            "Cmd": command[1:],
+            "User": f"{self.image.uid}:{self.image.gid}",
+            "WorkingDir": self.image.workdir,
+            "Hostname": HOSTNAME,
+            "Env": [f"{name}={value}" for name, value in env.items()],
+            "Labels": {LABEL_AGENT: self.agent_id, LABEL_SESSION: self.session_id, **self.extra_labels},
+            "NetworkDisabled": True,
+            "HostConfig": self.host_config(),
+        }
+
+    def host_config(self) -> dict[str, Any]:
+        security = ["no-new-privileges"]
+        if self.seccomp_profile is not None:
+            security.append(f"seccomp={self.seccomp_profile}")
+        return {
+            "Init": self.init,
+            "NetworkMode": "none",
+            "Binds": [
+                f"{self.runner_dir}:{RUNNER_MOUNT}:ro",
+                f"{self.scratch}:{self.image.workdir}",
+                f"{self.socket_dir}:{SOCKET_MOUNT}",
+            ],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size}"},
+            "ShmSize": self.tmp_size,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": security,
+            "MaskedPaths": list(MASKED_PATHS),
+            **limit_fields(self.limits),
+            **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        }
+
+
+def limit_fields(limits: Limits) -> dict[str, int]:
+    """Memory (no swap beyond it), CPU and PID limits as the Engine API names them
+    (in a create's HostConfig and in ``POST /containers/{id}/update``)."""
+    return {
+        "Memory": limits.mem,
+        "MemorySwap": limits.mem,
+        "NanoCpus": int(limits.cpu * NANO) if limits.cpu > 0 else 0,
+        "PidsLimit": limits.pids,
+    }
+
+
+def container_name(agent_id: str, session_id: str) -> str:
+    return f"bai-{agent_id}-{session_id}"
+
+
+def cgroup_path(proc_cgroup: str, version: str) -> str | None:
+    """The cgroup (relative to a hierarchy's root, no leading slash) of a process, from
+    its /proc/PID/cgroup text: v2's unified line, or v1's memory controller's line."""
+    for line in proc_cgroup.splitlines():
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if version == "v2" and controllers == "":
+            return path.lstrip("/")
+        if version == "v1" and "memory" in controllers.split(","):
+            return path.lstrip("/")
+    return None
+
+
+def parent_pid(proc_stat: str) -> int:
+    """The PPid field of a /proc/PID/stat text (after the parenthesised command)."""
+    return int(proc_stat.rpartition(")")[2].split()[1])
