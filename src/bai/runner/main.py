@@ -36,10 +36,16 @@ from bai.runner.protocol import (
     Input,
     Interrupt,
     Message,
+    PtyAck,
+    PtyClose,
+    PtyInput,
+    PtyOpen,
+    PtyResize,
     Record,
     Shutdown,
     field,
 )
+from bai.runner.terminal import Terminals
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
@@ -128,6 +134,14 @@ class Runner:
             Configure: self._configure,
             Shutdown: self._shutdown,
         }
+        self.terminals = Terminals(self.loop, self.link.send, self._reset_in_child)
+        self._handlers.update({
+            PtyOpen: self.terminals.open,
+            PtyInput: self.terminals.input,
+            PtyResize: self.terminals.resize,
+            PtyAck: self.terminals.ack,
+            PtyClose: self.terminals.close,
+        })
 
     def run(self) -> None:
         self.loop.watch_children(self._child_exited)
@@ -135,6 +149,7 @@ class Runner:
             self.link.send(self.engine.start())
             self.loop.run()
         finally:
+            self.terminals.close_all()
             if self._steps is not None:
                 self._steps.close()
             self.engine.close()
@@ -167,6 +182,8 @@ class Runner:
             self.engine.interrupt(message)
 
     def _child_exited(self, pid: int, status: int) -> None:
+        if self.terminals.child_exited(pid, status):
+            return
         if self._steps is None or not self._steps.child_exited(pid, status):
             self.engine.child_exited(pid, status)
 
