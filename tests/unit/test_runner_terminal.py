@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import time
 
-import pytest
 from runner_client import RunnerClient
 from runner_fixtures import python, runner
 
