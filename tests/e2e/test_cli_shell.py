@@ -34,8 +34,14 @@ def server(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def name(server: Any) -> Iterator[str]:
     session_name = f"sh-{uuid.uuid4().hex[:8]}"
-    started = subprocess.run([*BAI, "run", "python", "-c", "x = 1", "--name", session_name], env=server.env,
-                             capture_output=True, text=True, timeout=90, check=False)
+    started = subprocess.run(
+        [*BAI, "run", "python", "-c", "x = 1", "--name", session_name],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     assert started.returncode == 0, started.stderr
     yield session_name
     subprocess.run([*BAI, "rm", session_name], env=server.env, capture_output=True, timeout=60, check=False)
@@ -48,8 +54,14 @@ class LocalTerminal:
         self.master, self.slave = os.openpty()
         self.set_size(rows, cols)
         self.before = termios.tcgetattr(self.slave)
-        self.proc = subprocess.Popen([*BAI, "shell", session], stdin=self.slave, stdout=self.slave,
-                                     stderr=self.slave, env=server.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*BAI, "shell", session],
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            env=server.env,
+            start_new_session=True,
+        )
         self.seen = b""
 
     def set_size(self, rows: int, cols: int) -> None:

@@ -95,9 +95,13 @@ def test_ctrl_c_interrupts_the_foreground_program(api: SignedClient, session: st
 
 def test_bad_frames_are_answered_and_the_terminal_goes_on(api: SignedClient, session: str) -> None:
     with open_pty(api, session) as ws:
-        for bad, word in [("{nope", "JSON"), ('{"type": "stdin", "chars": "%%"}', "chars"),
-                          ('{"type": "resize", "rows": 0, "cols": 80}', "rows"),
-                          ('{"type": "warp"}', "type"), ("[1]", "type")]:
+        for bad, word in [
+            ("{nope", "JSON"),
+            ('{"type": "stdin", "chars": "%%"}', "chars"),
+            ('{"type": "resize", "rows": 0, "cols": 80}', "rows"),
+            ('{"type": "warp"}', "type"),
+            ("[1]", "type"),
+        ]:
             ws.send(bad)
             frame = json.loads(ws.recv(timeout=10))
             while frame["type"] == "out":  # the prompt
@@ -130,8 +134,10 @@ def test_closing_the_socket_hangs_the_shell_up(api: SignedClient, session: str) 
         type_in(ws, "sleep 1000 & echo $! > bgpid; sleep 999\n")
         time.sleep(1)
     time.sleep(1)
-    ps = api.run(session, "import subprocess\nprint(subprocess.run(['ps', '-eo', 'args'], capture_output=True,"
-                          " text=True).stdout)")
+    ps = api.run(
+        session,
+        "import subprocess\nprint(subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout)",
+    )
     out = "".join(data for _, data in ps["console"])
     assert "sleep 999" not in out, out
     assert "bash -i" not in out, out

@@ -98,5 +98,3 @@ def test_close_hangs_up_and_bad_requests_are_refused(runner: RunnerClient) -> No
     runner.send(PtyClose(pty_id="b"))
     assert _closed(runner, "b").exit_code == 128 + 1  # SIGHUP
     assert runner.run("print(1 + 1)").stdout == "2\n"  # the engine is unaffected
-
-

@@ -126,6 +126,7 @@ class Runner:
         if options.engine != "python":  # python runs shell steps in batch mode only
             context.steps = self.steps
         self.engine = load_engine(options.engine)(context)
+        self.terminals = Terminals(self.loop, self.link.send, self._reset_in_child)
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Execute: self._execute,
             Input: self.engine.provide_input,
@@ -133,15 +134,12 @@ class Runner:
             Complete: self.engine.complete,
             Configure: self._configure,
             Shutdown: self._shutdown,
-        }
-        self.terminals = Terminals(self.loop, self.link.send, self._reset_in_child)
-        self._handlers.update({
             PtyOpen: self.terminals.open,
             PtyInput: self.terminals.input,
             PtyResize: self.terminals.resize,
             PtyAck: self.terminals.ack,
             PtyClose: self.terminals.close,
-        })
+        }
 
     def run(self) -> None:
         self.loop.watch_children(self._child_exited)

@@ -348,11 +348,10 @@ if TYPE_CHECKING:
         PtyClosed,
     ]
 
-_TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown, PtyOpen, PtyInput, PtyResize, PtyAck, PtyClose)
-_TO_AGENT = (
-    Ready, Output, Media, WaitingInput, Finished, StepFinished, Completions, Configured, Failure, PtyOutput, PtyClosed,
-)
-MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT}
+_TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown)
+_TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, StepFinished, Completions, Configured, Failure)
+_TERMINALS = (PtyOpen, PtyInput, PtyResize, PtyAck, PtyClose, PtyOutput, PtyClosed)
+MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT + _TERMINALS}
 
 
 def encode(message: Message) -> bytes:
