@@ -16,6 +16,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.apiclient import SignedClient
+from tests.integration.test_cluster import Cluster, cluster, wait_for
+
+__all__ = ["cluster"]  # a fixture, from test_cluster
 
 pytestmark = pytest.mark.sandbox
 
@@ -195,3 +198,35 @@ def test_an_open_terminal_keeps_its_session_from_idling_out(api: SignedClient) -
             time.sleep(0.3)
     finally:
         api.delete(f"/session/{name}")
+
+
+def test_a_terminal_on_a_remote_agent(cluster: Cluster) -> None:
+    api = cluster.api
+    assert wait_for(lambda: api.post("/session", {"image": "python", "name": "term"}).status_code == 201)
+    with open_pty(api, "term", "?rows=20&cols=70") as ws:
+        type_in(ws, "stty size; echo remote-$((7*6))\n")
+        read_until(ws, b"remote-42")
+        ws.send(json.dumps({"type": "resize", "rows": 44, "cols": 120}))
+        type_in(ws, "sleep 30\n")
+        time.sleep(0.7)
+        type_in(ws, "\x03")
+        type_in(ws, "stty size\n")
+        read_until(ws, b"44 120")
+        type_in(ws, "yes | head -c 3000000; echo end-$((1+1))\n")  # more than every window on the way
+        assert read_until(ws, b"end-2", timeout=60).count(b"y\r\n") >= 1_500_000
+        type_in(ws, "exit 4\n")
+        assert until_exit(ws)["exitCode"] == 4
+    with pytest.raises(InvalidStatus, match="400"):
+        open_pty(api, "term", "?cols=0")
+
+
+def test_the_agent_terminal_route_wants_the_cluster_secret(cluster: Cluster) -> None:
+    api = cluster.api
+    assert wait_for(lambda: api.post("/session", {"image": "python", "name": "guarded"}).status_code == 201)
+    agent_url = cluster.manager.manager.agents.alive()[0].info.rpc_url
+    session_id = api.get("/session/guarded").json()["sessionId"]
+    url = "ws" + agent_url.removeprefix("http") + f"/rpc/terminal?session_id={session_id}&rows=24&cols=80"
+    with pytest.raises(InvalidStatus, match="401"):
+        connect(url, additional_headers={"X-BAI-Cluster-Secret": "wrong"}, open_timeout=10)
+    with pytest.raises(InvalidStatus, match="401"):
+        connect(url, open_timeout=10)
