@@ -3,6 +3,7 @@ real pty in the session's sandbox, driven by a plain websockets client."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import resource
@@ -230,3 +231,39 @@ def test_the_agent_terminal_route_wants_the_cluster_secret(cluster: Cluster) -> 
         connect(url, additional_headers={"X-BAI-Cluster-Secret": "wrong"}, open_timeout=10)
     with pytest.raises(InvalidStatus, match="401"):
         connect(url, open_timeout=10)
+
+
+TIOCSTI_PROBE = (
+    "import fcntl, termios\\n"
+    "try:\\n"
+    "    fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('tiocsti-' + 'allowed')\\n"
+    "except OSError as e:\\n"
+    "    print('tiocsti-errno', e.errno)\\n"
+)
+
+
+def test_the_terminal_is_the_sessions_own_and_tiocsti_stays_refused(api: SignedClient, session: str) -> None:
+    api.run(session, f"open('/home/work/probe.py', 'w').write({TIOCSTI_PROBE!r})")
+    with open_pty(api, session) as ws:
+        type_in(ws, "python3 probe.py; tty; cat /proc/self/cgroup | wc -l; echo done-$((9*9))\n")
+        out = read_until(ws, b"done-81")
+    assert b"tiocsti-errno" in out and b"tiocsti-allowed" not in out
+    assert b"/dev/pts/" in out  # a real pty: job control, line editing, Ctrl-C
+
+
+async def _sdk_terminal(endpoint: str, access_key: str, secret_key: str, session: str) -> tuple[bytes, int | None]:
+    from bai.client.config import APIConfig
+    from bai.client.session import AsyncSession
+
+    config = APIConfig(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
+    out = b""
+    async with AsyncSession(config) as sdk, sdk.ComputeSession(session).terminal(rows=25, cols=81) as term:
+        await term.send(b"stty size; exit 9\n")
+        while (data := await term.read()) is not None:
+            out += data
+    return out, term.exit_code
+
+
+def test_the_sdk_terminal(api: SignedClient, session: str) -> None:
+    out, code = asyncio.run(_sdk_terminal(api.endpoint, api.access_key, api.secret_key, session))
+    assert b"25 81" in out and code == 9
