@@ -10,6 +10,10 @@ the sandbox (Python >= 3.9, standard library only) and the agent.
 Flow of one run:  agent ``Execute`` → runner ``Output``* [``WaitingInput`` ←
 agent ``Input``]* → runner ``Finished``. ``Interrupt`` may arrive at any time.
 A pooled sandbox gets ``Configure`` → ``Configured`` once, before its first run.
+
+Terminals, at any time and beside the runs (bai.runner.terminal): agent ``PtyOpen``
+→ runner ``PtyOutput``* (each acknowledged by a ``PtyAck``) → ``PtyClosed``;
+``PtyInput``, ``PtyResize`` and ``PtyClose`` may come in between.
 """
 
 from __future__ import annotations
