@@ -52,7 +52,11 @@ async def serve_terminal(
     except BaiError as exc:
         await ws.send_denial_response(error_response(exc))
         return
-    await ws.accept()
+    try:
+        await ws.accept()
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away meanwhile
+        await terminal.close()
+        return
     pump = asyncio.get_running_loop().create_task(_forward(ws, terminal))
     try:
         while True:

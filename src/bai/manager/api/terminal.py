@@ -59,7 +59,11 @@ async def stream_pty(ws: WebSocket) -> None:
     except BaiError as exc:
         await _deny(ws, exc)
         return
-    await ws.accept()
+    try:
+        await ws.accept()
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away meanwhile
+        await terminal.close()
+        return
     relay = _Relay(ws, link, session, terminal, (rows, cols))
     with manager.sessions.in_use(session):  # an open terminal keeps its session from idling out
         await relay.serve()
