@@ -50,6 +50,7 @@ from bai.common.errors import (
     SessionRestartFailed,
 )
 from bai.common.resources import format_slots
+from bai.common.terminal import Terminal
 from bai.runner.protocol import Shutdown
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,10 @@ class Agent:
 
     async def complete(self, request: CompleteRequest) -> list[str]:
         return await self._session(request.session_id).complete(request)
+
+    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
+        """An interactive shell in the session's sandbox (bai.agent.terminals)."""
+        return self._session(session_id).open_terminal(rows, cols)
 
     async def session_stats(self, session_id: str) -> SessionStats:
         return await self._session(session_id).sandbox.stats()

@@ -16,6 +16,7 @@ constant time on every route):
     upload_file       the file's bytes  204   (FileUpload in the X-BAI-Args header; body streamed)
     download          FileDownload      200 multipart/mixed, one tar per path (streamed)
     list_files        FileListRequest   200 FileListing
+    terminal          (WebSocket, GET)  see bai.agent.rpc_terminal
 
 A failure answers ``RpcError`` (``error`` = the bai.common.errors class name)
 with the status of its family: 400 InvalidRequest (bad body too), 413
@@ -41,9 +42,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from bai.agent.agent import Agent
+from bai.agent.rpc_terminal import serve_terminal
 from bai.common.agent_rpc import (
     CompleteRequest,
     ExecRequest,
@@ -163,6 +166,9 @@ class RpcApp:
             return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
         return _encode(self.agent.info())
 
+    async def _terminal(self, ws: WebSocket) -> None:
+        await serve_terminal(ws, self.agent, self._secret, error_response)
+
     async def _destroy(self, ref: SessionRef) -> Result:
         return await self.agent.destroy_session(ref.session_id)
 
@@ -195,6 +201,7 @@ class RpcApp:
             Route("/rpc/upload_file", self._upload, methods=["POST"]),
             Route("/rpc/download", self._download, methods=["POST"]),
             Route("/rpc/list_files", self._endpoint(FileListRequest, agent.list_files), methods=["POST"]),
+            WebSocketRoute("/rpc/terminal", self._terminal),  # bai.agent.rpc_terminal
         ]
         return FastAPI(routes=routes, openapi_url=None, docs_url=None, redoc_url=None)
 

@@ -23,11 +23,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bai.agent.backends.base import Sandbox
 from bai.agent.runs import RunBook
+from bai.agent.terminals import SessionTerminal, check_size
 from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult, SandboxSpec
 from bai.common.errors import ExecutionFailed, SessionCreationFailed
 from bai.runner import protocol as p
@@ -129,7 +131,10 @@ class Session:
             p.Completions: self._on_completions,
             p.Configured: self._on_configured,
             p.Failure: self._on_failure,
+            p.PtyOutput: self._on_pty_output,
+            p.PtyClosed: self._on_pty_closed,
         }
+        self.terminals: dict[str, SessionTerminal] = {}
 
     # -- start ---------------------------------------------------------------
 
@@ -262,6 +267,16 @@ class Session:
         if self._completion is not None and not self._completion.done():
             self._completion.set_result([])
 
+    def _on_pty_output(self, message: p.PtyOutput) -> None:
+        terminal = self.terminals.get(message.pty_id)
+        if terminal is not None:
+            terminal.on_output(message)
+
+    def _on_pty_closed(self, message: p.PtyClosed) -> None:
+        terminal = self.terminals.get(message.pty_id)
+        if terminal is not None:
+            terminal.on_closed(message.exit_code, message.message)
+
     def _after_event(self) -> None:
         if self._wake is not None and not self._wake.done() and self.runs.deliverable:
             self._wake.set_result(None)
@@ -392,6 +407,30 @@ class Session:
             finally:
                 self._completion = None
 
+    # -- terminals ---------------------------------------------------------------
+
+    def open_terminal(self, rows: int, cols: int) -> SessionTerminal:
+        """A shell on a new pty in the sandbox (bai.runner.terminal); its output
+        follows through ``read``. Raises ExecutionFailed when the runner is gone."""
+        check_size(rows, cols)
+        self._check_alive("terminal")
+        assert self.link is not None
+        terminal = SessionTerminal(uuid.uuid4().hex[:12], self.link.send, self._forget_terminal)
+        self.terminals[terminal.pty_id] = terminal
+        try:
+            self.link.send(p.PtyOpen(pty_id=terminal.pty_id, rows=rows, cols=cols))
+        except ExecutionFailed:
+            self.terminals.pop(terminal.pty_id, None)
+            raise
+        return terminal
+
+    def _forget_terminal(self, pty_id: str) -> None:
+        self.terminals.pop(pty_id, None)
+
+    def _end_terminals(self, reason: str) -> None:
+        for terminal in list(self.terminals.values()):
+            terminal.on_closed(-1, reason)
+
     # -- exec timeout ------------------------------------------------------------
 
     def _arm_exec_timer(self, run_id: str) -> None:
@@ -430,6 +469,7 @@ class Session:
             self._ready.set_exception(ConnectionError("runner socket closed"))
         if self._configured is not None and not self._configured.done():
             self._configured.set_exception(ConnectionError("runner socket closed"))
+        self._end_terminals("the session's sandbox is gone")
         if link.closing or self.closing:
             return
         task = asyncio.get_running_loop().create_task(self._report_gone(time.monotonic()))
@@ -462,6 +502,7 @@ class Session:
     def detach(self) -> None:
         """Stop listening to the current runner (before a restart or destroy)."""
         self._cancel_exec_timer()
+        self._end_terminals("the session is restarting or ending")
         if self.link is not None:
             self.link.close()
         if self._wake is not None and not self._wake.done():

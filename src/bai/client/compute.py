@@ -20,7 +20,7 @@ from bai.client.models import (
     SessionStats,
     request_body,
 )
-from bai.client.stream import ExecutionStream
+from bai.client.stream import ExecutionStream, TerminalStream
 from bai.common.wire import (
     CompleteOptions,
     CreateSessionRequest,
@@ -96,6 +96,10 @@ class AsyncComputeSession(AsyncAPI):
     ) -> ExecutionStream:
         """A run over the execute WebSocket: ``async with ... as stream: async for frame in stream``."""
         return ExecutionStream(self._api, f"/stream{self.path}/execute", code, mode, dict(opts or {}))
+
+    def terminal(self, rows: int = 24, cols: int = 80) -> TerminalStream:
+        """An interactive shell in the session: ``async with ... as term`` (bai.client.stream)."""
+        return TerminalStream(self._api, f"/stream{self.path}/pty?rows={int(rows)}&cols={int(cols)}")
 
     async def interrupt(self) -> None:
         await self._api.request("POST", f"{self.path}/interrupt")

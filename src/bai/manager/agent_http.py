@@ -28,6 +28,8 @@ from bai.common.agent_rpc import (
     SessionRef,
     SessionStats,
 )
+from bai.common.terminal import Terminal
+from bai.manager.agent_terminal import open_remote_terminal
 from bai.manager.agents import AgentLink
 
 M = TypeVar("M", bound=BaseModel)
@@ -60,6 +62,8 @@ def _error_from(response: httpx.Response) -> errors.BaiError:
 class HttpAgentLink(AgentLink):
     def __init__(self, info: AgentInfo, secret: str, *, timeout_s: float = 60.0) -> None:
         self.agent_id = info.agent_id
+        self._rpc_url = info.rpc_url
+        self._secret = secret
         self._http = httpx.AsyncClient(
             base_url=info.rpc_url.rstrip("/"),
             headers={SECRET_HEADER: secret},
@@ -142,6 +146,16 @@ class HttpAgentLink(AgentLink):
 
     async def list_files(self, request: FileListRequest) -> FileListing:
         return await self._model("list_files", request, FileListing)
+
+    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
+        """Over the agent's terminal WebSocket (bai.agent.rpc_terminal)."""
+        return await open_remote_terminal(
+            self._rpc_url, (SECRET_HEADER, self._secret), session_id, rows, cols, self._refusal
+        )
+
+    @staticmethod
+    def _refusal(status: int, body: bytes) -> errors.BaiError:
+        return _error_from(httpx.Response(status, content=body))
 
     async def close(self) -> None:
         await self._http.aclose()

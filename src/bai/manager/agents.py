@@ -27,8 +27,9 @@ from bai.common.agent_rpc import (
     SandboxSpec,
     SessionStats,
 )
-from bai.common.errors import ServiceUnavailable
+from bai.common.errors import NotImplementedFeature, ServiceUnavailable
 from bai.common.resources import Slots
+from bai.common.terminal import Terminal
 from bai.manager.scheduler import AgentCapacity
 
 
@@ -72,6 +73,11 @@ class AgentLink(ABC):
 
     @abstractmethod
     async def list_files(self, request: FileListRequest) -> FileListing: ...
+
+    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
+        """A shell on a new pty in the session's sandbox (API.md section 6, terminal).
+        Raises InvalidRequest naming rows / cols, ExecutionFailed."""
+        raise NotImplementedFeature("this agent's link has no terminals")
 
     async def close(self) -> None:
         """Release connections; the agent itself keeps running."""

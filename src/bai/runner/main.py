@@ -36,10 +36,16 @@ from bai.runner.protocol import (
     Input,
     Interrupt,
     Message,
+    PtyAck,
+    PtyClose,
+    PtyInput,
+    PtyOpen,
+    PtyResize,
     Record,
     Shutdown,
     field,
 )
+from bai.runner.terminal import Terminals
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
@@ -125,6 +131,7 @@ class Runner:
         if options.engine != "python":  # python runs shell steps in batch mode only
             context.steps = self.steps
         self.engine = load_engine(options.engine)(context)
+        self.terminals = Terminals(self.loop, self.link.send, self._reset_in_child)
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Execute: self._execute,
             Input: self.engine.provide_input,
@@ -132,6 +139,11 @@ class Runner:
             Complete: self.engine.complete,
             Configure: self._configure,
             Shutdown: self._shutdown,
+            PtyOpen: self.terminals.open,
+            PtyInput: self.terminals.input,
+            PtyResize: self.terminals.resize,
+            PtyAck: self.terminals.ack,
+            PtyClose: self.terminals.close,
         }
 
     def run(self) -> None:
@@ -140,6 +152,7 @@ class Runner:
             self.link.send(self.engine.start())
             self.loop.run()
         finally:
+            self.terminals.close_all()
             if self._steps is not None:
                 self._steps.close()
             self.engine.close()
@@ -172,6 +185,8 @@ class Runner:
             self.engine.interrupt(message)
 
     def _child_exited(self, pid: int, status: int) -> None:
+        if self.terminals.child_exited(pid, status):
+            return
         if self._steps is None or not self._steps.child_exited(pid, status):
             self.engine.child_exited(pid, status)
 

@@ -10,6 +10,10 @@ the sandbox (Python >= 3.9, standard library only) and the agent.
 Flow of one run:  agent ``Execute`` → runner ``Output``* [``WaitingInput`` ←
 agent ``Input``]* → runner ``Finished``. ``Interrupt`` may arrive at any time.
 A pooled sandbox gets ``Configure`` → ``Configured`` once, before its first run.
+
+Terminals, at any time and beside the runs (bai.runner.terminal): agent ``PtyOpen``
+→ runner ``PtyOutput``* (each acknowledged by a ``PtyAck``) → ``PtyClosed``;
+``PtyInput``, ``PtyResize`` and ``PtyClose`` may come in between.
 """
 
 from __future__ import annotations
@@ -193,6 +197,47 @@ class Shutdown(Message):
     TYPE: ClassVar[str] = "shutdown"
 
 
+class PtyOpen(Message):
+    """Start an interactive shell on a new pseudo-terminal of ``rows`` x ``cols``.
+    Answered by ``PtyOutput``* and, when the shell ends, ``PtyClosed``."""
+
+    TYPE: ClassVar[str] = "pty-open"
+    pty_id: str
+    rows: int = 24
+    cols: int = 80
+
+
+class PtyInput(Message):
+    """Bytes typed into a terminal, base64 in ``data``."""
+
+    TYPE: ClassVar[str] = "pty-input"
+    pty_id: str
+    data: str
+
+
+class PtyResize(Message):
+    TYPE: ClassVar[str] = "pty-resize"
+    pty_id: str
+    rows: int
+    cols: int
+
+
+class PtyAck(Message):
+    """The agent has passed on ``size`` bytes of the terminal's output: the runner
+    reads no more than a window of bytes ahead of these acknowledgements."""
+
+    TYPE: ClassVar[str] = "pty-ack"
+    pty_id: str
+    size: int
+
+
+class PtyClose(Message):
+    """Hang the terminal up (SIGHUP to its shell's process group, SIGKILL later)."""
+
+    TYPE: ClassVar[str] = "pty-close"
+    pty_id: str
+
+
 # -- runner → agent ---------------------------------------------------------
 
 
@@ -256,6 +301,23 @@ class Configured(Message):
     TYPE: ClassVar[str] = "configured"
 
 
+class PtyOutput(Message):
+    """What a terminal's programs wrote, base64 in ``data``."""
+
+    TYPE: ClassVar[str] = "pty-output"
+    pty_id: str
+    data: str
+
+
+class PtyClosed(Message):
+    """A terminal's shell ended (or could not start: ``message`` says why)."""
+
+    TYPE: ClassVar[str] = "pty-closed"
+    pty_id: str
+    exit_code: int
+    message: str = ""
+
+
 class Failure(Message):
     """The runner could not do what a message asked (bad frame, busy engine...)."""
 
@@ -281,11 +343,19 @@ if TYPE_CHECKING:
         Completions,
         Configured,
         Failure,
+        PtyOpen,
+        PtyInput,
+        PtyResize,
+        PtyAck,
+        PtyClose,
+        PtyOutput,
+        PtyClosed,
     ]
 
 _TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown)
 _TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, StepFinished, Completions, Configured, Failure)
-MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT}
+_TERMINALS = (PtyOpen, PtyInput, PtyResize, PtyAck, PtyClose, PtyOutput, PtyClosed)
+MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT + _TERMINALS}
 
 
 def encode(message: Message) -> bytes:

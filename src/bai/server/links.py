@@ -18,6 +18,7 @@ from bai.common.agent_rpc import (
     SandboxSpec,
     SessionStats,
 )
+from bai.common.terminal import Terminal
 from bai.manager.agents import AgentLink
 
 
@@ -54,3 +55,6 @@ class InProcessAgentLink(AgentLink):
 
     async def list_files(self, request: FileListRequest) -> FileListing:
         return await self._agent.list_files(request)
+
+    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
+        return await self._agent.open_terminal(session_id, rows, cols)

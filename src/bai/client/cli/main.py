@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from bai.client.cli import admin, agents, connection, events, files, policies, run, sessions
+from bai.client.cli import admin, agents, connection, events, files, policies, run, sessions, shell
 from bai.client.cli.context import CliState
 from bai.client.cli.output import print_error, print_warning
 from bai.common.errors import BaiError
@@ -36,6 +36,7 @@ BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     connection.auth_test,
     connection.version,
     events.events,
+    shell.shell,
 )
 
 EntryPointSource = Callable[[], Iterable[EntryPoint]]

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
-from bai.manager.api import agents, events, execute, files, misc, session, stream
+from bai.manager.api import agents, events, execute, files, misc, session, stream, terminal
 from bai.manager.api.middleware import EdgeMiddleware
 from bai.manager.api.problems import problem, problem_for
 from bai.manager.core import Manager
@@ -60,6 +60,8 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/stream/kernel/_/events", events.session_events, methods=["GET"]),
         WebSocketRoute("/stream/session/{id}/execute", stream.stream_execute),
         WebSocketRoute("/stream/kernel/{id}/execute", stream.stream_execute),
+        WebSocketRoute("/stream/session/{id}/pty", terminal.stream_pty),
+        WebSocketRoute("/stream/kernel/{id}/pty", terminal.stream_pty),
         Route("/admin/agents", agents.list_agents, methods=["GET"]),
         Route("/admin/keypairs", misc.list_keypairs, methods=["GET"]),
         Route("/admin/keypairs", misc.create_keypair, methods=["POST"]),
