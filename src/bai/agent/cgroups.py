@@ -254,6 +254,10 @@ class CgroupDriver(ABC):
         """Usage so far. Called by the backend's stats and destroy (before ``remove``)."""
 
     @abstractmethod
+    def memory_current(self, cgroup: SessionCgroup) -> int:
+        """Bytes charged now: one file read (a pooled sandbox's claim checks it)."""
+
+    @abstractmethod
     def oom_kills(self, cgroup: SessionCgroup) -> int:
         """How many processes the OOM killer has killed in this cgroup."""
 
@@ -501,6 +505,9 @@ class CgroupV1(CgroupDriver):
             io_write=io_write,
         )
 
+    def memory_current(self, cgroup: SessionCgroup) -> int:
+        return _read_int(self._dir(cgroup, "memory") / "memory.usage_in_bytes")
+
     def oom_kills(self, cgroup: SessionCgroup) -> int:
         return _read_keyed(self._dir(cgroup, "memory") / "memory.oom_control").get("oom_kill", 0)
 
@@ -585,6 +592,9 @@ class CgroupV2(CgroupDriver):
             io_read=io_read,
             io_write=io_write,
         )
+
+    def memory_current(self, cgroup: SessionCgroup) -> int:
+        return _read_int(cgroup.dirs[0] / "memory.current")
 
     def oom_kills(self, cgroup: SessionCgroup) -> int:
         return _read_keyed(cgroup.dirs[0] / "memory.events").get("oom_kill", 0)

@@ -331,7 +331,7 @@ class LocalSandbox(Sandbox):
         driver = self.host.cgroups
         if driver is not None and self.cgroup is not None:
             try:
-                in_use = driver.stats(self.cgroup).mem_current
+                in_use = driver.memory_current(self.cgroup)
                 if in_use >= limits.mem:
                     raise SessionCreationFailed(f"the pooled sandbox already uses {in_use} bytes, over {limits.mem}")
                 driver.apply_limits(self.cgroup, limits)
