@@ -60,7 +60,7 @@ async def test_a_session_runs_and_keeps_its_state(agent: Agent, session: str) ->
     assert stdout_of(second) == "42 1000 1000 /home/work\n"
     failed = await run(agent, session, "raise SystemExit(3)")
     assert failed.exit_code == 3
-    assert agent.info().backend == "docker" and agent.info().environments == ["python"]
+    assert agent.info().backend == "docker" and "python" in agent.info().environments
 
 
 async def test_the_container_is_set_up_as_the_issue_lists(agent: Agent, session: str) -> None:

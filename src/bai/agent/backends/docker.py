@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -45,6 +47,8 @@ from bai.agent.backends.docker_parts import (
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
+from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
+from bai.agent.environments.launch import Launch
 from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
 from bai.agent.seccomp import PolicyError, policy_for
 from bai.agent.seccomp.docker import docker_profile
@@ -76,6 +80,8 @@ class DockerBackend(Backend):
         self.socket_root = SOCKET_BASE / self.data_digest
         self.docker: aiodocker.Docker | None = None
         self.images: dict[str, KernelImage] = {}
+        self.catalog: Catalog | None = None
+        self.launches: dict[str, Launch] = {}  # an image's environment label → its catalog entry
         self.profiles: dict[str, str] = {}  # environment → Docker seccomp profile JSON
         self.sandboxes: dict[str, DockerSandbox] = {}
         self.host: DockerHost | None = None
@@ -142,7 +148,21 @@ class DockerBackend(Backend):
                     image = image_from(ref, labels)
                     if image is not None:
                         found.append(image)
-        return environments_of(found, ENGINES)
+        return environments_of([self._with_launch(image) for image in found], ENGINES)
+
+    def _with_launch(self, image: KernelImage) -> KernelImage:
+        """The image with the engine and settings of its catalog entry (the runner is told
+        how to run a REPL or compile a file); as labelled when the catalog has no such entry."""
+        try:
+            if self.catalog is None:
+                self.catalog = load_catalog(self.config.environment_catalog)
+            launch = Launch(self.catalog.resolve(image.environment))
+        except (CatalogError, UnknownEnvironment) as exc:
+            log.warning("image %s: %s", image.ref, exc)
+            return image
+        self.launches[image.environment] = launch
+        config = json.dumps(launch.runner_config(), separators=(",", ":")) if launch.engine != "python" else ""
+        return dataclasses.replace(image, engine=launch.engine, config=config)
 
     def _seccomp_profiles(self) -> dict[str, str]:
         if not self.config.seccomp:
@@ -281,7 +301,7 @@ class DockerBackend(Backend):
             extra_labels={LABEL_DATA_DIR: self.data_digest},
             cgroup_parent=f"/{parent.name}" if parent is not None else "",
         )
-        sandbox = DockerSandbox(host, spec, container, scratch, parent)
+        sandbox = DockerSandbox(host, spec, container, scratch, parent, self.launches.get(image.environment))
         self.sandboxes[spec.session_id] = sandbox
         try:
             await sandbox.start()

@@ -21,10 +21,9 @@ LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
 SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
 SOCKET_NAME = "runner.sock"
 NANO = Decimal(10**9)
-#: the images' runtimes (label bai.runtime) this backend starts, as the runner's engine of the same
-#: name with no engine config: the other languages' launch settings (bai.agent.environments) are not
-#: wired into containers yet (docs/docker-backend.md)
-ENGINES = ("python",)
+#: the runner engines this backend starts: an image's engine and its settings come from the
+#: catalog entry its bai.environment label names (bai.agent.environments.launch)
+ENGINES = ("python", "repl", "command")
 #: Docker's default masked paths (moby's oci defaults) and /sys/fs/cgroup: the container sees an
 #: empty dir there, not the cgroup hierarchy (the local sandbox shows no /sys/fs/cgroup at all)
 MASKED_PATHS = (
@@ -45,6 +44,7 @@ class KernelImage:
     uid: int
     gid: int
     workdir: str = HOME
+    config: str = ""  # the runner's --config (a REPL's settings), JSON; "" for python
 
 
 def image_from(ref: str, labels: Mapping[str, str]) -> KernelImage | None:
@@ -115,6 +115,8 @@ class ContainerSpec:
     def command(self) -> list[str]:
         argv = [self.image.runner_python, "-I", "-c", RUNNER_BOOT]
         argv += ["--connect", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--engine", self.image.engine]
+        if self.image.config:
+            argv += ["--config", self.image.config]
         if self.preload:
             argv += ["--preload", ",".join(self.preload)]
         return argv

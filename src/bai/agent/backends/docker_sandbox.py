@@ -40,9 +40,11 @@ from bai.agent.backends.base import Sandbox
 from bai.agent.backends.docker_parts import ContainerSpec, cgroup_path, container_name, limit_fields, parent_pid
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
+from bai.agent.environments.launch import Launch
 from bai.agent.scratch import Scratch, ScratchDisks
-from bai.common.agent_rpc import SandboxSpec, SessionStats
+from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
+from bai.runner import protocol
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,10 @@ class DockerSandbox(Sandbox):
         container: ContainerSpec,
         scratch: Scratch,
         parent: SessionCgroup | None = None,
+        launch: Launch | None = None,
     ) -> None:
         self.host = host
+        self.launch = launch  # its catalog entry: how a query's file is compiled, batch's steps
         self.session_id = spec.session_id
         self.spec = spec
         self.container_spec = container
@@ -92,6 +96,19 @@ class DockerSandbox(Sandbox):
         self._logs = ""
         self._final: SessionStats | None = None
         self._exit_status: int | None = None
+
+    def query_message(self, run_id: str, code: str) -> protocol.Execute:
+        if self.launch is None:
+            return super().query_message(run_id, code)
+        source, steps = self.launch.query(code)
+        return protocol.Execute(run_id=run_id, code=code, source=source, steps=steps)
+
+    def batch_message(self, run_id: str, batch: BatchSteps) -> protocol.Execute:
+        if self.launch is None:
+            return super().batch_message(run_id, batch)
+        options = {"clean": batch.clean, "build": batch.build, "exec": batch.exec}
+        steps = self.launch.batch(options, self.scratch_disk.path)
+        return protocol.Execute(run_id=run_id, code="", mode="batch", steps=steps, build_log=batch.build_log)
 
     # -- start ---------------------------------------------------------------
 
