@@ -14,6 +14,7 @@ from docker_sandbox import docker_agent, docker_unavailable
 
 from bai.agent.agent import Agent
 from bai.common.agent_rpc import BatchSteps, ExecRequest
+from bai.common.errors import SessionCreationFailed
 
 LUA = "bai/lua:5.4"
 
@@ -56,3 +57,27 @@ async def test_a_lua_repl_keeps_state_and_batch_mode_runs_main(agent: Agent) -> 
             ExecRequest(session_id=session, mode="continue", run_id=batch.run_id, flush_timeout_s=10)
         )
     assert (batch.exit_code, stdout_of(batch)) == (0, "batch 42\n"), stderr_of(batch)
+
+
+async def test_a_container_sees_only_its_own_gpus() -> None:
+    """A fake inventory (bai.agent.gpu): the device "nodes" are files, bound at /dev/nvidia<N>;
+    real nodes go in as Docker devices, by the same allocation."""
+    async with docker_agent(fake_gpus=2) as agent:
+        assert agent.info().capacity["cuda.device"] == "2"
+        probe = (
+            "import os\nnodes = sorted(n for n in os.listdir('/dev') if n.startswith('nvidia'))\n"
+            "print(nodes, [open('/dev/' + n).read().strip() for n in nodes if n[6:].isdigit()],"
+            " os.environ.get('CUDA_VISIBLE_DEVICES'))\n"
+        )
+        first = await new_session(agent, resources={"cuda.device": "1"})
+        plain = await new_session(agent)
+        seen = await agent.execute(ExecRequest(session_id=first, mode="query", code=probe, flush_timeout_s=10))
+        assert stdout_of(seen) == "['nvidia0', 'nvidiactl'] ['GPU-fake-0000'] GPU-fake-0000\n", stderr_of(seen)
+        none = await agent.execute(ExecRequest(session_id=plain, mode="query", code=probe, flush_timeout_s=10))
+        assert stdout_of(none) == "[] [] None\n", stderr_of(none)
+        with pytest.raises(SessionCreationFailed, match=r"2 GPU.*1 of 2 free"):
+            await new_session(agent, resources={"cuda.device": "2"})
+        await agent.destroy_session(first)
+        again = await new_session(agent, resources={"cuda.device": "2"})
+        both = await agent.execute(ExecRequest(session_id=again, mode="query", code=probe, flush_timeout_s=10))
+        assert "GPU-fake-0000,GPU-fake-0001" in stdout_of(both)

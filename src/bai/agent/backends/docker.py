@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import aiodocker
 
-from bai.agent import cgroups
+from bai.agent import cgroups, gpu
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.docker_parts import (
     ENGINES,
@@ -49,6 +49,7 @@ from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
 from bai.agent.environments.launch import Launch
+from bai.agent.gpu import GpuAllocator, GpuError, GpuInventory, gpu_count, visible_devices
 from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
 from bai.agent.seccomp import PolicyError, policy_for
 from bai.agent.seccomp.docker import docker_profile
@@ -81,6 +82,8 @@ class DockerBackend(Backend):
         self.docker: aiodocker.Docker | None = None
         self.images: dict[str, KernelImage] = {}
         self.catalog: Catalog | None = None
+        self.gpus = GpuInventory((), Path("/dev"))  # found at start (bai.agent.gpu)
+        self.gpu_allocator = GpuAllocator(())
         self.launches: dict[str, Launch] = {}  # an image's environment label → its catalog entry
         self.profiles: dict[str, str] = {}  # environment → Docker seccomp profile JSON
         self.sandboxes: dict[str, DockerSandbox] = {}
@@ -137,7 +140,18 @@ class DockerBackend(Backend):
             released=self._released,
             renamed=self._renamed,
         )
+        self._find_gpus()
         await self.reconcile()
+
+    def _find_gpus(self) -> None:
+        if self.config.gpus == "off":
+            return
+        try:
+            self.gpus = gpu.discover(self.config.fake_gpus, self.config.data_dir / "fake-gpus")
+        except (OSError, GpuError) as exc:
+            log.warning("no GPUs offered: %s", exc)
+            return
+        self.gpu_allocator = GpuAllocator(self.gpus.devices)
 
     async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
         found = []
@@ -248,7 +262,10 @@ class DockerBackend(Backend):
             self._lock = None
 
     def capacity(self) -> dict[str, Decimal]:
-        return {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+        slots = {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
+        if self.gpus.devices:
+            slots["cuda.device"] = Decimal(len(self.gpus.devices))
+        return slots
 
     def environments(self) -> list[str]:
         return sorted(name for name in self.images if ":" not in name)
@@ -269,22 +286,29 @@ class DockerBackend(Backend):
         host = self.host
         if host is None:
             raise SessionCreationFailed("the Docker backend is not started")
-        if spec.resources.get("cuda.device", "0") not in ("0", ""):
-            raise SessionCreationFailed("the Docker backend offers no GPUs")
         image = self.images.get(spec.environment)
         if image is None:
             raise SessionCreationFailed(f"no image for the environment {spec.environment!r}")
+        try:
+            devices = self.gpu_allocator.allocate(spec.session_id, gpu_count(spec.resources))
+        except GpuError as exc:
+            raise SessionCreationFailed(f"cannot give the session its GPUs: {exc}") from exc
         try:
             scratch = await asyncio.to_thread(
                 host.scratch.create, spec.session_id, spec.scratch_bytes, image.uid, image.gid
             )
         except (OSError, ScratchError) as exc:
+            self.gpu_allocator.release(spec.session_id)
             raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
         try:
             parent = self._session_cgroup(spec, limits)
         except SessionCreationFailed:
+            self.gpu_allocator.release(spec.session_id)
             await asyncio.to_thread(host.scratch.remove, scratch)
             raise
+        environ = dict(spec.environ)
+        if devices:
+            environ["CUDA_VISIBLE_DEVICES"] = visible_devices(devices)
         container = ContainerSpec(
             agent_id=self.config.agent_id,
             session_id=spec.session_id,
@@ -293,13 +317,14 @@ class DockerBackend(Backend):
             runner_dir=self.runner_dir,
             scratch=scratch.path,
             socket_dir=self.socket_root / secrets.token_hex(8),
-            environ=spec.environ,
+            environ=environ,
             tmp_size=self.config.tmp_size,
             seccomp_profile=self.profiles.get(image.environment),
             init=self.config.docker_init,
             preload=self.config.preload_modules if image.engine == "python" else (),
             extra_labels={LABEL_DATA_DIR: self.data_digest},
             cgroup_parent=f"/{parent.name}" if parent is not None else "",
+            devices=tuple(str(node) for node in self.gpus.nodes_for(devices)),
         )
         sandbox = DockerSandbox(host, spec, container, scratch, parent, self.launches.get(image.environment))
         self.sandboxes[spec.session_id] = sandbox
@@ -322,6 +347,7 @@ class DockerBackend(Backend):
             raise SessionCreationFailed(f"cannot make the session's cgroup: {exc}") from exc
 
     def _released(self, sandbox: DockerSandbox) -> None:
+        self.gpu_allocator.release(sandbox.container_spec.session_id)  # the id it was created under
         if self.sandboxes.get(sandbox.session_id) is sandbox:
             del self.sandboxes[sandbox.session_id]
 

@@ -5,6 +5,8 @@ but /proc reads; unit-tested without Docker.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -111,6 +113,9 @@ class ContainerSpec:
     init: bool = False  # Docker's init (tini) as PID 1 above the runner; else the runner is PID 1
     preload: tuple[str, ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    #: its GPUs' nodes (and the driver's control nodes), each at /dev/<its name>: a character
+    #: device as a Docker device, a fake inventory's file (bai.agent.gpu) as a read-only bind
+    devices: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
         argv = [self.image.runner_python, "-I", "-c", RUNNER_BOOT]
@@ -149,6 +154,12 @@ class ContainerSpec:
                 f"{self.runner_dir}:{RUNNER_MOUNT}:ro",
                 f"{self.scratch}:{self.image.workdir}",
                 f"{self.socket_dir}:{SOCKET_MOUNT}",
+                *(f"{node}:/dev/{Path(node).name}:ro" for node in self.devices if not _is_char_device(node)),
+            ],
+            "Devices": [
+                {"PathOnHost": node, "PathInContainer": f"/dev/{Path(node).name}", "CgroupPermissions": "rw"}
+                for node in self.devices
+                if _is_char_device(node)
             ],
             "ReadonlyRootfs": True,
             "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size}"},
@@ -160,6 +171,13 @@ class ContainerSpec:
             **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         }
+
+
+def _is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def limit_fields(limits: Limits) -> dict[str, int]:
