@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import aiodocker
 
-from bai.agent import cgroups, gpu
+from bai.agent import cgroups
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.docker_parts import (
     ENGINES,
@@ -45,6 +45,7 @@ from bai.agent.backends.docker_parts import (
     image_from,
 )
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
+from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
@@ -61,14 +62,6 @@ log = logging.getLogger(__name__)
 
 SOCKET_BASE = Path("/run/bai-docker")
 STALE_CGROUP_S = 60.0
-
-
-def _meminfo_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class DockerBackend(Backend):
@@ -117,7 +110,7 @@ class DockerBackend(Backend):
             if isinstance(exc, BackendUnavailable):
                 raise
             raise BackendUnavailable(f"cannot prepare the Docker backend: {exc}") from exc
-        await _precompile(self.config.runner_python, self.runner_dir)
+        await precompile_runner(self.config.runner_python, self.runner_dir)
         driver = _cgroup_driver(self.config.agent_id)
         # session cgroups above the containers' need Docker's cgroupfs driver (systemd's
         # takes slices only) and the same hierarchy as ours
@@ -140,18 +133,9 @@ class DockerBackend(Backend):
             released=self._released,
             renamed=self._renamed,
         )
-        self._find_gpus()
-        await self.reconcile()
-
-    def _find_gpus(self) -> None:
-        if self.config.gpus == "off":
-            return
-        try:
-            self.gpus = gpu.discover(self.config.fake_gpus, self.config.data_dir / "fake-gpus")
-        except (OSError, GpuError) as exc:
-            log.warning("no GPUs offered: %s", exc)
-            return
+        self.gpus = find_gpus(self.config, self.config.data_dir / "fake-gpus")
         self.gpu_allocator = GpuAllocator(self.gpus.devices)
+        await self.reconcile()
 
     async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
         found = []
@@ -262,10 +246,7 @@ class DockerBackend(Backend):
             self._lock = None
 
     def capacity(self) -> dict[str, Decimal]:
-        slots = {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
-        if self.gpus.devices:
-            slots["cuda.device"] = Decimal(len(self.gpus.devices))
-        return slots
+        return host_slots(self.gpus)
 
     def environments(self) -> list[str]:
         return sorted(name for name in self.images if ":" not in name)
@@ -354,19 +335,6 @@ class DockerBackend(Backend):
     def _renamed(self, sandbox: DockerSandbox, old_id: str) -> None:
         self.sandboxes.pop(old_id, None)
         self.sandboxes[sandbox.session_id] = sandbox
-
-
-async def _precompile(python: str, runner_dir: Path) -> None:
-    """Byte-compile the runner on the host, once: it is read-only in the containers, so
-    without this each start compiles it from source (the images' python3 and the host's
-    should be the same minor version for the cache to serve)."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            python, "-m", "compileall", "-q", str(runner_dir), stdout=asyncio.subprocess.DEVNULL
-        )
-        await proc.wait()
-    except OSError as exc:
-        log.warning("could not byte-compile the runner with %s: %s", python, exc)
 
 
 def _docker_cgroup_version(info: Mapping[str, Any]) -> str:

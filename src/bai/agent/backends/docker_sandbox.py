@@ -38,6 +38,7 @@ from aiodocker.containers import DockerContainer
 from bai.agent import cgroups
 from bai.agent.backends.base import Sandbox
 from bai.agent.backends.docker_parts import ContainerSpec, cgroup_path, container_name, limit_fields, parent_pid
+from bai.agent.backends.host import protect_from_oom
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
@@ -259,12 +260,7 @@ class DockerSandbox(Sandbox):
         if self.container_spec.init:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 pids.append(parent_pid(Path(f"/proc/{self.runner_pid}/stat").read_text()))
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-                    f.write("-1000")
-            except OSError as exc:
-                log.debug("cannot protect pid %s from the OOM killer: %s", pid, exc)
+        protect_from_oom(pids)
 
     def oom_watch_fd(self) -> int | None:
         return self._oom_fd

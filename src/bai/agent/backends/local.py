@@ -26,10 +26,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar
 
-from bai.agent import cgroups, gpu
+from bai.agent import cgroups
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.child import Spawner
+from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
 from bai.agent.backends.local_sandbox import LocalHost, LocalSandbox, kill_cgroup
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
@@ -112,14 +113,6 @@ def _sweep_orphan_shares(keep: Path) -> None:
             os.close(fd)
 
 
-def _meminfo_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 async def _make_scratch(disks: ScratchDisks, spec: SandboxSpec, owner: int) -> Scratch:
     """The session's scratch disk, made in a worker thread (mkfs, mount). If the caller
     is cancelled meanwhile, the disk is removed once made rather than left mounted."""
@@ -180,14 +173,14 @@ class LocalBackend(Backend):
         except OSError as exc:
             self._unlock_data_dir()
             raise BackendUnavailable(f"cannot prepare {self.share_root}: {exc}") from exc
-        await self._precompile_runner(runner_dir)
+        await precompile_runner(self.config.runner_python, runner_dir)
         try:
             disks = await self._scratch_disks()
         except (OSError, ScratchError) as exc:
             self._unlock_data_dir()
             raise BackendUnavailable(f"scratch disks: {exc}") from exc
         self.scratch_kind = disks.kind
-        inventory = self._gpu_inventory()
+        inventory = find_gpus(config, self.share_root / "fake-gpus")  # sandboxes reach it
         self.host = LocalHost(
             config=config,
             cgroups=driver,
@@ -308,22 +301,6 @@ class LocalBackend(Backend):
             path.chmod(0o755 if path.is_dir() else 0o644)
         return copy
 
-    async def _precompile_runner(self, runner_dir: Path) -> None:
-        """Byte-compile the runner for the sandbox's interpreter, once, on the host: inside,
-        the runner's dir is read-only, so without this every session start would compile
-        it from source (~30 ms)."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.config.runner_python, "-m", "compileall", "-q", str(runner_dir),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:  # a missing interpreter is reported when a session starts
-            log.warning("could not byte-compile the runner with %s: %s", self.config.runner_python, exc)
-            return
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            log.warning("could not byte-compile the runner (%s): %s", runner_dir, err.decode(errors="replace"))
-
     async def _clean_leftovers(self) -> None:
         """Kill and remove the sessions a previous agent on this data dir left (after a
         crash): each has a scratch dir, and maybe a cgroup by the same session id.
@@ -358,24 +335,8 @@ class LocalBackend(Backend):
             await asyncio.to_thread(shutil.rmtree, self.share_root, True)
         self._unlock_data_dir()
 
-    def _gpu_inventory(self) -> GpuInventory:
-        config = self.config
-        if config.gpus == "off":
-            return GpuInventory((), Path("/dev"))
-        try:
-            inventory = gpu.discover(config.fake_gpus, self.share_root / "fake-gpus")  # sandboxes reach it
-        except (OSError, GpuError) as exc:
-            log.warning("no GPUs offered: %s", exc)
-            return GpuInventory((), Path("/dev"))
-        for device in inventory.devices:
-            log.info("GPU %d: %s (%s, %d MiB)", device.index, device.name, device.uuid, device.memory // 2**20)
-        return inventory
-
     def capacity(self) -> dict[str, Decimal]:
-        slots = {"cpu": Decimal(os.cpu_count() or 1), "mem": Decimal(_meminfo_total())}
-        if self.host is not None and self.host.gpus.devices:
-            slots["cuda.device"] = Decimal(len(self.host.gpus.devices))
-        return slots
+        return host_slots(self.host.gpus if self.host is not None else GpuInventory((), Path("/dev")))
 
     def environments(self) -> list[str]:
         return sorted(self.launches)

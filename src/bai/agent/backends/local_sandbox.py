@@ -39,6 +39,7 @@ from bai.agent import cgroups
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Sandbox
 from bai.agent.backends.child import Spawner, WatchedChild
+from bai.agent.backends.host import protect_from_oom
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
@@ -248,15 +249,7 @@ class LocalSandbox(Sandbox):
         return self._socket
 
     def runner_started(self) -> None:
-        pids = [self.child_pid, self.child.pid if self.child else None]
-        for pid in pids:
-            if pid is None:
-                continue
-            try:
-                with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-                    f.write("-1000")
-            except OSError as exc:  # gone already, or no permission (agent not root)
-                log.debug("cannot protect pid %s from the OOM killer: %s", pid, exc)
+        protect_from_oom([self.child_pid, self.child.pid if self.child else None])
 
     def oom_watch_fd(self) -> int | None:
         return self._oom_fd

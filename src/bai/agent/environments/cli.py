@@ -18,7 +18,7 @@ from bai.agent.environments.build import BuildError, NeedsRoot, NotInstallable, 
 from bai.agent.environments.catalog import Catalog, CatalogError, load_catalog
 from bai.agent.environments.host import Status, host_status
 
-_CATALOG = click.option(
+CATALOG_OPTION = click.option(
     "--catalog",
     "catalog_path",
     envvar="BAI_AGENT_ENVIRONMENT_CATALOG",
@@ -36,7 +36,8 @@ _DATA_DIR = click.option(
 )
 
 
-def _catalog(path: Path | None) -> Catalog:
+def open_catalog(path: Path | None) -> Catalog:
+    """The catalog (``--catalog`` or the shipped one), or a click error naming what is wrong."""
     try:
         return load_catalog(path)
     except CatalogError as exc:
@@ -76,11 +77,11 @@ def _row(catalog: Catalog, status: Status) -> dict[str, object]:
 
 @env.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, an object per environment.")
-@_CATALOG
+@CATALOG_OPTION
 @_DATA_DIR
 def list_(as_json: bool, catalog_path: Path | None, data_dir: Path | None) -> None:
     """Every catalog entry with its runtime, query mode and availability here."""
-    catalog = _catalog(catalog_path)
+    catalog = open_catalog(catalog_path)
     statuses = host_status(catalog, _data_dir(data_dir))
     if as_json:
         click.echo(json.dumps([_row(catalog, status) for status in statuses], indent=2))
@@ -136,12 +137,12 @@ class _RichReporter:
 
 @env.command("build")
 @click.argument("reference", metavar="NAME[:TAG]")
-@_CATALOG
+@CATALOG_OPTION
 @_DATA_DIR
 def build(reference: str, catalog_path: Path | None, data_dir: Path | None) -> None:
     """Install what NAME[:TAG] needs: Debian packages (as root) or its virtual environment.
     Running it again with nothing changed does nothing."""
-    catalog = _catalog(catalog_path)
+    catalog = open_catalog(catalog_path)
     try:
         entry = catalog.resolve(reference)
     except CatalogError as exc:

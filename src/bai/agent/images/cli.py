@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bai.agent.environments.catalog import Catalog, CatalogError, Environment, load_catalog
+from bai.agent.environments.catalog import Catalog, CatalogError, Environment
+from bai.agent.environments.cli import CATALOG_OPTION as _CATALOG
+from bai.agent.environments.cli import open_catalog as _catalog
 from bai.agent.images.base import default_cache_dir
 from bai.agent.images.build import ImageResult, build_images, register_image
 from bai.agent.images.docker import Docker, DockerError, find_docker
@@ -36,14 +38,6 @@ from bai.agent.images.recipe import (
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
-_CATALOG = click.option(
-    "--catalog",
-    "catalog_path",
-    envvar="BAI_AGENT_ENVIRONMENT_CATALOG",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="A catalog file instead of the shipped one.",
-)
 _MIRROR = click.option(
     "--mirror",
     envvar="BAI_DEBIAN_MIRROR",
@@ -51,13 +45,6 @@ _MIRROR = click.option(
     help="The Debian mirror for debootstrap and apt (default: the host's apt sources, else deb.debian.org).",
 )
 _SUITE = click.option("--suite", default="bookworm", show_default=True, help="The Debian suite of the base.")
-
-
-def _catalog(path: Path | None) -> Catalog:
-    try:
-        return load_catalog(path)
-    except CatalogError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def host_mirror() -> str:
