@@ -35,10 +35,12 @@ def free_port() -> int:
 
 
 class ManagerThread:
-    def __init__(self, data_dir: Path, secret: str) -> None:
+    def __init__(self, data_dir: Path, secret: str, agent_lost_after_s: float = 1.0) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.manager = Manager(ManagerConfig(data_dir=data_dir, cluster_secret=secret, agent_lost_after_s=1.0))
+        self.manager = Manager(
+            ManagerConfig(data_dir=data_dir, cluster_secret=secret, agent_lost_after_s=agent_lost_after_s)
+        )
         self.api = ApiServer(self.manager, "127.0.0.1", 0)
 
     def call(self, coro):  # type: ignore[no-untyped-def]
@@ -55,27 +57,42 @@ class Cluster:
     api: SignedClient
     agent: subprocess.Popen[bytes]
     manager: ManagerThread
+    endpoint: str = ""
+    secret: str = ""
+    agent_port: int = 0
+
+
+def start_agent(cluster: Cluster, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``bai agent`` node-1 on the cluster's manager (again, after a restart: same data dir and port)."""
+    bai = Path(sys.executable).with_name("bai")
+    return subprocess.Popen(
+        [str(bai), "agent", "--manager", cluster.endpoint, "--agent-id", "node-1", "--rpc-port",
+         str(cluster.agent_port), "--data-dir", str(tmp_path / "agent"), "--heartbeat", "0.2",
+         "--log-level", "warning", *extra],
+        env={**os.environ, "BAI_AGENT_CLUSTER_SECRET": cluster.secret}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A manager in a thread and agent node-1 in a process. Options: ``agent_lost_after_s``
+    for the manager, ``agent_args`` for ``bai agent`` (``indirect=True`` parametrization)."""
     if reason := sandbox_unavailable():
         pytest.skip(reason)
+    options = getattr(request, "param", {})
     secret = secrets.token_hex(16)
-    mgr = ManagerThread(tmp_path / "manager", secret)
+    mgr = ManagerThread(tmp_path / "manager", secret, options.get("agent_lost_after_s", 1.0))
     mgr.thread.start()
     creds = mgr.call(mgr._start(tmp_path / "manager"))
-    bai = Path(sys.executable).with_name("bai")
-    agent = subprocess.Popen(
-        [str(bai), "agent", "--manager", creds.endpoint, "--agent-id", "node-1", "--rpc-port", str(free_port()),
-         "--data-dir", str(tmp_path / "agent"), "--heartbeat", "0.2", "--log-level", "warning"],
-        env={**os.environ, "BAI_AGENT_CLUSTER_SECRET": secret}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
     api = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
+    cluster = Cluster(api, None, mgr, creds.endpoint, secret, free_port())  # type: ignore[arg-type]
+    cluster.agent = agent = start_agent(cluster, tmp_path, *options.get("agent_args", ()))
     try:
-        yield Cluster(api, agent, mgr)
+        yield cluster
     finally:
         api.close()
+        agent = cluster.agent
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
         agent.wait(30)

@@ -101,3 +101,16 @@ def test_bwrap_binds_each_device_at_its_own_name() -> None:
     assert argv[dev : dev + 8] == [
         "--dev", "/dev", "--dev-bind", "/dev/nvidia3", "/dev/nvidia3", "--dev-bind", "/x/nvidiactl", "/dev/nvidiactl",
     ]  # fmt: skip
+
+
+def test_a_reattached_session_gets_its_own_devices_back() -> None:
+    allocator = GpuAllocator(devices(3))
+    allocator.reserve("a", [2])
+    allocator.reserve("a", [2])  # again: the same holder
+    assert [d.index for d in allocator.held_by("a")] == [2]
+    assert [d.index for d in allocator.allocate("b", 2)] == [0, 1]  # never GPU 2
+    with pytest.raises(GpuError, match="held by session b"):
+        allocator.reserve("c", [0])
+    with pytest.raises(GpuError, match="no GPU 7"):
+        allocator.reserve("c", [7])
+    assert allocator.held_by("c") == []

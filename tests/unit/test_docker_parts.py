@@ -18,14 +18,19 @@ from bai.agent.backends.docker import DockerBackend
 from bai.agent.backends.docker_parts import (
     ContainerSpec,
     KernelImage,
+    SandboxRecord,
     cgroup_path,
     container_name,
     environments_of,
     image_from,
     limit_fields,
     parent_pid,
+    scratch_fields,
+    scratch_from,
 )
 from bai.agent.cgroups import Limits
+from bai.agent.scratch import Scratch
+from bai.common.agent_rpc import SandboxSpec
 from bai.runner.main import Options, parse_args
 from bai.runner.protocol import Ready
 
@@ -193,3 +198,52 @@ async def test_an_unreachable_engine_stops_the_backend_start(tmp_path: Path) -> 
     with pytest.raises(BackendUnavailable) as caught:
         await DockerBackend(config).start()
     assert "unreachable" in caught.value.message
+
+
+def record(**changes: object) -> SandboxRecord:
+    values: dict[str, object] = {
+        "spec": SandboxSpec(session_id="s1", session_name="n", environment="python", resources={"cpu": "1"},
+                            environ={"A": "b"}, exec_timeout_s=5.0),
+        "container_id": "c" * 64, "created_as": "_pool-ab12", "environment": "python:3.11", "cpu": "1.5",
+        "mem": 2**28, "pids": 64, "socket_dir": "/run/bai-docker/x/y",
+        "scratch": scratch_fields(Scratch(Path("/d/s1"), "hostfile", 2**30, Path("/d/img/s1.img"), 4096)),
+        "parent_cgroup": True, "gpus": (1, 3),
+    }  # fmt: skip
+    values.update(changes)
+    return SandboxRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_sandbox_record_survives_its_round_trip() -> None:
+    original = record()
+    again = SandboxRecord.from_json(original.to_json())
+    assert again == original
+    assert again.limits == Limits(cpu=Decimal("1.5"), mem=2**28, pids=64)
+    assert scratch_from(again.scratch) == Scratch(Path("/d/s1"), "hostfile", 2**30, Path("/d/img/s1.img"), 4096)
+    plain = scratch_fields(Scratch(Path("/d/s2"), "hostdir", None))
+    assert scratch_from(plain) == Scratch(Path("/d/s2"), "hostdir", None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json", "[]", '{"version": 2}', '{"version": 1}', '{"version": 1, "spec": {}}',
+        record(cpu="many").to_json(), record().to_json().replace('"pids":64', '"pids":64,"extra":1'),
+    ],
+)  # fmt: skip
+def test_a_malformed_record_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"malformed|version|Expecting"):
+        SandboxRecord.from_json(text)
+
+
+def test_a_malformed_scratch_record_is_refused() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        scratch_from({"path": "/x", "kind": "nfs"})
+    with pytest.raises(ValueError, match="malformed"):
+        scratch_from({"kind": "hostdir"})
+
+
+def test_the_runner_waits_for_a_restarted_agent_when_told() -> None:
+    argv = spec(reconnect_s=600).command()
+    assert argv[-2:] == ["--reconnect", "600"]
+    assert "--reconnect" not in spec().command()
+    assert parse_args(["--connect", "/run/bai/runner.sock", "--reconnect", "2.5"]).reconnect == 2.5

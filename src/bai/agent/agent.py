@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 
@@ -74,11 +75,13 @@ class Agent:
         self.on_session_gone: SessionGoneHandler | None = None
         self.rpc_url = config.advertised_url  # where the manager reaches this agent
         self.pool: WarmPool | None = None
+        self.boot_id = secrets.token_hex(8)
         self._started = False
 
     async def start(self) -> None:
         await self.backend.start()
         self._started = True
+        await self._recover()
         config = self.config
         if config.pool_size > 0:
             self.pool = WarmPool(
@@ -91,11 +94,43 @@ class Agent:
             )
             self.pool.start()
 
+    async def _recover(self) -> None:
+        """Take back the sessions a previous agent on this data dir left running (a
+        backend whose sandboxes outlive it: docker). Each runner, connected again, says
+        Ready; one that does not within the start timeout is destroyed."""
+        recovered = await self.backend.recover()
+
+        async def connect(spec: SandboxSpec, sandbox: Sandbox) -> None:
+            session = self._make_session(spec, sandbox, self._session_gone)
+            try:
+                await session.connect(self.config.startup_timeout_s)
+            except (SessionCreationFailed, OSError) as exc:
+                log.warning("session %s: not re-attached: %s", spec.session_id, exc)
+                session.closing = True
+                session.detach()
+                await sandbox.destroy(grace_s=0)
+                return
+            session.watch_oom()
+            self.sessions[spec.session_id] = session
+            log.info("session %s: re-attached", spec.session_id)
+
+        await asyncio.gather(*(connect(spec, sandbox) for spec, sandbox in recovered))
+
     async def stop(self) -> None:
-        """Destroy the pool and every session, then release the backend."""
+        """Destroy the pool and every session (or, with ``keep_sessions`` on a backend
+        whose sandboxes outlive the agent, leave the sessions running for the next agent
+        to re-attach), then release the backend."""
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
+        if self.config.keep_sessions and self.backend.reattachable:
+            for session in list(self.sessions.values()):
+                session.closing = True
+                session.unwatch_oom()
+                session.detach()
+                self.backend.detach(session.sandbox)
+            log.info("left %d session(s) running for the next agent", len(self.sessions))
+            self.sessions.clear()
         ids = list(self.sessions)
         await asyncio.gather(*(self.destroy_session(i) for i in ids), return_exceptions=True)
         if self._started:
@@ -113,6 +148,7 @@ class Agent:
             sessions=sorted(self.sessions),
             pool=self.pool.counts() if self.pool is not None else {},
             scratch_type=self.backend.scratch_type(),
+            boot_id=self.boot_id,
         )
 
     def schedulable_capacity(self) -> dict[str, Decimal]:

@@ -33,11 +33,14 @@ from bai.agent.seccomp.docker import docker_profile
 @click.option("--heartbeat", type=float, default=2.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
               help="What runs sessions: local (bubblewrap) or docker. Default: BAI_AGENT_BACKEND, else local.")
+@click.option("--keep-sessions", is_flag=True, default=None,
+              help="On stop, leave docker sessions running for the next start to re-attach "
+                   "(default: BAI_AGENT_KEEP_SESSIONS, else destroy them).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: str | None, agent_id: str | None,
           data_dir: Path | None, rpc_host: str, rpc_port: int, heartbeat: float, backend: str | None,
-          log_level: str) -> None:
+          keep_sessions: bool | None, log_level: str) -> None:
     """Run an agent: sandboxes on this machine, scheduled by the manager."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,6 +55,8 @@ def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: st
         options["agent_id"] = agent_id
     if backend:
         options["backend"] = backend
+    if keep_sessions:
+        options["keep_sessions"] = True
     if data_dir:
         options["data_dir"] = data_dir.expanduser().resolve()
     config = AgentConfig.model_validate(options)

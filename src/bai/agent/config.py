@@ -80,6 +80,13 @@ class AgentConfig(BaseSettings):
     #: namespace's PID 1 cannot be killed from inside, where under an init the user's code
     #: (same uid) could kill the runner
     docker_init: bool = False
+    #: how long a container's runner waits for its agent to come back when the agent's
+    #: socket closes without a Shutdown (a crash or restart): the next agent on this data
+    #: dir re-attaches the session within that window; 0: the session dies with its agent
+    docker_reattach_s: float = Field(default=600.0, ge=0)
+    #: on stop, leave the Docker backend's sessions running for the next agent start to
+    #: re-attach (an upgrade in place), instead of destroying them
+    keep_sessions: bool = False
 
     # -- sessions -----------------------------------------------------------
     default_cpu: Decimal = Decimal(1)

@@ -225,6 +225,19 @@ class GpuAllocator:
             self._holder[device.index] = session_id
         return chosen
 
+    def reserve(self, session_id: str, indexes: Iterable[int]) -> None:
+        """Give ``session_id`` these devices again (a re-attached session's). Raises
+        GpuError when one is unknown or held by another session."""
+        wanted = set(indexes)
+        known = {device.index for device in self.devices}
+        if wanted - known:
+            raise GpuError(f"no GPU {sorted(wanted - known)[0]} on this host")
+        taken = [index for index in wanted if self._holder.get(index, session_id) != session_id]
+        if taken:
+            raise GpuError(f"GPU {taken[0]} is held by session {self._holder[taken[0]]}")
+        for index in wanted:
+            self._holder[index] = session_id
+
     def release(self, session_id: str) -> None:
         for index in [i for i, holder in self._holder.items() if holder == session_id]:
             del self._holder[index]

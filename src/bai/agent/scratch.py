@@ -32,6 +32,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -232,14 +233,23 @@ def open_disks(requested: str, root: Path, image_dir: Path, default_cap: int) ->
     return ScratchDisks("hostdir", root, image_dir, default_cap)
 
 
-def reconcile(root: Path, image_dir: Path) -> list[str]:
+def reconcile(root: Path, image_dir: Path, keep: Collection[Scratch] = ()) -> list[str]:
     """Release what a crashed agent on this data dir left: mounts below ``root``
-    (whatever their kind) and images in ``image_dir``. The scratch dirs themselves
-    are left to the caller. Returns what was released, for the log."""
-    released = [f"mount {point}" for point in mounts.unmount_under(root)]
+    (whatever their kind) and images in ``image_dir``, but for the scratch disks in
+    ``keep`` (a re-attached session's). The scratch dirs themselves are left to the
+    caller. Returns what was released, for the log."""
+    kept_points = {scratch.path for scratch in keep}
+    kept_images = {scratch.image for scratch in keep if scratch.image is not None}
+    released = []
+    for point in mounts.mounts_under(root):
+        if point in kept_points or any(kept in point.parents for kept in kept_points):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if mounts.unmount(point):
+                released.append(f"mount {point}")
     if image_dir.is_dir():
         for entry in os.scandir(image_dir):
-            if not entry.is_dir(follow_symlinks=False):
+            if not entry.is_dir(follow_symlinks=False) and Path(entry.path) not in kept_images:
                 os.unlink(entry.path)
                 released.append(f"image {entry.path}")
     return released

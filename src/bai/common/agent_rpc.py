@@ -28,6 +28,9 @@ class AgentInfo(BaseModel):
     #: what backs each session's /home/work: "hostfile" (a capped disk image), "memory" (a
     #: capped tmpfs), "hostdir" (a plain directory, no cap); None: the backend does not say
     scratch_type: str | None = None
+    #: a random id of this run of the agent: a new one tells the manager that the agent
+    #: restarted, and that sessions it ran and no longer lists are gone
+    boot_id: str = ""
 
 
 class SandboxSpec(BaseModel):

@@ -107,21 +107,23 @@ class AgentRegistry:
     def register_link_factory(self, scheme: str, factory: LinkFactory) -> None:
         self._factories[scheme] = factory
 
-    def heartbeat(self, info: AgentInfo, now: float | None = None) -> tuple[AgentState, bool]:
-        """Record a heartbeat; returns the agent and whether it is new (or back from LOST)."""
+    def heartbeat(self, info: AgentInfo, now: float | None = None) -> tuple[AgentState, bool, bool]:
+        """Record a heartbeat; returns the agent, whether it is new (or back from LOST) and
+        whether it restarted since its last heartbeat (another boot id)."""
         now = time.monotonic() if now is None else now
         state = self._agents.get(info.agent_id)
+        restarted = state is not None and state.info.boot_id != info.boot_id
         if state is not None and state.info.rpc_url == info.rpc_url:
             revived = not state.alive
             state.info, state.last_seen, state.alive = info, now, True
-            return state, revived
+            return state, revived, restarted
         scheme = info.rpc_url.split("://", 1)[0]
         factory = self._factories.get(scheme)
         if factory is None:
             raise ServiceUnavailable(f"agent {info.agent_id}: no link for {scheme}:// addresses")
         state = AgentState(info=info, link=factory(info), last_seen=now)
         self._agents[info.agent_id] = state
-        return state, True
+        return state, True, restarted
 
     def find_lost(self, now: float | None = None) -> list[AgentState]:
         """Mark agents silent for too long as lost and return the newly lost ones."""

@@ -59,10 +59,12 @@ async def _run(config: ManagerConfig, log_level: str) -> None:
               help="What agents must present (default: made once, kept in DATA_DIR/cluster.secret).")
 @click.option("--agent-lost-after", type=float, default=10.0, show_default=True,
               help="Seconds without a heartbeat before an agent and its sessions are lost.")
+@click.option("--keep-sessions/--destroy-sessions", default=True, show_default=True,
+              help="On stop, leave sessions running on their agents for the next start to take back.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def manager(data_dir: Path, host: str, port: int, cluster_secret: str | None, agent_lost_after: float,
-            log_level: str) -> None:
+            keep_sessions: bool, log_level: str) -> None:
     """Run the manager alone; agents register with it over HTTP."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,7 +72,7 @@ def manager(data_dir: Path, host: str, port: int, cluster_secret: str | None, ag
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = ManagerConfig(data_dir=data_dir, host=host, port=port,
                            cluster_secret=_cluster_secret(data_dir, cluster_secret),
-                           agent_lost_after_s=agent_lost_after)
+                           agent_lost_after_s=agent_lost_after, keep_sessions=keep_sessions)
     try:
         asyncio.run(_run(config, log_level))
     except OSError as exc:

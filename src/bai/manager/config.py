@@ -19,6 +19,9 @@ class ManagerConfig(BaseSettings):
     cluster_secret: str = ""
     #: an agent silent for this long is LOST and its sessions are ERROR
     agent_lost_after_s: float = 10.0
+    #: on stop, leave live sessions running on their agents (their rows stay RUNNING) for the
+    #: next start to take back, instead of destroying them
+    keep_sessions: bool = False
     #: how long an execute call collects output before answering "continued"
     flush_timeout_s: float = 2.0
     stream_flush_s: float = 0.2

@@ -56,7 +56,7 @@ class Manager:
                 await self._monitor
         for task in list(self._tasks):
             task.cancel()
-        await self.sessions.shutdown()
+        await self.sessions.shutdown(keep_sessions=self.config.keep_sessions)
         await self.agents.close()
         await self.db.close()
 
@@ -98,10 +98,13 @@ class Manager:
         await self.policies.delete(name)
 
     def agent_heartbeat(self, info: AgentInfo) -> None:
-        _, joined = self.agents.heartbeat(info)
+        _, joined, restarted = self.agents.heartbeat(info)
         if joined:
             log.info("agent %s joined (%s)", info.agent_id, info.rpc_url)
             self.sessions.agent_joined()
+        if restarted:
+            log.warning("agent %s restarted", info.agent_id)
+        self.sessions.agent_reported(info.agent_id, info.sessions, restarted)
         orphans = self.sessions.orphans(info.agent_id, info.sessions)
         if orphans:
             self._spawn(self._destroy_orphans(info.agent_id, orphans))
@@ -131,3 +134,4 @@ class Manager:
                 log.warning("agent %s is lost: no heartbeat for %.1f s", agent.info.agent_id,
                             self.config.agent_lost_after_s)
                 await self.sessions.agent_lost(agent.info.agent_id)
+            await self.sessions.expire_unconfirmed(self.config.agent_lost_after_s)

@@ -101,12 +101,14 @@ class Reaper:
         self._on_expired = on_expired
         self._watched: dict[str, _Watched] = {}
 
-    def watch(self, session_id: str, activity: Activity, limits: SessionLimits) -> None:
-        """Start watching a session that has just started running (its lifetime counts from now)."""
+    def watch(self, session_id: str, activity: Activity, limits: SessionLimits, started: float | None = None) -> None:
+        """Start watching a running session; its lifetime counts from ``started`` (a
+        ``time.monotonic()`` value), by default now: it has just started."""
         if limits.idle_timeout_s is None and limits.max_lifetime_s is None:
             return
         self.forget(session_id)
-        self._watched[session_id] = watched = _Watched(activity, limits, time.monotonic())
+        started = time.monotonic() if started is None else started
+        self._watched[session_id] = watched = _Watched(activity, limits, started)
         self._check(session_id, watched)
 
     def forget(self, session_id: str) -> None:

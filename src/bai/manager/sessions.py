@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,22 +193,45 @@ class SessionRegistry:
         self._pending: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper = Reaper(self._on_expired)
+        #: sessions taken back by ``recover`` that their agent has not listed yet → agent id
+        self._unconfirmed: dict[str, str] = {}
+        self._recovered_at = time.monotonic()
 
     # -- start and stop ----------------------------------------------------
 
     async def recover(self) -> None:
-        """Sessions left live by an earlier run of the manager lost their sandboxes with it."""
+        """Take back the sessions an earlier run of the manager left live. A RUNNING one is
+        live again at once, on its agent, until that agent's first heartbeat says whether it
+        still runs it (``agent_reported``); an agent that does not come back within
+        ``agent_lost_after_s`` loses it (``expire_unconfirmed``). One that was still
+        being placed or started lost its request with the manager: ERROR."""
+        now = datetime.now(UTC)
         async with self._db.sessionmaker() as s, s.begin():
             rows = (await s.scalars(select(SessionRow).where(SessionRow.status.not_in(st.TERMINAL)))).all()
-            now = datetime.now(UTC)
             for row in rows:
-                row.status, row.status_info, row.terminated_at = st.ERROR, "manager-restarted", now
+                if row.status == st.RUNNING and row.agent_id:
+                    self._take_back(_row_to_session(row), now)
+                else:
+                    row.status, row.status_info, row.terminated_at = st.ERROR, "manager-restarted", now
+        self._recovered_at = time.monotonic()
 
-    async def shutdown(self) -> None:
-        """Destroy every live session (embedded mode stops its agent next)."""
+    def _take_back(self, session: LiveSession, now: datetime) -> None:
+        assert session.agent_id is not None
+        self._live[session.id] = session
+        self._names[(session.access_key, session.name)] = session.id
+        self._unconfirmed[session.id] = session.agent_id
+        session.settled.set()
+        age = max(0.0, (now - session.created_at).total_seconds())
+        self._reaper.watch(session.id, session.activity, session.limits, started=time.monotonic() - age)
+
+    async def shutdown(self, keep_sessions: bool = False) -> None:
+        """Destroy every live session (embedded mode stops its agent next); with
+        ``keep_sessions``, leave them to their agents and the next start's ``recover``."""
         self._reaper.close()
         for task in list(self._tasks):
             task.cancel()
+        if keep_sessions:
+            return
         for session in list(self._live.values()):
             try:
                 await self.destroy(session, reason="server-shutdown")
@@ -498,6 +522,43 @@ class SessionRegistry:
             sid for sid in running
             if (session := self._live.get(sid)) is None or session.agent_id != agent_id
         ]
+
+    def agent_reported(self, agent_id: str, running: list[str], restarted: bool) -> None:
+        """An agent's heartbeat listed the sessions it runs. Sessions taken back at the
+        manager's start are confirmed, or ended if the agent no longer runs them. When the
+        agent itself restarted (a new boot id), each RUNNING session of it that it does not
+        list is checked with the agent and ended if it has no such session."""
+        listed = set(running)
+        for session_id in [sid for sid, agent in self._unconfirmed.items() if agent == agent_id]:
+            del self._unconfirmed[session_id]
+            session = self._live.get(session_id)
+            if session is not None and session_id not in listed:
+                self._spawn(self._end(session, st.ERROR, "sandbox-lost: its agent restarted without it"))
+        if restarted:
+            for session in [s for s in self._live.values() if s.agent_id == agent_id]:
+                if session.status == st.RUNNING and session.id not in listed:
+                    self._spawn(self._check_on_agent(session))
+
+    async def _check_on_agent(self, session: LiveSession) -> None:
+        """Whether a restarted agent still has ``session`` (it may have been created there
+        after the heartbeat's list was made): end it when the agent says it has none."""
+        try:
+            await self._agents.link(session.agent_id).session_stats(session.id)
+        except SessionNotFound:
+            if self._live.get(session.id) is session and session.status == st.RUNNING:
+                await self._end(session, st.ERROR, "sandbox-lost: its agent restarted without it")
+        except BaiError as exc:
+            log.warning("session %s: cannot check it on its restarted agent: %s", session.name, exc)
+
+    async def expire_unconfirmed(self, after_s: float) -> None:
+        """Sessions taken back at start whose agent has not reported for ``after_s``: lost."""
+        if not self._unconfirmed or time.monotonic() - self._recovered_at < after_s:
+            return
+        for session_id in list(self._unconfirmed):
+            del self._unconfirmed[session_id]
+            session = self._live.get(session_id)
+            if session is not None:
+                await self._end(session, st.ERROR, "agent-lost")
 
     async def agent_lost(self, agent_id: str) -> None:
         for session in [s for s in self._live.values() if s.agent_id == agent_id]:

@@ -50,6 +50,16 @@ class AgentLink:
         except OSError:
             self._close()
 
+    def reattach(self, sock: socket) -> None:
+        """Serve a new connection (a restarted agent's) in place of the closed one."""
+        old, self._sock = self._sock, sock
+        if old.fileno() >= 0:
+            old.close()
+        self._splitter = FrameSplitter()
+        self.closed = False
+        sock.setblocking(True)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
     def forget_in_child(self) -> None:
         """In a forked child: close the socket's fd so the user's code never holds it."""
         os.close(self._sock.fileno())

@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import sys
+import time
 
 from bai.runner.engines import ENGINES, load_engine
 from bai.runner.engines.base import Busy, EngineContext, RunnerError
@@ -41,6 +42,7 @@ from bai.runner.protocol import (
     PtyInput,
     PtyOpen,
     PtyResize,
+    Ready,
     Record,
     Shutdown,
     field,
@@ -58,10 +60,11 @@ else:
 
 USAGE = (
     "usage: runner (--fd N | --connect PATH) [--engine %s] [--interrupt-grace SECONDS] [--preload MODULE,...]"
-    " [--config JSON]"
+    " [--config JSON] [--reconnect SECONDS]"
     % "|".join(sorted(ENGINES))
 )
-FLAGS = ("--fd", "--connect", "--engine", "--interrupt-grace", "--preload", "--config")
+FLAGS = ("--fd", "--connect", "--engine", "--interrupt-grace", "--preload", "--config", "--reconnect")
+RECONNECT_INTERVAL_S = 0.1  # between tries to reach a restarted agent
 
 
 class Options(Record):
@@ -74,6 +77,9 @@ class Options(Record):
     preload: str = ""
     # the engine's settings, a JSON object (a REPL's command and sentinel...)
     config: Dict[str, Any] = field(default_factory=dict)
+    # with --connect: when the agent's socket closes without a Shutdown (the agent crashed
+    # or restarted), keep the session and connect again for this many seconds; 0: exit
+    reconnect: float = 0.0
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -98,6 +104,7 @@ def parse_args(argv: List[str]) -> Options:
             interrupt_grace=float(values.get("--interrupt-grace", "2")),
             preload=values.get("--preload", ""),
             config=json.loads(values.get("--config", "{}")),
+            reconnect=float(values.get("--reconnect", "0")),
         )
     except (KeyError, ValueError) as exc:
         raise SystemExit("%s\nbad or missing argument: %s" % (USAGE, exc)) from None
@@ -105,6 +112,8 @@ def parse_args(argv: List[str]) -> Options:
         raise SystemExit("%s\n--config must be a JSON object" % USAGE)
     if (options.fd >= 0) == bool(options.connect):
         raise SystemExit("%s\nexactly one of --fd and --connect" % USAGE)
+    if options.reconnect and not options.connect:
+        raise SystemExit("%s\n--reconnect needs --connect" % USAGE)
     if options.engine not in ENGINES:
         raise SystemExit("%s\nunknown engine %r" % (USAGE, options.engine))
     return options
@@ -118,7 +127,11 @@ class Runner:
         # user's processes must stay its prey, so children go back to this value.
         self._oom_score_adj = read_oom_score_adj()
         self.loop = Loop()
-        self.link = AgentLink(sock, self.loop, self._on_message, self.loop.stop)
+        self.options = options
+        self.link = AgentLink(sock, self.loop, self._on_message, self._link_closed)
+        self._ready: Optional[Ready] = None  # what start() said: said again to a new agent
+        self._shutting_down = False
+        self._reconnect_until = 0.0
         context = EngineContext(
             loop=self.loop,
             emit=self.link.send,
@@ -149,7 +162,8 @@ class Runner:
     def run(self) -> None:
         self.loop.watch_children(self._child_exited)
         try:
-            self.link.send(self.engine.start())
+            self._ready = self.engine.start()
+            self.link.send(self._ready)
             self.loop.run()
         finally:
             self.terminals.close_all()
@@ -206,7 +220,40 @@ class Runner:
         self.link.send(Configured())
 
     def _shutdown(self, message: Shutdown) -> None:
+        self._shutting_down = True
         self.loop.stop()
+
+    # -- the agent goes away and comes back (a container's runner: --reconnect) ----------
+
+    def _link_closed(self) -> None:
+        """The agent's socket closed. Without a Shutdown before it and with --reconnect,
+        the agent crashed or restarted: the session lives on (its REPL, its processes, its
+        files) and the runner connects again until the window passes. A run in progress is
+        interrupted, since no one is left to read it; open terminals are hung up."""
+        if self._shutting_down or self.options.reconnect <= 0:
+            self.loop.stop()
+            return
+        sys.stderr.write("bai runner: the agent went away; waiting %gs for it\n" % self.options.reconnect)
+        self._interrupt(Interrupt())
+        self.terminals.close_all()
+        self._reconnect_until = time.monotonic() + self.options.reconnect
+        self.loop.call_later(RECONNECT_INTERVAL_S, self._try_reconnect)
+
+    def _try_reconnect(self) -> None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(self.options.connect)
+        except OSError:
+            sock.close()
+            if time.monotonic() >= self._reconnect_until:
+                sys.stderr.write("bai runner: no agent came back; exiting\n")
+                self.loop.stop()
+            else:
+                self.loop.call_later(RECONNECT_INTERVAL_S, self._try_reconnect)
+            return
+        self.link.reattach(sock)
+        if self._ready is not None:
+            self.link.send(self._ready)
 
     def _reset_in_child(self) -> None:
         """Undo in a forked child what the runner set up for itself alone."""

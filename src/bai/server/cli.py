@@ -42,14 +42,17 @@ async def _main(server: EmbeddedServer) -> None:
 @click.option("--port", type=int, default=8091, show_default=True, help="0 picks a free port.")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
               help="What runs sessions: local (bubblewrap) or docker. Default: BAI_AGENT_BACKEND, else local.")
+@click.option("--keep-sessions", is_flag=True, default=False,
+              help="On stop, leave docker sessions running; the next start takes them back.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def server(data_dir: Path | None, host: str, port: int, backend: str | None, log_level: str) -> None:
+def server(data_dir: Path | None, host: str, port: int, backend: str | None, keep_sessions: bool,
+           log_level: str) -> None:
     """Run the embedded server: one manager and one local agent in this process."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     embedded = EmbeddedServer((data_dir or default_data_dir()).expanduser().resolve(), host, port, log_level,
-                              backend=backend)
+                              backend=backend, keep_sessions=keep_sessions)
     try:
         asyncio.run(_main(embedded))
     except OSError as exc:

@@ -29,16 +29,21 @@ def default_data_dir() -> Path:
 class EmbeddedServer:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 8091,
                  log_level: str = "warning", *, heartbeat_interval_s: float = 1.0,
-                 agent_lost_after_s: float = 10.0, backend: str | None = None) -> None:
+                 agent_lost_after_s: float = 10.0, backend: str | None = None,
+                 keep_sessions: bool = False) -> None:
         self.data_dir = data_dir
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.manager = Manager(ManagerConfig(data_dir=data_dir, host=host, port=port,
-                                             cluster_secret=secrets.token_hex(16),
-                                             agent_lost_after_s=agent_lost_after_s))
         agent_config = AgentConfig(data_dir=data_dir / "agent", agent_id="embedded", rpc_url="inproc://embedded")
         if backend:  # else BAI_AGENT_BACKEND, or local
             agent_config = agent_config.model_copy(update={"backend": backend})
+        if keep_sessions:  # else BAI_AGENT_KEEP_SESSIONS
+            agent_config = agent_config.model_copy(update={"keep_sessions": True})
         self.agent = Agent(agent_config)
+        # sessions are kept only where their sandboxes outlive the process (docker)
+        keep = agent_config.keep_sessions and self.agent.backend.reattachable
+        self.manager = Manager(ManagerConfig(data_dir=data_dir, host=host, port=port,
+                                             cluster_secret=secrets.token_hex(16),
+                                             agent_lost_after_s=agent_lost_after_s, keep_sessions=keep))
         self.api = ApiServer(self.manager, host, port, log_level)
         self._heartbeat_task: asyncio.Task[None] | None = None
 

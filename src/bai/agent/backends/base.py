@@ -180,6 +180,21 @@ class Backend(ABC):
         what ``spec`` asks for. Called by Agent.create_session before claiming one."""
         return True
 
+    #: whether ``recover`` and ``detach`` work: sandboxes outlive the agent process
+    reattachable: ClassVar[bool] = False
+
+    async def recover(self) -> list[tuple[SandboxSpec, Sandbox]]:
+        """The sandboxes a previous agent on this data dir left running, taken back, each
+        with its session's spec; their runners are connected but not Ready yet. Called by
+        Agent.start once, after ``start``. A backend whose sandboxes die with the agent
+        keeps this default."""
+        return []
+
+    def detach(self, sandbox: Sandbox) -> None:
+        """Let go of ``sandbox`` and leave it running for the next agent's ``recover``
+        (Agent.stop with ``keep_sessions``); only where ``reattachable``."""
+        raise NotImplementedError(f"the {self.name} backend cannot leave sandboxes running")
+
     @abstractmethod
     async def create(self, spec: SandboxSpec, limits: Limits) -> Sandbox:
         """Start a sandbox whose runner is connected to ``runner_socket`` (it may not

@@ -4,12 +4,14 @@ See docs/docker-backend.md.
 ``start`` checks the engine, finds the kernel images ``bai image build`` made (their
 ``bai.environment`` labels name the environments offered), exports each environment's
 syscall policy as a Docker seccomp profile, opens the scratch disks (as the local
-backend's, bai.agent.scratch) and removes every container a previous agent with this
-id left (labels ``bai.agent``). ``create`` makes the session's scratch dir and socket
-dir and starts a ``DockerSandbox`` (docker_sandbox.py).
+backend's, bai.agent.scratch), keeps the running containers a previous agent on this
+data dir left with a session record and removes the rest (labels ``bai.agent``,
+``bai.data-dir``); ``recover`` re-attaches the kept ones (decision 0010). ``create``
+makes the session's scratch dir and socket dir and starts a ``DockerSandbox``
+(docker_sandbox.py).
 
-Directories: ``<data_dir>/docker/scratch/<name>`` each session's /home/work; the
-runner sockets under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix
+Directories: ``<data_dir>/docker/scratch/<name>`` each session's /home/work;
+``<data_dir>/docker/sessions/<name>.json`` each session's record; the runner sockets under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix
 socket's path is at most 107 bytes).
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiodocker
+from aiodocker.containers import DockerContainer
 
 from bai.agent import cgroups
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
@@ -41,8 +44,10 @@ from bai.agent.backends.docker_parts import (
     LABEL_ENVIRONMENT,
     ContainerSpec,
     KernelImage,
+    SandboxRecord,
     environments_of,
     image_from,
+    scratch_from,
 )
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
 from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
@@ -51,7 +56,7 @@ from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
 from bai.agent.environments.launch import Launch
 from bai.agent.gpu import GpuAllocator, GpuError, GpuInventory, gpu_count, visible_devices
-from bai.agent.scratch import ScratchDisks, ScratchError, open_disks, reconcile
+from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, open_disks, reconcile, remove_scratch
 from bai.agent.seccomp import PolicyError, policy_for
 from bai.agent.seccomp.docker import docker_profile
 from bai.common.agent_rpc import SandboxSpec
@@ -66,6 +71,7 @@ STALE_CGROUP_S = 60.0
 
 class DockerBackend(Backend):
     name: ClassVar[str] = "docker"
+    reattachable: ClassVar[bool] = True
 
     def __init__(self, config: AgentConfig) -> None:
         super().__init__(config)
@@ -83,6 +89,10 @@ class DockerBackend(Backend):
         self.host: DockerHost | None = None
         self.runner_dir = config.runner_dir or Path(protocol.__file__).resolve().parent
         self._lock: int | None = None
+        self.records_dir = self.root / "sessions"
+        #: running containers of a previous agent on this data dir, with their records:
+        #: ``recover`` takes them back
+        self._orphans: list[tuple[SandboxRecord, Scratch, DockerContainer]] = []
         self.session_cgroups = False  # whether each container goes under a session cgroup of ours
 
     async def start(self) -> None:
@@ -104,7 +114,8 @@ class DockerBackend(Backend):
         try:
             self.profiles = self._seccomp_profiles()
             self._prepare_dirs()
-            disks = await self._scratch_disks()
+            survivors = await self._survivors()
+            disks = await self._scratch_disks([scratch for _, scratch, _ in survivors])
         except (OSError, ScratchError, PolicyError, BackendUnavailable) as exc:
             await self._close()
             if isinstance(exc, BackendUnavailable):
@@ -132,10 +143,19 @@ class DockerBackend(Backend):
             scratch=disks,
             released=self._released,
             renamed=self._renamed,
+            records=self.records_dir,
         )
         self.gpus = find_gpus(self.config, self.config.data_dir / "fake-gpus")
         self.gpu_allocator = GpuAllocator(self.gpus.devices)
-        await self.reconcile()
+        self._orphans = []
+        for record, scratch, container in survivors:
+            try:
+                self.gpu_allocator.reserve(record.spec.session_id, record.gpus)
+            except GpuError as exc:
+                log.warning("session %s cannot be re-attached: %s", record.spec.session_id, exc)
+                continue
+            self._orphans.append((record, scratch, container))
+        await self.reconcile(keep={record.container_id for record, _, _ in self._orphans})
 
     async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
         found = []
@@ -183,30 +203,66 @@ class DockerBackend(Backend):
             os.close(fd)
             raise BackendUnavailable(f"another agent is using {self.root}") from None
         self._lock = fd
+        self.records_dir.mkdir(mode=0o700, exist_ok=True)
         SOCKET_BASE.mkdir(parents=True, exist_ok=True)
         SOCKET_BASE.chmod(0o711)
-        shutil.rmtree(self.socket_root, ignore_errors=True)
-        self.socket_root.mkdir(mode=0o711)
+        # kept: a running container's runner may wait in its dir (reconcile removes the rest)
+        self.socket_root.mkdir(mode=0o711, exist_ok=True)
         self.socket_root.chmod(0o711)  # traversable, not listable: each sandbox's dir name is a secret
 
-    async def _scratch_disks(self) -> ScratchDisks:
+    async def _scratch_disks(self, keep: list[Scratch]) -> ScratchDisks:
         config = self.config
         scratch_root, image_dir = self.root / "scratch", self.root / "scratch-images"
         scratch_root.mkdir(exist_ok=True)
-        for item in await asyncio.to_thread(reconcile, scratch_root, image_dir):
+        for item in await asyncio.to_thread(reconcile, scratch_root, image_dir, keep):
             log.warning("released the leftover scratch %s", item)
+        kept = {scratch.path for scratch in keep}
+        for entry in scratch_root.iterdir():  # empty mount points now, or a hostdir's files
+            if entry not in kept:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(remove_scratch, entry)
         return await asyncio.to_thread(open_disks, config.scratch_type, scratch_root, image_dir, config.scratch_size)
 
-    async def reconcile(self) -> list[str]:
+    def _containers_filter(self) -> dict[str, list[str]]:
+        return {"label": [f"{LABEL_AGENT}={self.config.agent_id}", f"{LABEL_DATA_DIR}={self.data_digest}"]}
+
+    async def _survivors(self) -> list[tuple[SandboxRecord, Scratch, DockerContainer]]:
+        """The sessions of a previous agent on this data dir whose containers still run,
+        from the records it left; the other records are dropped."""
+        assert self.docker is not None
+        running = {
+            container.id: container
+            for container in await self.docker.containers.list(filters=self._containers_filter())
+        }
+        found = []
+        for path in sorted(self.records_dir.glob("*.json")):
+            try:
+                record = SandboxRecord.from_json(path.read_text())
+                scratch = scratch_from(record.scratch)
+            except (OSError, ValueError) as exc:
+                log.warning("dropped the sandbox record %s: %s", path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            container = running.get(record.container_id)
+            if container is None or record.environment not in self.images or path.stem != record.spec.session_id:
+                problem = "its container is gone" if container is None else f"no image for {record.environment}"
+                log.warning("session %s cannot be re-attached: %s", record.spec.session_id, problem)
+                path.unlink(missing_ok=True)
+                continue
+            found.append((record, scratch, container))
+        return found
+
+    async def reconcile(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Remove the containers this agent id left on this data dir (a crashed or restarted
-        agent): the agent starts with no sessions, so none of them is anyone's any more.
-        Those of an agent with the same id on another data dir may be a live neighbour's
-        and are left alone. Returns their names. Re-attaching live ones is not done
-        (docs/docker-backend.md)."""
+        agent), but for those in ``keep`` (ids: running sessions ``recover`` takes back),
+        with the socket dirs and records of the removed ones. Those of an agent with the
+        same id on another data dir may be a live neighbour's and are left alone. Returns
+        the names removed."""
         assert self.docker is not None
         removed = []
-        filters = {"label": [f"{LABEL_AGENT}={self.config.agent_id}", f"{LABEL_DATA_DIR}={self.data_digest}"]}
-        for container in await self.docker.containers.list(all=True, filters=filters):
+        for container in await self.docker.containers.list(all=True, filters=self._containers_filter()):
+            if container.id in keep:
+                continue
             name = (container._container.get("Names") or [container.id])[0].lstrip("/")
             try:
                 await container.delete(force=True, v=True)
@@ -215,8 +271,59 @@ class DockerBackend(Backend):
                 continue
             log.warning("removed the leftover container %s", name)
             removed.append(name)
+        kept_dirs = {Path(record.socket_dir) for record, _, _ in self._orphans}
+        for entry in self.socket_root.iterdir():
+            if entry not in kept_dirs:
+                shutil.rmtree(entry, ignore_errors=True)
+        kept_records = {f"{record.spec.session_id}.json" for record, _, _ in self._orphans}
+        for entry in self.records_dir.iterdir():
+            if entry.name not in kept_records:
+                entry.unlink(missing_ok=True)
         self._remove_stale_cgroups()
         return removed
+
+    async def recover(self) -> list[tuple[SandboxSpec, Sandbox]]:
+        """Re-attach the sessions a previous agent on this data dir left running (its
+        crash, or a stop with ``keep_sessions``): each container's runner connects again
+        to a new listener in its socket dir. One that does not is destroyed."""
+        orphans, self._orphans = self._orphans, []
+        results = await asyncio.gather(*(self._reattach(*orphan) for orphan in orphans))
+        return [(sandbox.spec, sandbox) for sandbox in results if sandbox is not None]
+
+    async def _reattach(
+        self, record: SandboxRecord, scratch: Scratch, container: DockerContainer
+    ) -> DockerSandbox | None:
+        assert self.host is not None
+        image = self.images[record.environment]
+        spec, limits = record.spec, record.limits
+        driver = self.host.cgroups
+        parent = driver.attach(spec.session_id, limits) if record.parent_cgroup and driver is not None else None
+        container_spec = ContainerSpec(
+            agent_id=self.config.agent_id,
+            session_id=record.created_as,
+            image=image,
+            limits=limits,
+            runner_dir=self.runner_dir,
+            scratch=scratch.path,
+            socket_dir=Path(record.socket_dir),
+            environ=spec.environ,
+            tmp_size=self.config.tmp_size,
+            seccomp_profile=self.profiles.get(image.environment),
+            init=self.config.docker_init,
+            reconnect_s=self.config.docker_reattach_s,
+        )
+        sandbox = DockerSandbox(
+            self.host, spec, container_spec, scratch, parent, self.launches.get(image.environment), record.gpus
+        )
+        self.sandboxes[spec.session_id] = sandbox
+        try:
+            await sandbox.reattach(container)
+        except (SessionCreationFailed, OSError) as exc:
+            log.warning("session %s: cannot re-attach its container: %s", spec.session_id, exc)
+            await sandbox.destroy(grace_s=0)
+            return None
+        log.info("session %s: re-attached its container %s", spec.session_id, container.id[:12])
+        return sandbox
 
     def _remove_stale_cgroups(self) -> None:
         """Empty session cgroups of this agent id, once STALE_CGROUP_S old (an agent with
@@ -232,6 +339,11 @@ class DockerBackend(Backend):
     async def stop(self) -> None:
         await self._close()
 
+    def detach(self, sandbox: Sandbox) -> None:
+        assert isinstance(sandbox, DockerSandbox)
+        sandbox.detach()
+        self.sandboxes.pop(sandbox.session_id, None)
+
     async def _close(self) -> None:
         if self.host is not None and self.host.cgroups is not None and self.session_cgroups:
             with contextlib.suppress(CgroupError, OSError):
@@ -240,7 +352,8 @@ class DockerBackend(Backend):
             await self.docker.close()
             self.docker = None
         self.host = None
-        shutil.rmtree(self.socket_root, ignore_errors=True)
+        if not self.sandboxes and not any(self.records_dir.glob("*.json")):  # none left for the next agent
+            shutil.rmtree(self.socket_root, ignore_errors=True)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -306,8 +419,12 @@ class DockerBackend(Backend):
             extra_labels={LABEL_DATA_DIR: self.data_digest},
             cgroup_parent=f"/{parent.name}" if parent is not None else "",
             devices=tuple(str(node) for node in self.gpus.nodes_for(devices)),
+            reconnect_s=self.config.docker_reattach_s,
         )
-        sandbox = DockerSandbox(host, spec, container, scratch, parent, self.launches.get(image.environment))
+        sandbox = DockerSandbox(
+            host, spec, container, scratch, parent, self.launches.get(image.environment),
+            tuple(device.index for device in devices),
+        )  # fmt: skip
         self.sandboxes[spec.session_id] = sandbox
         try:
             await sandbox.start()

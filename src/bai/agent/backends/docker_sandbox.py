@@ -37,7 +37,16 @@ from aiodocker.containers import DockerContainer
 
 from bai.agent import cgroups
 from bai.agent.backends.base import Sandbox
-from bai.agent.backends.docker_parts import ContainerSpec, cgroup_path, container_name, limit_fields, parent_pid
+from bai.agent.backends.docker_parts import (
+    SOCKET_NAME,
+    ContainerSpec,
+    SandboxRecord,
+    cgroup_path,
+    container_name,
+    limit_fields,
+    parent_pid,
+    scratch_fields,
+)
 from bai.agent.backends.host import protect_from_oom
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
@@ -63,6 +72,7 @@ class DockerHost:
     scratch: ScratchDisks
     released: Callable[[DockerSandbox], None]
     renamed: Callable[[DockerSandbox, str], None]
+    records: Path  # each session's SandboxRecord (docker_parts), for a restarted agent
 
 
 class DockerSandbox(Sandbox):
@@ -74,6 +84,7 @@ class DockerSandbox(Sandbox):
         scratch: Scratch,
         parent: SessionCgroup | None = None,
         launch: Launch | None = None,
+        gpus: tuple[int, ...] = (),
     ) -> None:
         self.host = host
         self.launch = launch  # its catalog entry: how a query's file is compiled, batch's steps
@@ -83,6 +94,7 @@ class DockerSandbox(Sandbox):
         self.limits = container.limits
         self.scratch_disk = scratch
         self.socket_dir = container.socket_dir
+        self.gpus = gpus  # the indexes of its devices (bai.agent.gpu)
         self.container: DockerContainer | None = None
         self.container_id = ""
         self.runner_pid: int | None = None
@@ -125,17 +137,77 @@ class DockerSandbox(Sandbox):
             raise SessionCreationFailed(f"cannot create the container: {exc.message}") from exc
         self.container_id = self.container.id
         await self._start_and_accept()
+        if not _pooled(self.session_id):
+            self._save_record()
 
-    def _listen(self) -> None:
-        self.socket_dir.mkdir(mode=0o755)
-        self.socket_dir.chmod(0o755)
+    async def reattach(self, container: DockerContainer) -> None:
+        """Take back the running ``container`` of a previous agent (its record gave this
+        sandbox's parts): listen again on its socket dir, which its runner retries until
+        it connects (``--reconnect``), and reopen the accounting. Raises
+        SessionCreationFailed when the runner does not come back."""
+        self.container, self.container_id = container, container.id
+        self._listen(fresh=False)
+        self._open_meter(self.parent)
+        self._socket = await self._accept()
+        self._attach_cgroup()
+
+    def detach(self) -> None:
+        """Let go of the container, leaving it running with everything it uses (the agent
+        stops with ``keep_sessions``): its runner waits for the next agent."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._close_oom_watch()
+        self._close_meter()
+
+    def _listen(self, fresh: bool = True) -> None:
+        path = self.socket_dir / SOCKET_NAME
+        if fresh:
+            self.socket_dir.mkdir(mode=0o755)
+            self.socket_dir.chmod(0o755)
+        else:  # the runner's bind mount holds this dir: a new socket in it, the old one's name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        path = self.socket_dir / "runner.sock"
         listener.bind(str(path))
         path.chmod(0o666)  # the container's user connects; the dir's random name hides it
         listener.listen(4)
         listener.setblocking(False)
         self._listener = listener
+
+    # -- the record a restarted agent reads -------------------------------------
+
+    def record(self) -> SandboxRecord:
+        return SandboxRecord(
+            spec=self.spec,
+            container_id=self.container_id,
+            created_as=self.container_spec.session_id,
+            environment=self.container_spec.image.environment,
+            cpu=str(self.limits.cpu),
+            mem=self.limits.mem,
+            pids=self.limits.pids,
+            socket_dir=str(self.socket_dir),
+            scratch=scratch_fields(self.scratch_disk),
+            parent_cgroup=self.parent is not None,
+            gpus=self.gpus,
+        )
+
+    def _save_record(self) -> None:
+        """Written in place of any older one (tmp + rename): a crash leaves one whole."""
+        path = self.host.records / f"{self.session_id}.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(self.record().to_json())
+            os.replace(tmp, path)
+        except OSError as exc:  # the session works; only a re-attach after a crash is lost
+            log.warning("session %s: cannot save its record: %s", self.session_id, exc)
+
+    def _drop_record(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.host.records / f"{self.session_id}.json").unlink()
 
     async def _start_and_accept(self) -> None:
         assert self.container is not None
@@ -366,6 +438,7 @@ class DockerSandbox(Sandbox):
         self.host.renamed(self, old_id)
         self.spec = spec
         self.limits = limits
+        self._save_record()
 
     def _limit_session_cgroup(self, limits: Limits) -> None:
         driver = self.host.cgroups
@@ -448,6 +521,7 @@ class DockerSandbox(Sandbox):
             except aiodocker.DockerError as exc:  # the next agent start removes it
                 log.warning("session %s: cannot remove container %s: %s", self.session_id, self.container_id, exc)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        self._drop_record()
         if self.parent is not None and self.host.cgroups is not None:
             try:
                 self.host.cgroups.remove(self.parent)
@@ -458,6 +532,11 @@ class DockerSandbox(Sandbox):
         except OSError as exc:
             log.warning("session %s: cannot remove the scratch disk: %s", self.session_id, exc)
         self.host.released(self)
+
+
+def _pooled(session_id: str) -> bool:
+    """A pool's sandbox (bai.agent.pool names them "_pool-..."; no session id starts with "_")."""
+    return session_id.startswith("_")
 
 
 def _later(first: SessionStats, last: SessionStats) -> SessionStats:
