@@ -35,13 +35,25 @@ def free_port() -> int:
 
 
 class ManagerThread:
-    def __init__(self, data_dir: Path, secret: str, agent_lost_after_s: float = 1.0) -> None:
+    def __init__(
+        self, data_dir: Path, secret: str, agent_lost_after_s: float = 1.0, port: int = 0, keep_sessions: bool = False
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.manager = Manager(
-            ManagerConfig(data_dir=data_dir, cluster_secret=secret, agent_lost_after_s=agent_lost_after_s)
-        )
-        self.api = ApiServer(self.manager, "127.0.0.1", 0)
+            ManagerConfig(
+                data_dir=data_dir, cluster_secret=secret, agent_lost_after_s=agent_lost_after_s,
+                keep_sessions=keep_sessions,
+            )
+        )  # fmt: skip
+        self.api = ApiServer(self.manager, "127.0.0.1", port)
+
+    def stop(self) -> None:
+        self.call(self.api.stop())
+        self.call(self.manager.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
     def call(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
@@ -77,12 +89,16 @@ def start_agent(cluster: Cluster, tmp_path: Path, *extra: str) -> subprocess.Pop
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A manager in a thread and agent node-1 in a process. Options: ``agent_lost_after_s``
-    for the manager, ``agent_args`` for ``bai agent`` (``indirect=True`` parametrization)."""
+    and ``keep_sessions`` for the manager, ``agent_args`` for ``bai agent`` (``indirect=True``
+    parametrization)."""
     if reason := sandbox_unavailable():
         pytest.skip(reason)
     options = getattr(request, "param", {})
     secret = secrets.token_hex(16)
-    mgr = ManagerThread(tmp_path / "manager", secret, options.get("agent_lost_after_s", 1.0))
+    mgr = ManagerThread(
+        tmp_path / "manager", secret, options.get("agent_lost_after_s", 1.0), free_port(),
+        options.get("keep_sessions", False),
+    )  # fmt: skip
     mgr.thread.start()
     creds = mgr.call(mgr._start(tmp_path / "manager"))
     api = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
@@ -91,18 +107,14 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     try:
         yield cluster
     finally:
-        api.close()
+        cluster.api.close()
         agent = cluster.agent
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
         agent.wait(30)
         if agent.stderr:
             agent.stderr.close()
-        mgr.call(mgr.api.stop())
-        mgr.call(mgr.manager.stop())
-        mgr.loop.call_soon_threadsafe(mgr.loop.stop)
-        mgr.thread.join(10)
-        mgr.loop.close()
+        cluster.manager.stop()
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
