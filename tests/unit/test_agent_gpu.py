@@ -114,3 +114,32 @@ def test_a_reattached_session_gets_its_own_devices_back() -> None:
     with pytest.raises(GpuError, match="no GPU 7"):
         allocator.reserve("c", [7])
     assert allocator.held_by("c") == []
+
+
+LDCONFIG_P = """1234 libs found in cache `/etc/ld.so.cache'
+\tlibnvidia-ml.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libnvidia-ml.so.1
+\tlibnvidia-ml.so.1 (libc6) => /lib/i386-linux-gnu/libnvidia-ml.so.1
+\tlibnvidia-gpucomp.so.550.54.14 (libc6,x86-64) => /lib/x86_64-linux-gnu/libnvidia-gpucomp.so.550.54.14
+\tlibcuda.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libcuda.so.1
+\tlibcuda.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libcuda.so
+\tlibcudart.so.12 (libc6,x86-64) => /usr/local/cuda/lib64/libcudart.so.12
+\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => /lib/x86_64-linux-gnu/libc.so.6
+garbage line
+"""
+
+
+def test_the_drivers_own_libraries_are_found_in_the_loader_cache() -> None:
+    found = gpu.parse_ldconfig(LDCONFIG_P)
+    assert found == {
+        "libnvidia-ml.so.1": Path("/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
+        "libnvidia-gpucomp.so.550.54.14": Path("/lib/x86_64-linux-gnu/libnvidia-gpucomp.so.550.54.14"),
+        "libcuda.so.1": Path("/lib/x86_64-linux-gnu/libcuda.so.1"),
+    }  # not the 32-bit ones, the dev links, nor the CUDA runtime (the image's or the wheel's)
+    assert gpu.parse_ldconfig("") == {}
+
+
+def test_a_host_without_a_driver_has_no_driver_files() -> None:
+    files = gpu.driver_files()  # this machine has no NVIDIA driver; a GPU machine lists its own
+    assert all(name.startswith(("lib/", "bin/")) and path.is_absolute() for name, path in files.items())
+    if not Path("/proc/driver/nvidia").exists():
+        assert not [name for name in files if name.startswith("lib/")]

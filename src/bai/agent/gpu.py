@@ -194,6 +194,55 @@ def _nvml_device(nvml: ctypes.CDLL, index: int) -> GpuDevice:
     return GpuDevice(index, uuid.value.decode(), name.value.decode(), memory.total, minor.value)
 
 
+# -- the driver's user-space side, for containers -------------------------------------
+
+#: the driver's libraries a CUDA or NVML program loads (sonames; a trailing "." matches any
+#: version): the host's, since they must match its kernel module exactly. A container gets
+#: them read-only where no NVIDIA container toolkit injects them (bai.agent.backends.docker)
+DRIVER_LIBRARIES = (
+    "libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4",
+    "libcudadebugger.so.1", "libnvidia-gpucomp.so.", "libnvidia-allocator.so.1", "libnvidia-cfg.so.1",
+)  # fmt: skip
+DRIVER_BINARIES = ("nvidia-smi",)
+LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
+
+
+def parse_ldconfig(text: str, arch: str = "x86-64") -> dict[str, Path]:
+    """``ldconfig -p``: soname → path, for the libraries of ``arch`` that are the driver's."""
+    found: dict[str, Path] = {}
+    for line in text.splitlines():
+        name, sep, path = line.strip().partition(" => ")
+        if not sep:
+            continue
+        soname, _, flags = name.partition(" ")
+        if arch not in flags or soname in found:
+            continue
+        if any(soname == wanted or (wanted.endswith(".") and soname.startswith(wanted)) for wanted in DRIVER_LIBRARIES):
+            found[soname] = Path(path)
+    return found
+
+
+def driver_files() -> dict[str, Path]:
+    """The host's driver libraries and tools: the name a container sees (``lib/<soname>``,
+    ``bin/<tool>``) → the real file on the host (links resolved). Empty without a driver."""
+    ldconfig = next((path for path in LDCONFIG if Path(path).exists()), None)
+    files: dict[str, Path] = {}
+    if ldconfig is not None:
+        try:
+            listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=30, check=True).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("ldconfig -p failed: %s", exc)
+            listing = ""
+        for soname, path in parse_ldconfig(listing).items():
+            with contextlib.suppress(OSError):
+                files[f"lib/{soname}"] = path.resolve(strict=True)
+    for tool in DRIVER_BINARIES:
+        found = shutil.which(tool)
+        if found is not None:
+            files[f"bin/{tool}"] = Path(found).resolve()
+    return files
+
+
 # -- allocation -----------------------------------------------------------------------
 
 
