@@ -56,8 +56,33 @@ async def inspect(container_id: str) -> dict[str, Any]:
 async def test_a_session_runs_and_keeps_its_state(agent: Agent, session: str) -> None:
     first = await agent.execute(query(session, "x = 41"))
     assert (first.status, first.exit_code) == ("finished", 0)
-    second = await agent.execute(query(session, "import os\nprint(x + 1, os.getuid(), os.getgid(), os.getcwd())"))
-    assert stdout_of(second) == "42 1000 1000 /home/work\n"
+    second = await agent.execute(query(session, "import os\nprint(x + 1, os.getcwd())"))
+    assert stdout_of(second) == "42 /home/work\n"
+
+
+async def test_each_container_runs_as_a_host_uid_of_its_own(agent: Agent) -> None:
+    """Not the image's uid 1000 (often a person's account on the host): one uid of the agent's
+    range per session, named as the image's user inside, owning the session's /home/work."""
+    first, second = await new_session(agent), await new_session(agent)
+    code = (
+        "import os, pwd, getpass, subprocess\n"
+        "print(os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name, getpass.getuser())\n"
+        "print(os.stat('/home/work').st_uid == os.getuid(), subprocess.run(['whoami'], capture_output=True,"
+        " text=True).stdout.strip(), subprocess.run(['id', '-gn'], capture_output=True, text=True).stdout.strip())\n"
+        "try:\n    open('/etc/passwd', 'a')\nexcept OSError as e:\n    print('refused', e.errno)\n"
+    )
+    seen = []
+    for session in (first, second):
+        lines = stdout_of(await run(agent, session, code)).splitlines()
+        uid, gid, name, user = lines[0].split()
+        assert uid == gid and name == user == "work"
+        base = agent.config.sandbox_uid_base
+        assert base <= int(uid) < base + agent.config.sandbox_uid_count
+        assert lines[1] == "True work work" and lines[2] in ("refused 13", "refused 30")  # root's, read-only
+        info = await inspect(container_of(agent, session).container_id)
+        assert info["Config"]["User"] == f"{uid}:{uid}"
+        seen.append(uid)
+    assert seen[0] != seen[1]
     failed = await run(agent, session, "raise SystemExit(3)")
     assert failed.exit_code == 3
     assert agent.info().backend == "docker" and "python" in agent.info().environments
@@ -67,7 +92,8 @@ async def test_the_container_is_set_up_as_the_issue_lists(agent: Agent, session:
     sandbox = container_of(agent, session)
     info = await inspect(sandbox.container_id)
     config, host = info["Config"], info["HostConfig"]
-    assert config["Image"] == IMAGE and config["User"] == "1000:1000"
+    uid = container_of(agent, session).container_spec.uid
+    assert config["Image"] == IMAGE and config["User"] == f"{uid}:{uid}" != "1000:1000"
     assert config["Labels"][LABEL_AGENT] == agent.config.agent_id
     assert config["Labels"][LABEL_SESSION] == session
     assert config["Labels"][LABEL_DATA_DIR] == agent.backend.data_digest  # type: ignore[attr-defined]
@@ -309,8 +335,8 @@ def test_a_session_through_the_api(fresh_server: Any) -> None:
         name = f"d-{uuid.uuid4().hex[:8]}"
         created = client.post("/session", {"image": "python", "name": name})
         assert created.status_code == 201, created.text
-        result = client.run(name, "import os\nprint(os.path.exists('/.dockerenv'), os.getuid())")
-        assert result["console"] == [["stdout", "True 1000\n"]] or "True 1000" in json.dumps(result)
+        result = client.run(name, "import os\nprint(os.path.exists('/.dockerenv'), os.getuid() >= 1_000_000)")
+        assert result["console"] == [["stdout", "True True\n"]], result
         stats = client.delete(f"/session/{name}").json()["stats"]
         assert stats["status"] == "terminated"
     finally:

@@ -25,6 +25,7 @@ from bai.agent.backends.docker_parts import (
     image_from,
     limit_fields,
     parent_pid,
+    passwd_files,
     scratch_fields,
     scratch_from,
 )
@@ -247,3 +248,17 @@ def test_the_runner_waits_for_a_restarted_agent_when_told() -> None:
     assert argv[-2:] == ["--reconnect", "600"]
     assert "--reconnect" not in spec().command()
     assert parse_args(["--connect", "/run/bai/runner.sock", "--reconnect", "2.5"]).reconnect == 2.5
+
+
+def test_a_container_runs_as_its_own_host_uid_named_as_the_images_user() -> None:
+    body = spec(uid=1_000_042, etc_dir=Path("/data/docker/etc/1000042")).body()
+    assert body["User"] == "1000042:1000042"
+    assert "USER=work" in body["Env"] and "LOGNAME=work" in body["Env"]
+    binds = body["HostConfig"]["Binds"]
+    assert "/data/docker/etc/1000042/passwd:/etc/passwd:ro" in binds
+    assert "/data/docker/etc/1000042/group:/etc/group:ro" in binds
+    assert spec().body()["User"] == "1000:1000"  # without one: the image's
+    files = passwd_files("work", 1_000_042, "/home/work")
+    assert "work:x:1000042:1000042::/home/work:/bin/bash\n" in files["passwd"]
+    assert files["passwd"].startswith("root:x:0:0:") and files["group"].count("\n") == 3
+    assert "work:x:1000042:\n" in files["group"]

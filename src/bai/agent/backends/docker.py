@@ -48,10 +48,12 @@ from bai.agent.backends.docker_parts import (
     SandboxRecord,
     environments_of,
     image_from,
+    passwd_files,
     scratch_from,
 )
 from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
 from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
+from bai.agent.backends.local import UidPool
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
@@ -95,6 +97,8 @@ class DockerBackend(Backend):
         #: ``recover`` takes them back
         self._orphans: list[tuple[SandboxRecord, Scratch, DockerContainer]] = []
         self.session_cgroups = False  # whether each container goes under a session cgroup of ours
+        #: a host uid per container (the local backend's range); None where the agent is not root
+        self.uids = UidPool(config.sandbox_uid_base, config.sandbox_uid_count) if os.geteuid() == 0 else None
 
     async def start(self) -> None:
         try:
@@ -154,6 +158,10 @@ class DockerBackend(Backend):
                 self.gpu_allocator.reserve(record.spec.session_id, record.gpus)
             except GpuError as exc:
                 log.warning("session %s cannot be re-attached: %s", record.spec.session_id, exc)
+                continue
+            if record.uid is not None and (self.uids is None or not self.uids.reserve(record.uid)):
+                log.warning("session %s cannot be re-attached: uid %s is not free", record.spec.session_id, record.uid)
+                self.gpu_allocator.release(record.spec.session_id)
                 continue
             self._orphans.append((record, scratch, container))
         await self.reconcile(keep={record.container_id for record, _, _ in self._orphans})
@@ -312,6 +320,8 @@ class DockerBackend(Backend):
             seccomp_profile=self.profiles.get(image.environment),
             init=self.config.docker_init,
             reconnect_s=self.config.docker_reattach_s,
+            uid=record.uid,
+            etc_dir=self.root / "etc" / str(record.uid) if record.uid is not None else None,
         )
         sandbox = DockerSandbox(
             self.host, spec, container_spec, scratch, parent, self.launches.get(image.environment), record.gpus
@@ -388,17 +398,18 @@ class DockerBackend(Backend):
             devices = self.gpu_allocator.allocate(spec.session_id, gpu_count(spec.resources))
         except GpuError as exc:
             raise SessionCreationFailed(f"cannot give the session its GPUs: {exc}") from exc
+        uid = self.uids.acquire() if self.uids is not None else None
+        owner = uid if uid is not None else image.uid
         try:
-            scratch = await asyncio.to_thread(
-                host.scratch.create, spec.session_id, spec.scratch_bytes, image.uid, image.gid
-            )
+            etc_dir = await asyncio.to_thread(self._etc_for, image, uid) if uid is not None else None
+            scratch = await asyncio.to_thread(host.scratch.create, spec.session_id, spec.scratch_bytes, owner, owner)
         except (OSError, ScratchError) as exc:
-            self.gpu_allocator.release(spec.session_id)
+            self._release_ids(spec.session_id, uid)
             raise SessionCreationFailed(f"cannot create the scratch dir: {exc}") from exc
         try:
             parent = self._session_cgroup(spec, limits)
         except SessionCreationFailed:
-            self.gpu_allocator.release(spec.session_id)
+            self._release_ids(spec.session_id, uid)
             await asyncio.to_thread(host.scratch.remove, scratch)
             raise
         environ = dict(spec.environ)
@@ -421,6 +432,8 @@ class DockerBackend(Backend):
             cgroup_parent=f"/{parent.name}" if parent is not None else "",
             devices=tuple(str(node) for node in self.gpus.nodes_for(devices)),
             reconnect_s=self.config.docker_reattach_s,
+            uid=uid,
+            etc_dir=etc_dir,
         )
         sandbox = DockerSandbox(
             host, spec, container, scratch, parent, self.launches.get(image.environment),
@@ -445,8 +458,25 @@ class DockerBackend(Backend):
         except CgroupError as exc:
             raise SessionCreationFailed(f"cannot make the session's cgroup: {exc}") from exc
 
+    def _etc_for(self, image: KernelImage, uid: int) -> Path:
+        """The dir holding the /etc/passwd and /etc/group of a container running as ``uid``
+        (written at each create: one live session per uid; root's, read-only inside)."""
+        directory = self.root / "etc" / str(uid)
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for name, text in passwd_files(image.user, uid, image.workdir).items():
+            tmp = directory / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            os.replace(tmp, directory / name)
+        return directory
+
+    def _release_ids(self, session_id: str, uid: int | None) -> None:
+        self.gpu_allocator.release(session_id)
+        if uid is not None and self.uids is not None:
+            self.uids.release(uid)
+
     def _released(self, sandbox: DockerSandbox) -> None:
-        self.gpu_allocator.release(sandbox.container_spec.session_id)  # the id it was created under
+        self._release_ids(sandbox.container_spec.session_id, sandbox.container_spec.uid)  # as created
         if self.sandboxes.get(sandbox.session_id) is sandbox:
             del self.sandboxes[sandbox.session_id]
 

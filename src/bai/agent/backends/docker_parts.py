@@ -51,6 +51,7 @@ class KernelImage:
     uid: int
     gid: int
     workdir: str = HOME
+    user: str = "work"  # the user's name in the image (its bai.user label)
     config: str = ""  # the runner's --config (a REPL's settings), JSON; "" for python
 
 
@@ -61,8 +62,9 @@ def image_from(ref: str, labels: Mapping[str, str]) -> KernelImage | None:
     if not environment or not runtime:
         return None
     user = labels.get("bai.user", "work:1000")
+    name, _, number = user.rpartition(":")
     try:
-        uid = int(user.rpartition(":")[2])
+        uid = int(number)
     except ValueError:
         return None
     if uid == 0:
@@ -75,6 +77,7 @@ def image_from(ref: str, labels: Mapping[str, str]) -> KernelImage | None:
         uid=uid,
         gid=uid,
         workdir=labels.get("bai.workdir", HOME),
+        user=name or "work",
     )
 
 
@@ -124,6 +127,10 @@ class ContainerSpec:
     #: how long the runner waits for a restarted agent when the agent's socket closes
     #: without a Shutdown (0: it exits, and the session with it)
     reconnect_s: float = 0.0
+    #: the host uid (= gid) the container runs as, one per session, with the dir holding the
+    #: /etc/passwd and /etc/group that name it as the image's user; None: the image's uid
+    uid: int | None = None
+    etc_dir: Path | None = None
 
     def command(self) -> list[str]:
         argv = [self.image.runner_python, "-I", "-c", RUNNER_BOOT]
@@ -138,13 +145,16 @@ class ContainerSpec:
 
     def body(self) -> dict[str, Any]:
         """The Engine API's ``POST /containers/create`` body."""
-        env = {**BASE_ENV, "HOME": self.image.workdir, **self.environ}
+        env = {**BASE_ENV, "HOME": self.image.workdir, "USER": self.image.user, "LOGNAME": self.image.user,
+               **self.environ}  # fmt: skip
         command = self.command()
+        uid = self.uid if self.uid is not None else self.image.uid
+        gid = self.uid if self.uid is not None else self.image.gid
         return {
             "Image": self.image.ref,
             "Entrypoint": command[:1],
             "Cmd": command[1:],
-            "User": f"{self.image.uid}:{self.image.gid}",
+            "User": f"{uid}:{gid}",
             "WorkingDir": self.image.workdir,
             "Hostname": HOSTNAME,
             "Env": [f"{name}={value}" for name, value in env.items()],
@@ -164,6 +174,7 @@ class ContainerSpec:
                 f"{self.runner_dir}:{RUNNER_MOUNT}:ro",
                 f"{self.scratch}:{self.image.workdir}",
                 f"{self.socket_dir}:{SOCKET_MOUNT}",
+                *(f"{self.etc_dir / name}:/etc/{name}:ro" for name in ("passwd", "group") if self.etc_dir),
                 *(f"{node}:/dev/{Path(node).name}:ro" for node in self.devices if not _is_char_device(node)),
             ],
             "Devices": [
@@ -240,6 +251,7 @@ class SandboxRecord:
     scratch: dict[str, Any]  # bai.agent.scratch.Scratch's fields
     parent_cgroup: bool  # whether it runs under a session cgroup of ours
     gpus: tuple[int, ...] = ()  # the device indexes it holds
+    uid: int | None = None  # the host uid it runs as (None: the image's)
     version: int = 1
 
     @property
@@ -295,3 +307,17 @@ def scratch_from(fields: Mapping[str, Any]) -> Scratch:
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"a malformed scratch record: {exc}") from exc
+
+
+def passwd_files(user: str, uid: int, home: str) -> dict[str, str]:
+    """The /etc/passwd and /etc/group of a container that runs as host ``uid``: the image's
+    user under that number (``whoami``, ``ls -l`` and ``getpwuid`` find a name), root and
+    nobody; no other account, since nothing in a session logs in."""
+    return {
+        "passwd": (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{user}:x:{uid}:{uid}::{home}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\n{user}:x:{uid}:\nnogroup:x:65534:\n",
+    }

@@ -193,6 +193,7 @@ class DockerSandbox(Sandbox):
             scratch=scratch_fields(self.scratch_disk),
             parent_cgroup=self.parent is not None,
             gpus=self.gpus,
+            uid=self.container_spec.uid,
         )
 
     def _save_record(self) -> None:

@@ -79,6 +79,14 @@ class UidPool:
                 return self.base + slot
         raise SessionCreationFailed("no free sandbox uid left on this agent")
 
+    def reserve(self, uid: int) -> bool:
+        """Take ``uid`` (a re-attached sandbox's); False when it is outside the range or taken."""
+        slot = uid - self.base
+        if not 0 <= slot < self.count or slot in self._used:
+            return False
+        self._used.add(slot)
+        return True
+
     def release(self, uid: int) -> None:
         self._used.discard(uid - self.base)
 
