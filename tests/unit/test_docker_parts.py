@@ -30,6 +30,7 @@ from bai.agent.backends.docker_parts import (
     scratch_from,
 )
 from bai.agent.cgroups import Limits
+from bai.agent.config import AgentConfig
 from bai.agent.scratch import Scratch
 from bai.common.agent_rpc import SandboxSpec
 from bai.runner.main import Options, parse_args
@@ -262,3 +263,44 @@ def test_a_container_runs_as_its_own_host_uid_named_as_the_images_user() -> None
     assert "work:x:1000042:1000042::/home/work:/bin/bash\n" in files["passwd"]
     assert files["passwd"].startswith("root:x:0:0:") and files["group"].count("\n") == 3
     assert "work:x:1000042:\n" in files["group"]
+
+
+def test_real_gpus_go_through_the_toolkit_or_the_drivers_files() -> None:
+    toolkit = spec(gpu_requests=("GPU-aaaa", "GPU-bbbb")).body()["HostConfig"]
+    assert toolkit["DeviceRequests"] == [
+        {"Driver": "nvidia", "DeviceIDs": ["GPU-aaaa", "GPU-bbbb"], "Capabilities": [["gpu", "compute", "utility"]]}
+    ]
+    assert "DeviceRequests" not in spec().body()["HostConfig"]
+    files = {"lib/libcuda.so.1": "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54", "bin/nvidia-smi": "/usr/bin/nvidia-smi"}
+    body = spec(driver_files=files).body()
+    binds = body["HostConfig"]["Binds"]
+    assert "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54:/usr/local/nvidia/lib/libcuda.so.1:ro" in binds
+    assert "/usr/bin/nvidia-smi:/usr/local/nvidia/bin/nvidia-smi:ro" in body["HostConfig"]["Binds"]
+    env = dict(item.split("=", 1) for item in body["Env"])
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib" and env["PATH"].endswith(":/usr/local/nvidia/bin")
+    assert "LD_LIBRARY_PATH" not in dict(item.split("=", 1) for item in spec().body()["Env"])
+
+
+async def test_the_backend_picks_the_toolkit_where_the_engine_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bai.agent import gpu
+    from bai.agent.backends import docker
+
+    def backend() -> DockerBackend:
+        made = DockerBackend(AgentConfig(data_dir=tmp_path, backend="docker"))
+        made.gpus = gpu.GpuInventory((gpu.GpuDevice(0, "GPU-aaaa", "H100", 80 * 2**30, 0),), Path("/dev"))
+        return made
+
+    monkeypatch.setattr(docker, "driver_files", lambda: {"lib/libcuda.so.1": Path("/lib/libcuda.so.1")})
+    monkeypatch.setattr(docker.shutil, "which", lambda name: None)
+    with_runtime = backend()
+    await with_runtime._gpu_wiring({"Runtimes": {"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}}})
+    assert with_runtime.gpu_toolkit and with_runtime.driver_files == {}
+    plain = backend()
+    await plain._gpu_wiring({"Runtimes": {"runc": {}}})
+    assert not plain.gpu_toolkit and plain.driver_files == {"lib/libcuda.so.1": "/lib/libcuda.so.1"}
+    forced = DockerBackend(AgentConfig(data_dir=tmp_path, backend="docker", docker_gpus="binds"))
+    forced.gpus = plain.gpus
+    await forced._gpu_wiring({"Runtimes": {"nvidia": {}}})
+    assert not forced.gpu_toolkit

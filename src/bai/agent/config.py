@@ -80,6 +80,11 @@ class AgentConfig(BaseSettings):
     #: namespace's PID 1 cannot be killed from inside, where under an init the user's code
     #: (same uid) could kill the runner
     docker_init: bool = False
+    #: how a container gets its GPUs: "toolkit" a device request to the NVIDIA container toolkit
+    #: (its nodes and the driver's libraries injected by the toolkit); "binds" the device nodes
+    #: and the host driver's libraries and tools bound read-only by the agent; "auto": the
+    #: toolkit where the engine has it (an nvidia runtime, or nvidia-container-cli on the host)
+    docker_gpus: Literal["auto", "toolkit", "binds"] = "auto"
     #: how long a container's runner waits for its agent to come back when the agent's
     #: socket closes without a Shutdown (a crash or restart): the next agent on this data
     #: dir re-attaches the session within that window; 0: the session dies with its agent

@@ -58,7 +58,7 @@ from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
 from bai.agent.environments.launch import Launch
-from bai.agent.gpu import GpuAllocator, GpuError, GpuInventory, gpu_count, visible_devices
+from bai.agent.gpu import GpuAllocator, GpuError, GpuInventory, driver_files, gpu_count, visible_devices
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, open_disks, reconcile, remove_scratch
 from bai.agent.seccomp import PolicyError, policy_for
 from bai.agent.seccomp.docker import docker_profile
@@ -99,6 +99,8 @@ class DockerBackend(Backend):
         self.session_cgroups = False  # whether each container goes under a session cgroup of ours
         #: a host uid per container (the local backend's range); None where the agent is not root
         self.uids = UidPool(config.sandbox_uid_base, config.sandbox_uid_count) if os.geteuid() == 0 else None
+        self.gpu_toolkit = False  # real GPUs through device requests (else binds): _gpu_wiring
+        self.driver_files: dict[str, str] = {}  # bound into containers with real GPUs
 
     async def start(self) -> None:
         try:
@@ -152,6 +154,7 @@ class DockerBackend(Backend):
         )
         self.gpus = find_gpus(self.config, self.config.data_dir / "fake-gpus")
         self.gpu_allocator = GpuAllocator(self.gpus.devices)
+        await self._gpu_wiring(info)
         self._orphans = []
         for record, scratch, container in survivors:
             try:
@@ -165,6 +168,22 @@ class DockerBackend(Backend):
                 continue
             self._orphans.append((record, scratch, container))
         await self.reconcile(keep={record.container_id for record, _, _ in self._orphans})
+
+    async def _gpu_wiring(self, info: Mapping[str, Any]) -> None:
+        """How containers get real GPUs: a device request where the NVIDIA container toolkit
+        is there, else their nodes and the host driver's files (a fake inventory: its files)."""
+        if not self.gpus.devices or self.config.fake_gpus:
+            return
+        mode = self.config.docker_gpus
+        if mode == "auto":
+            mode = "toolkit" if _has_toolkit(info) else "binds"
+        self.gpu_toolkit = mode == "toolkit"
+        if not self.gpu_toolkit:
+            found = await asyncio.to_thread(driver_files)
+            self.driver_files = {name: str(path) for name, path in found.items()}
+            if "lib/libcuda.so.1" not in found:
+                log.warning("GPUs without the NVIDIA container toolkit, and no libcuda.so.1 found to bind")
+        log.info("GPUs reach containers through %s", "the NVIDIA container toolkit" if self.gpu_toolkit else "binds")
 
     async def _kernel_images(self, docker: aiodocker.Docker) -> dict[str, KernelImage]:
         found = []
@@ -430,7 +449,9 @@ class DockerBackend(Backend):
             preload=self.config.preload_modules if image.engine == "python" else (),
             extra_labels={LABEL_DATA_DIR: self.data_digest},
             cgroup_parent=f"/{parent.name}" if parent is not None else "",
-            devices=tuple(str(node) for node in self.gpus.nodes_for(devices)),
+            devices=() if self.gpu_toolkit else tuple(str(node) for node in self.gpus.nodes_for(devices)),
+            gpu_requests=tuple(device.uuid for device in devices) if self.gpu_toolkit else (),
+            driver_files=self.driver_files if devices else {},
             reconnect_s=self.config.docker_reattach_s,
             uid=uid,
             etc_dir=etc_dir,
@@ -483,6 +504,13 @@ class DockerBackend(Backend):
     def _renamed(self, sandbox: DockerSandbox, old_id: str) -> None:
         self.sandboxes.pop(old_id, None)
         self.sandboxes[sandbox.session_id] = sandbox
+
+
+def _has_toolkit(info: Mapping[str, Any]) -> bool:
+    """Whether the engine can serve NVIDIA device requests: an nvidia runtime registered, or
+    the toolkit's CLI on this host (Docker's built-in GPU support calls it)."""
+    runtimes = info.get("Runtimes") or {}
+    return "nvidia" in runtimes or shutil.which("nvidia-container-cli") is not None
 
 
 def _docker_cgroup_version(info: Mapping[str, Any]) -> str:

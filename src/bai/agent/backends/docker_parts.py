@@ -27,6 +27,7 @@ LABEL_DATA_DIR = "bai.data-dir"  # a digest of the agent's data dir: two agents 
 LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
 SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
 SOCKET_NAME = "runner.sock"
+DRIVER_MOUNT = "/usr/local/nvidia"  # the host driver's libraries and tools, where no toolkit injects them
 NANO = Decimal(10**9)
 #: the runner engines this backend starts: an image's engine and its settings come from the
 #: catalog entry its bai.environment label names (bai.agent.environments.launch)
@@ -131,6 +132,12 @@ class ContainerSpec:
     #: /etc/passwd and /etc/group that name it as the image's user; None: the image's uid
     uid: int | None = None
     etc_dir: Path | None = None
+    #: its GPUs by UUID, asked of the NVIDIA container toolkit (a device request: the toolkit
+    #: adds their nodes and the driver's libraries); empty where ``devices`` carries the nodes
+    gpu_requests: tuple[str, ...] = ()
+    #: without the toolkit: the host driver's libraries and tools, ``lib/<soname>`` or
+    #: ``bin/<tool>`` → the host file, bound read-only under DRIVER_MOUNT
+    driver_files: Mapping[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
         argv = [self.image.runner_python, "-I", "-c", RUNNER_BOOT]
@@ -146,7 +153,7 @@ class ContainerSpec:
     def body(self) -> dict[str, Any]:
         """The Engine API's ``POST /containers/create`` body."""
         env = {**BASE_ENV, "HOME": self.image.workdir, "USER": self.image.user, "LOGNAME": self.image.user,
-               **self.environ}  # fmt: skip
+               **self.driver_environ(), **self.environ}  # fmt: skip
         command = self.command()
         uid = self.uid if self.uid is not None else self.image.uid
         gid = self.uid if self.uid is not None else self.image.gid
@@ -175,6 +182,7 @@ class ContainerSpec:
                 f"{self.scratch}:{self.image.workdir}",
                 f"{self.socket_dir}:{SOCKET_MOUNT}",
                 *(f"{self.etc_dir / name}:/etc/{name}:ro" for name in ("passwd", "group") if self.etc_dir),
+                *(f"{host}:{DRIVER_MOUNT}/{name}:ro" for name, host in sorted(self.driver_files.items())),
                 *(f"{node}:/dev/{Path(node).name}:ro" for node in self.devices if not _is_char_device(node)),
             ],
             "Devices": [
@@ -189,9 +197,26 @@ class ContainerSpec:
             "SecurityOpt": security,
             "MaskedPaths": list(MASKED_PATHS),
             **limit_fields(self.limits),
+            **({"DeviceRequests": [self.device_request()]} if self.gpu_requests else {}),
             **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         }
+
+
+    def device_request(self) -> dict[str, Any]:
+        """The Engine API's device request for this container's GPUs (the NVIDIA toolkit's
+        "compute" and "utility" capabilities: CUDA and nvidia-smi, nothing for graphics)."""
+        return {
+            "Driver": "nvidia",
+            "DeviceIDs": list(self.gpu_requests),
+            "Capabilities": [["gpu", "compute", "utility"]],
+        }
+
+    def driver_environ(self) -> dict[str, str]:
+        """Where the loader and the shell find the bound driver files."""
+        if not self.driver_files:
+            return {}
+        return {"LD_LIBRARY_PATH": f"{DRIVER_MOUNT}/lib", "PATH": f"{BASE_ENV['PATH']}:{DRIVER_MOUNT}/bin"}
 
 
 def _is_char_device(path: str) -> bool:
