@@ -81,6 +81,9 @@ class Agent:
     async def start(self) -> None:
         await self.backend.start()
         self._started = True
+        if self.config.keep_sessions and not self.backend.reattachable:
+            log.warning("keep_sessions: the %s backend's sandboxes end with the agent; they are destroyed on stop",
+                        self.backend.name)
         await self._recover()
         config = self.config
         if config.pool_size > 0:
