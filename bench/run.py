@@ -4,9 +4,11 @@ requests over one kept-alive connection), with baselines measured in the same
 run: a plain ``python3 -c pass`` spawn, a bare ``bwrap … python3 -c pass``, and a
 Jupyter kernel start (jupyter_client).
 
-Create → ready is measured twice: served from the warm pool (the default; between
-two creates the bench waits POOL_REFILL_WAIT_S so each one finds a ready sandbox),
-and cold, by a second server started with ``BAI_AGENT_POOL_SIZE=0``.
+Create → ready is measured three times: served from the warm pool (the default; between
+two creates the bench waits POOL_REFILL_WAIT_S so each one finds a ready sandbox), the
+same with the server kept busy during that wait (``_busy``: it serves executes instead
+of idling; on a VM that reclaims an idle guest's memory, idle time makes the next
+request slower), and cold, by a second server started with ``BAI_AGENT_POOL_SIZE=0``.
 
 Two more measure the pool under load, against the same server:
 
@@ -134,19 +136,31 @@ def bench_api(
             # warm up the code paths once
             api.call("POST", "/session", {"image": "python", "name": "bench-warm"})
             api.call("POST", "/session/bench-warm", {"mode": "query", "code": "1+1"})
-            create_ms = []
-            for i in range(creates):
-                if pooled:  # a container's refill takes longer than a local sandbox's
-                    time.sleep(DOCKER_REFILL_WAIT_S if backend == "docker" else POOL_REFILL_WAIT_S)
-                start = time.perf_counter()
-                status, body = api.call("POST", "/session", {"image": "python", "name": f"bench-{i}"})
-                create_ms.append((time.perf_counter() - start) * 1000)
-                assert status == 201 and body["status"] == "RUNNING", body  # type: ignore[index]
-                api.call("DELETE", f"/session/bench-{i}")
 
             def one_exec() -> None:
                 status, body = api.call("POST", "/session/bench-warm", {"mode": "query", "code": "1+1"})
                 assert status == 200 and body["result"]["status"] == "finished", body  # type: ignore[index]
+
+            def creates_after(wait: Callable[[float], None], tag: str) -> list[float]:
+                samples = []
+                for i in range(creates):
+                    if pooled:  # a container's refill takes longer than a local sandbox's
+                        wait(DOCKER_REFILL_WAIT_S if backend == "docker" else POOL_REFILL_WAIT_S)
+                    start = time.perf_counter()
+                    status, body = api.call("POST", "/session", {"image": "python", "name": f"bench-{tag}{i}"})
+                    samples.append((time.perf_counter() - start) * 1000)
+                    assert status == 201 and body["status"] == "RUNNING", body  # type: ignore[index]
+                    api.call("DELETE", f"/session/bench-{tag}{i}")
+                return samples
+
+            def busy(seconds: float) -> None:
+                """Wait while the server serves executes: it is never idle before a create."""
+                until = time.perf_counter() + seconds
+                while time.perf_counter() < until:
+                    one_exec()
+
+            create_ms = creates_after(time.sleep, "")
+            busy_ms = creates_after(busy, "busy-") if pooled else []
 
             exec_ms: list[float] = []
             if execs:
@@ -158,7 +172,11 @@ def bench_api(
             proc.wait(30)
     if not pooled:
         return {f"{prefix}api_create_ready_cold": percentiles(create_ms)}
-    return {f"{prefix}api_create_ready": percentiles(create_ms), f"{prefix}api_exec_1plus1": percentiles(exec_ms)}
+    return {
+        f"{prefix}api_create_ready": percentiles(create_ms),
+        f"{prefix}api_create_ready_busy": percentiles(busy_ms),
+        f"{prefix}api_exec_1plus1": percentiles(exec_ms),
+    }
 
 
 DOCKER = "/usr/bin/docker"  # Debian's client (docs/images.md)
@@ -372,6 +390,9 @@ def report(results: dict[str, dict[str, float]]) -> str:
         cold = results["api_create_ready_cold"]
         lines.append(f"- create → ready, cold / pooled: {cold['p50'] / create:.2f}× "
                      f"(p99: {cold['p99'] / results['api_create_ready']['p99']:.2f}×)")
+    if "api_create_ready_busy" in results:
+        busy = results["api_create_ready_busy"]["p50"]
+        lines.append(f"- pooled create → ready, the server busy / idle before each create: {busy / create:.2f}×")
     for base in ("python3_c_pass", "bwrap_python3_c_pass", "jupyter_kernel_start"):
         if base in results:
             lines.append(f"- pooled create → ready / {base}: {create / results[base]['p50']:.2f}×")
