@@ -51,6 +51,7 @@ from bai.agent.backends.host import protect_from_oom
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
+from bai.agent.files import WorkDir
 from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
@@ -357,6 +358,11 @@ class DockerSandbox(Sandbox):
 
     def end_run(self) -> RunUsage | None:
         return self._meter.stop() if self._meter is not None else None
+
+    def work_dir(self) -> WorkDir:
+        """The scratch dir bound at the image's work dir: the agent made every part of its
+        host path; files it creates there go to the image's user (uid = gid, docker_parts)."""
+        return WorkDir(self.scratch_disk.path, self.container_spec.image.uid)
 
     async def wait_exit(self) -> int:
         if self.container is None:
