@@ -213,8 +213,10 @@ async def test_host_file_system_is_out_of_reach_and_the_root_read_only_in_a_cont
     are the host's paths the local test probes that an image does not have."""
     session = await new_session(agent)
     assert isinstance(agent.backend, DockerBackend)
-    probes = ["/work", str(agent.config.data_dir), str(agent.backend.root), str(agent.backend.socket_root),
-              "/var/lib/docker", "/run/docker.sock", "/var/run/docker.sock", "/etc/ssl/private/ssl-cert-snakeoil.key"]  # fmt: skip
+    probes = [
+        "/work", str(agent.config.data_dir), str(agent.backend.root), str(agent.backend.socket_root),
+        "/var/lib/docker", "/run/docker.sock", "/var/run/docker.sock", "/etc/ssl/private/ssl-cert-snakeoil.key",
+    ]  # fmt: skip
     code = (
         "import os, json\n"
         f"probes = {json.dumps(probes)}\n"

@@ -11,8 +11,9 @@ makes the session's scratch dir and socket dir and starts a ``DockerSandbox``
 (docker_sandbox.py).
 
 Directories: ``<data_dir>/docker/scratch/<name>`` each session's /home/work;
-``<data_dir>/docker/sessions/<name>.json`` each session's record; the runner sockets under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix
-socket's path is at most 107 bytes).
+``<data_dir>/docker/sessions/<name>.json`` each session's record; the runner sockets
+under ``/run/bai-docker/<hash of data_dir>`` (short paths: a unix socket's path is at
+most 107 bytes).
 """
 
 from __future__ import annotations

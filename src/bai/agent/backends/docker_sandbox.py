@@ -522,7 +522,9 @@ class DockerSandbox(Sandbox):
         assert self.container is not None
         with contextlib.suppress(aiodocker.DockerError):  # gone already: made again all the same
             await self.container.delete(force=True, v=True)
-        self.container_spec = dataclasses.replace(self.container_spec, environ=dict(self.spec.environ), limits=self.limits)
+        self.container_spec = dataclasses.replace(
+            self.container_spec, environ=dict(self.spec.environ), limits=self.limits
+        )
         name = container_name(self.host.config.agent_id, self.session_id)
         try:
             self.container = await self.host.docker.containers.create(self.container_spec.body(), name=name)
