@@ -2,8 +2,8 @@
 infinite loop, kill -1, killing PID 1, denied syscalls), ``test_escapes`` (network,
 the server's state and secrets, other sessions' files, setuid binaries, /proc and /sys,
 TIOCSTI, signals) and ``test_output_flood``, run again through the API of an embedded
-server on the docker backend (``docker_server``, the run's, given here as ``bai_server``). Skipped with the reason
-where Docker or the image is missing."""
+server on the docker backend (``docker_server``, the run's, given here as
+``bai_server``). Skipped with the reason where Docker or the image is missing."""
 
 from __future__ import annotations
 
