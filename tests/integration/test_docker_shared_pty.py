@@ -1,9 +1,8 @@
 """The local backend's terminal tests (``test_pty``: a shell on a real pty in the
-session's sandbox, resize, Ctrl-C, bad frames, restart, several terminals, a flood, the
-idle clock, TIOCSTI, the SDK, and a terminal on a remote agent) run again on the docker
-backend: ``bai_server`` is the run's docker server, and the remote agent of ``cluster``
-is started with ``--backend docker``. Skipped with the reason where Docker or the image
-is missing."""
+session's sandbox, exit codes, resize, Ctrl-C, bad frames, restart, several terminals,
+hang-up, a flood, another keypair's session, TIOCSTI, the SDK) run again on the docker
+backend: ``bai_server`` is the run's docker server. Skipped with the reason where Docker
+or the image is missing."""
 
 from __future__ import annotations
 
@@ -15,9 +14,6 @@ from conftest import RunningServer
 from docker_sandbox import docker_unavailable, share
 
 from tests.apiclient import SignedClient
-from tests.integration.test_cluster import cluster
-
-__all__ = ["cluster"]  # the fixture, from test_cluster
 
 REASON = docker_unavailable()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -27,13 +23,13 @@ LOCAL_ONLY = {
     "test_closing_the_socket_hangs_the_shell_up",
     # the agent's RPC route checks the cluster secret before any backend is asked
     "test_the_agent_terminal_route_wants_the_cluster_secret",
+    # the agent's relay of a terminal to a remote manager: the same sandbox terminal as above, 7 s more
+    "test_a_terminal_on_a_remote_agent",
+    # the manager's idle clock (kept going by an open terminal): no part of the backend's
+    "test_an_open_terminal_keeps_its_session_from_idling_out",
 }
 
 PTY = share(Path(__file__).with_name("test_pty.py"), globals(), local_only=LOCAL_ONLY, fixtures={"session"})
-_remote = globals()["test_a_terminal_on_a_remote_agent"]
-globals()["test_a_terminal_on_a_remote_agent"] = pytest.mark.parametrize(
-    "cluster", [{"agent_args": ("--backend", "docker")}], indirect=True
-)(_remote)
 
 
 @pytest.fixture
