@@ -83,6 +83,29 @@ def bai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
     yield from _serve(tmp_path_factory.mktemp("bai-data"))
 
 
+def serve_docker(data_dir: Path, **options: float) -> Iterator[RunningServer]:
+    """What ``bai_server`` and ``fresh_server`` do, on the docker backend: the modules that
+    run the local backend's API tests on docker make their fixtures of it."""
+    from tests.docker_sandbox import docker_unavailable
+
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(f"needs the docker backend: {reason}")
+    thread = ServerThread(data_dir, backend="docker", **options)  # type: ignore[arg-type]
+    running = thread.start()
+    try:
+        yield running
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One embedded server on the docker backend for the whole run: the modules that run
+    the local backend's API tests on docker give it as their ``bai_server``."""
+    yield from serve_docker(tmp_path_factory.mktemp("bai-docker"))
+
+
 @pytest.fixture
 def fresh_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """A server of the test's own, for tests that change global state (agents, restarts).

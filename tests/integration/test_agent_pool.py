@@ -120,7 +120,7 @@ async def test_stop_destroys_pooled_sandboxes() -> None:
         await agent.stop()
         assert agent.backend.sandboxes == {}
         for sandbox in sandboxes:
-            assert not sandbox.scratch.exists()
+            assert not sandbox.work_dir().path.exists()
 
 
 async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly() -> None:
@@ -155,7 +155,7 @@ async def test_a_pooled_sandbox_that_refuses_the_limits_is_destroyed_and_the_ses
     assert (await agent.session_stats(session)).mem_limit == 64 * 2**20
     assert stdout_of(await run(agent, session, "print(2 + 2)")) == "4\n"
     claimed = [s for s in pooled if s.name not in {x.name for x in agent.backend.sandboxes.values()}]
-    assert len(claimed) == 1 and not claimed[0].scratch.exists()  # destroyed, not reused
+    assert len(claimed) == 1 and not claimed[0].work_dir().path.exists()  # destroyed, not reused
 
 
 async def test_a_memory_limit_below_the_pooled_sandboxs_usage_is_refused(agent: Agent) -> None:

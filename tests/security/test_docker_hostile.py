@@ -2,19 +2,18 @@
 infinite loop, kill -1, killing PID 1, denied syscalls), ``test_escapes`` (network,
 the server's state and secrets, other sessions' files, setuid binaries, /proc and /sys,
 TIOCSTI, signals) and ``test_output_flood``, run again through the API of an embedded
-server on the docker backend (this module's ``bai_server``). Skipped with the reason
-where Docker or the image is missing."""
+server on the docker backend (``docker_server``, the run's, given here as
+``bai_server``). Skipped with the reason where Docker or the image is missing."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, ServerThread
+from conftest import RunningServer
 from docker_sandbox import docker_unavailable
 
 from tests.apiclient import SignedClient
@@ -52,21 +51,11 @@ for _name in ("test_hostile_sessions", "test_escapes", "test_output_flood"):
     _load(_name)
 
 
-@pytest.fixture(scope="module")
-def bai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    thread = ServerThread(tmp_path_factory.mktemp("bai-docker"), backend="docker")  # type: ignore[arg-type]
-    running = thread.start()
-    try:
-        yield running
-    finally:
-        thread.stop()
-
-
 @pytest.fixture
-def api(bai_server: RunningServer) -> Iterator[SignedClient]:
-    client = SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key)
-    yield client
-    client.close()
+def bai_server(docker_server: RunningServer) -> RunningServer:
+    """The run's docker server (tests/conftest.py); tests isolate by session names."""
+    assert docker_server.server.agent.backend.name == "docker"
+    return docker_server
 
 
 def test_the_servers_state_and_the_hosts_are_out_of_reach(

@@ -138,7 +138,7 @@ def test_a_link_to_another_sessions_file(
     victim, victim_id = new_session(api)
     try:
         assert upload(api, victim, [("secret.txt", b"victim's secret\n")]).status_code == 204
-        victim_dir = bai_server.server.agent.backend.sandboxes[victim_id].scratch
+        victim_dir = bai_server.server.agent.backend.sandboxes[victim_id].work_dir().path
         secret = victim_dir / "secret.txt"
         before = host_state(secret, victim_dir)
         plant(

@@ -148,7 +148,7 @@ def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, b
     assert isinstance(agent.backend, LocalBackend)
     neighbour, neighbour_id = make_session(api)
     api.run(neighbour, "open('/home/work/secret.txt', 'w').write('neighbour data')")
-    neighbour_file = agent.backend.sandboxes[neighbour_id].scratch / "secret.txt"
+    neighbour_file = agent.backend.sandboxes[neighbour_id].work_dir().path / "secret.txt"
     database = bai_server.data_dir / "bai.sqlite3"
     targets = {
         "shadow": "/etc/shadow",
@@ -216,7 +216,7 @@ async def test_planted_links_survive_every_agent_step_for_each_kind(kind_agent: 
 async def _plant_and_touch(agent: Agent, victim: Path) -> None:
     neighbour = await new_session(agent)
     await run(agent, neighbour, "open('/home/work/secret.txt', 'w').write('neighbour data')")
-    neighbour_file = sandbox_of(agent, neighbour).scratch / "secret.txt"
+    neighbour_file = sandbox_of(agent, neighbour).work_dir().path / "secret.txt"
     targets = {
         "victim": str(victim),
         "victim-dir": str(victim.parent),

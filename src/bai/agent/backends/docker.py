@@ -394,6 +394,12 @@ class DockerBackend(Backend):
     def environments(self) -> list[str]:
         return sorted(name for name in self.images if ":" not in name)
 
+    def pooled_environments(self) -> list[str]:
+        """Those whose runner engine is python, as on the local backend: its runner forks
+        the REPL once the session's variables have come; another engine's REPL (Lua's, R's)
+        starts with the container, so a pooled one would miss them. The others start cold."""
+        return [name for name in self.environments() if self.images[name].engine == "python"]
+
     def image_for(self, environment: str) -> KernelImage | None:
         return self.images.get(environment)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -51,6 +52,7 @@ from bai.agent.backends.host import protect_from_oom
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
+from bai.agent.files import WorkDir
 from bai.agent.scratch import Scratch, ScratchDisks
 from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
 from bai.common.errors import SessionCreationFailed, SessionRestartFailed
@@ -109,6 +111,13 @@ class DockerSandbox(Sandbox):
         self._logs = ""
         self._final: SessionStats | None = None
         self._exit_status: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The name it was created under (its scratch dir's, its session cgroup's, its
+        ``bai.session`` label's): a pooled one keeps its pool name once claimed, as a
+        local sandbox does."""
+        return self.container_spec.session_id
 
     def query_message(self, run_id: str, code: str) -> protocol.Execute:
         if self.launch is None:
@@ -359,6 +368,11 @@ class DockerSandbox(Sandbox):
     def end_run(self) -> RunUsage | None:
         return self._meter.stop() if self._meter is not None else None
 
+    def work_dir(self) -> WorkDir:
+        """The scratch dir bound at the image's work dir: the agent made every part of its
+        host path; files it creates there go to the image's user (uid = gid, docker_parts)."""
+        return WorkDir(self.scratch_disk.path, self.container_spec.image.uid)
+
     async def wait_exit(self) -> int:
         if self.container is None:
             return -1
@@ -426,12 +440,12 @@ class DockerSandbox(Sandbox):
                 f"the pooled sandbox's scratch disk holds {self.scratch_disk.cap} bytes, the session asks {wanted}"
             )
         self._check_memory(limits)
-        calls = [self._rename(container_name(self.host.config.agent_id, spec.session_id))]
-        if limits != self.limits:
-            self._limit_session_cgroup(limits)
-            calls.append(self._update(limits))
+        name = container_name(self.host.config.agent_id, spec.session_id)
         try:
-            await asyncio.gather(*calls)
+            if limits != self.limits:
+                await asyncio.gather(self._rename(name), self._take_limits(limits))
+            else:
+                await self._rename(name)
         except aiodocker.DockerError as exc:
             raise SessionCreationFailed(f"cannot make the pooled container the session's: {exc.message}") from exc
         self._reset_peak()
@@ -440,6 +454,18 @@ class DockerSandbox(Sandbox):
         self.spec = spec
         self.limits = limits
         self._save_record()
+
+    async def _take_limits(self, limits: Limits) -> None:
+        """The session's limits on the container (Docker's update) and on its session
+        cgroup. Cgroup v1's CPU controller refuses (EINVAL) a quota on a parent under one of
+        its children's: a lower quota goes on the container first, a higher one on the
+        session cgroup first."""
+        if limits.cpu < self.limits.cpu:
+            await self._update(limits)
+            self._limit_session_cgroup(limits)
+        else:
+            self._limit_session_cgroup(limits)
+            await self._update(limits)
 
     def _limit_session_cgroup(self, limits: Limits) -> None:
         driver = self.host.cgroups
@@ -476,15 +502,37 @@ class DockerSandbox(Sandbox):
             self._meter.session_peak = 0
 
     async def restart(self) -> None:
-        """Kill the container and start it again: same scratch dir, fresh /tmp, new socket."""
+        """Kill the container and start it again: same scratch dir, fresh /tmp, new socket.
+        A pooled container claimed by a session with variables is made again with them (its
+        environment was the pool's; Docker cannot change it), as a restarted local sandbox
+        starts with its session's own."""
         try:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
             await self._kill()
+            if dict(self.spec.environ) != dict(self.container_spec.environ) and self.name != self.session_id:
+                await self._recreate()
             await self._start_and_accept()
         except (OSError, SessionCreationFailed) as exc:
             raise SessionRestartFailed(f"cannot restart the container: {exc}") from exc
+
+    async def _recreate(self) -> None:
+        """Replace the (stopped) container by one with the session's environment and limits,
+        under the same name, cgroup parent, scratch and socket dirs."""
+        assert self.container is not None
+        with contextlib.suppress(aiodocker.DockerError):  # gone already: made again all the same
+            await self.container.delete(force=True, v=True)
+        self.container_spec = dataclasses.replace(
+            self.container_spec, environ=dict(self.spec.environ), limits=self.limits
+        )
+        name = container_name(self.host.config.agent_id, self.session_id)
+        try:
+            self.container = await self.host.docker.containers.create(self.container_spec.body(), name=name)
+        except aiodocker.DockerError as exc:
+            raise SessionCreationFailed(f"cannot make the container again: {exc.message}") from exc
+        self.container_id = self.container.id
+        self._save_record()
 
     async def _kill(self) -> None:
         assert self.container is not None
