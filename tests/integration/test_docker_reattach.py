@@ -119,7 +119,12 @@ async def test_a_claimed_pooled_session_and_one_with_a_gpu_are_taken_back() -> N
         second = await started(config, keep_sessions=False, pool_size=0)
         try:
             assert sorted(second.sessions) == sorted([pooled, gpu])
-            assert stdout_of(await run(second, pooled, "print(y)")) == "pooled\n"
+            result = await run(second, pooled, "print(y)")
+            assert stdout_of(result) == "pooled\n"
+            assert result.stats is not None and result.stats.cpu_ms > 0  # its session cgroup, found again
+            if container_of(second, pooled).parent is not None:
+                assert container_of(second, pooled).parent.dirs[0].is_dir()  # type: ignore[union-attr]
+                assert (await second.session_stats(pooled)).cpu_used_ms > 0
             assert stdout_of(await run(second, gpu, "print(g == os.environ['CUDA_VISIBLE_DEVICES'])")) == "True\n"
             backend = second.backend
             assert isinstance(backend, DockerBackend)

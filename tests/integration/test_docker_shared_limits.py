@@ -244,7 +244,8 @@ async def test_only_home_work_is_written_to_the_host_in_a_container(agent: Agent
     scratch = sandbox.scratch_disk.path
     host_file = scratch / "out.txt"
     assert host_file.read_text() == "hello"
-    uid = sandbox.container_spec.image.uid
+    uid = sandbox.container_spec.uid  # the session's own host uid (docs/docker-backend.md)
+    assert uid is not None and uid != sandbox.container_spec.image.uid
     assert host_file.stat().st_uid == uid and scratch.stat().st_uid == uid
     assert scratch.stat().st_mode & 0o777 == 0o700
 
@@ -257,9 +258,10 @@ async def test_identity_inside_and_on_the_host_in_a_container(agent: Agent) -> N
         "import os, pwd\nprint(os.getuid(), os.getgid(), os.getpid(), pwd.getpwuid(os.getuid()).pw_name)\n",
     )
     uid, gid, pid, name = out.split()
-    assert (uid, gid, name) == ("1000", "1000", "work")
-    assert int(pid) < 50  # its own PID namespace
     sandbox = container_of(agent, session)
+    assert (uid, gid, name) == (str(sandbox.container_spec.uid), uid, "work")  # its own uid, the image's name
+    assert int(uid) >= agent.config.sandbox_uid_base
+    assert int(pid) < 50  # its own PID namespace
     assert sandbox.cgroup is not None and sandbox.host.cgroups is not None
     pids = sandbox.host.cgroups.pids(sandbox.cgroup)
     assert sandbox.runner_pid in pids
@@ -267,7 +269,7 @@ async def test_identity_inside_and_on_the_host_in_a_container(agent: Agent) -> N
     for pid_ in pids:
         status = Path(f"/proc/{pid_}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
-        assert uids == [uid] * 4, (pid_, uids)  # no user namespace: the image's uid on the host too
+        assert uids == [uid] * 4, (pid_, uids)  # no user namespace: the same uid on the host
 
 
 async def test_runner_holds_no_host_file_in_a_container(agent: Agent) -> None:
@@ -286,7 +288,9 @@ async def test_environment_holds_nothing_of_the_agent_in_a_container(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As the local test, but Docker puts HOSTNAME (the container's hostname) in every
-    container's environment; it cannot be unset, and it says nothing of the agent."""
+    container's environment; it cannot be unset, and it says nothing of the agent. USER and
+    LOGNAME name the image's user, whose uid is the session's own (a number with no name
+    on the host)."""
     monkeypatch.setenv("BAI_TEST_SECRET_TOKEN", "hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "also-secret")
     session = await new_session(agent, environ={"GREETING": "hi there", "PYTHONHASHSEED": "0"})
@@ -294,5 +298,7 @@ async def test_environment_holds_nothing_of_the_agent_in_a_container(
     assert "hunter2" not in json.dumps(env) and "also-secret" not in json.dumps(env)
     assert env["GREETING"] == "hi there" and env["HOSTNAME"] == "sandbox"
     assert env["HOME"] == "/home/work" and env["LANG"] == "C.UTF-8" and env["PYTHONUNBUFFERED"] == "1"
-    allowed = {"PATH", "HOME", "LANG", "TERM", "PYTHONUNBUFFERED", "GREETING", "PYTHONHASHSEED", "PWD", "HOSTNAME"}
+    assert env["USER"] == env["LOGNAME"] == "work"
+    allowed = {"PATH", "HOME", "LANG", "TERM", "PYTHONUNBUFFERED", "GREETING", "PYTHONHASHSEED", "PWD", "HOSTNAME",
+               "USER", "LOGNAME"}  # fmt: skip
     assert not {k for k in env if k not in allowed and not k.startswith(("PYTHON", "BAI_RUNNER", "MPL"))}

@@ -58,7 +58,15 @@ from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog
 from bai.agent.environments.launch import Launch
-from bai.agent.gpu import GpuAllocator, GpuError, GpuInventory, driver_files, gpu_count, visible_devices
+from bai.agent.gpu import (
+    GpuAllocator,
+    GpuDevice,
+    GpuError,
+    GpuInventory,
+    driver_files,
+    gpu_count,
+    visible_devices,
+)
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, open_disks, reconcile, remove_scratch
 from bai.agent.seccomp import PolicyError, policy_for
 from bai.agent.seccomp.docker import docker_profile
@@ -325,22 +333,13 @@ class DockerBackend(Backend):
         image = self.images[record.environment]
         spec, limits = record.spec, record.limits
         driver = self.host.cgroups
-        parent = driver.attach(spec.session_id, limits) if record.parent_cgroup and driver is not None else None
-        container_spec = ContainerSpec(
-            agent_id=self.config.agent_id,
-            session_id=record.created_as,
-            image=image,
-            limits=limits,
-            runner_dir=self.runner_dir,
-            scratch=scratch.path,
-            socket_dir=Path(record.socket_dir),
-            environ=spec.environ,
-            tmp_size=self.config.tmp_size,
-            seccomp_profile=self.profiles.get(image.environment),
-            init=self.config.docker_init,
-            reconnect_s=self.config.docker_reattach_s,
-            uid=record.uid,
-            etc_dir=self.root / "etc" / str(record.uid) if record.uid is not None else None,
+        # the session cgroup, like the scratch dir, has the name the container was created under
+        parent = driver.attach(record.created_as, limits) if record.parent_cgroup and driver is not None else None
+        devices = [device for device in self.gpus.devices if device.index in record.gpus]
+        # a claimed pooled container still has the pool's environment: the session's came by the runner
+        environ = spec.environ if record.created_as == spec.session_id else {}
+        container_spec = self._container_spec(
+            record.created_as, image, limits, scratch, Path(record.socket_dir), environ, parent, devices, record.uid
         )
         sandbox = DockerSandbox(
             self.host, spec, container_spec, scratch, parent, self.launches.get(image.environment), record.gpus
@@ -426,7 +425,8 @@ class DockerBackend(Backend):
         uid = self.uids.acquire() if self.uids is not None else None
         owner = uid if uid is not None else image.uid
         try:
-            etc_dir = await asyncio.to_thread(self._etc_for, image, uid) if uid is not None else None
+            if uid is not None:
+                await asyncio.to_thread(self._etc_for, image, uid)
             scratch = await asyncio.to_thread(host.scratch.create, spec.session_id, spec.scratch_bytes, owner, owner)
         except (OSError, ScratchError) as exc:
             self._release_ids(spec.session_id, uid)
@@ -437,31 +437,10 @@ class DockerBackend(Backend):
             self._release_ids(spec.session_id, uid)
             await asyncio.to_thread(host.scratch.remove, scratch)
             raise
-        environ = dict(spec.environ)
-        if devices:
-            environ["CUDA_VISIBLE_DEVICES"] = visible_devices(devices)
-        container = ContainerSpec(
-            agent_id=self.config.agent_id,
-            session_id=spec.session_id,
-            image=image,
-            limits=limits,
-            runner_dir=self.runner_dir,
-            scratch=scratch.path,
-            socket_dir=self.socket_root / secrets.token_hex(8),
-            environ=environ,
-            tmp_size=self.config.tmp_size,
-            seccomp_profile=self.profiles.get(image.environment),
-            init=self.config.docker_init,
-            preload=self.config.preload_modules if image.engine == "python" else (),
-            extra_labels={LABEL_DATA_DIR: self.data_digest},
-            cgroup_parent=f"/{parent.name}" if parent is not None else "",
-            devices=() if self.gpu_toolkit else tuple(str(node) for node in self.gpus.nodes_for(devices)),
-            gpu_requests=tuple(device.uuid for device in devices) if self.gpu_toolkit else (),
-            driver_files=self.driver_files if devices else {},
-            reconnect_s=self.config.docker_reattach_s,
-            uid=uid,
-            etc_dir=etc_dir,
-        )
+        container = self._container_spec(
+            spec.session_id, image, limits, scratch, self.socket_root / secrets.token_hex(8), spec.environ,
+            parent, devices, uid,
+        )  # fmt: skip
         sandbox = DockerSandbox(
             host, spec, container, scratch, parent, self.launches.get(image.environment),
             tuple(device.index for device in devices),
@@ -484,6 +463,36 @@ class DockerBackend(Backend):
             return driver.create(spec.session_id, limits)
         except CgroupError as exc:
             raise SessionCreationFailed(f"cannot make the session's cgroup: {exc}") from exc
+
+    def _container_spec(
+        self, name: str, image: KernelImage, limits: Limits, scratch: Scratch, socket_dir: Path,
+        environ: Mapping[str, str], parent: SessionCgroup | None, devices: list[GpuDevice], uid: int | None,
+    ) -> ContainerSpec:  # fmt: skip
+        """A container's inputs: created as ``name`` (a session's id, or a pool's name)."""
+        if devices:
+            environ = {**environ, "CUDA_VISIBLE_DEVICES": visible_devices(devices)}
+        return ContainerSpec(
+            agent_id=self.config.agent_id,
+            session_id=name,
+            image=image,
+            limits=limits,
+            runner_dir=self.runner_dir,
+            scratch=scratch.path,
+            socket_dir=socket_dir,
+            environ=environ,
+            tmp_size=self.config.tmp_size,
+            seccomp_profile=self.profiles.get(image.environment),
+            init=self.config.docker_init,
+            preload=self.config.preload_modules if image.engine == "python" else (),
+            extra_labels={LABEL_DATA_DIR: self.data_digest},
+            cgroup_parent=f"/{parent.name}" if parent is not None else "",
+            devices=() if self.gpu_toolkit else tuple(str(node) for node in self.gpus.nodes_for(devices)),
+            gpu_requests=tuple(device.uuid for device in devices) if self.gpu_toolkit else (),
+            driver_files=self.driver_files if devices else {},
+            reconnect_s=self.config.docker_reattach_s,
+            uid=uid,
+            etc_dir=self.root / "etc" / str(uid) if uid is not None else None,
+        )
 
     def _etc_for(self, image: KernelImage, uid: int) -> Path:
         """The dir holding the /etc/passwd and /etc/group of a container running as ``uid``

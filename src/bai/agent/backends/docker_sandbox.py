@@ -370,8 +370,10 @@ class DockerSandbox(Sandbox):
 
     def work_dir(self) -> WorkDir:
         """The scratch dir bound at the image's work dir: the agent made every part of its
-        host path; files it creates there go to the image's user (uid = gid, docker_parts)."""
-        return WorkDir(self.scratch_disk.path, self.container_spec.image.uid)
+        host path; files it creates there go to the container's user (its own host uid, else
+        the image's; uid = gid, docker_parts)."""
+        uid = self.container_spec.uid
+        return WorkDir(self.scratch_disk.path, uid if uid is not None else self.container_spec.image.uid)
 
     async def wait_exit(self) -> int:
         if self.container is None:
