@@ -275,3 +275,54 @@ def test_a_docker_agent_restarted_in_place_keeps_its_sessions(cluster: Cluster, 
     assert result["console"] == [["stdout", "before and after\n"]], result
     assert api.get("/session/upgraded").json()["status"] == "RUNNING"
     assert api.delete("/session/upgraded").status_code == 200
+
+
+IMPOSTOR_LOOP = """
+import socket, sys, time
+sys.path.insert(0, "/opt/bai")
+from bai.runner.protocol import Ready, encode
+log = open("/home/work/impostor.log", "a", buffering=1)
+log.write("started\\n")
+while True:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("/run/bai/runner.sock")
+        s.sendall(encode(Ready(engine="python", language_version="evil")))
+        log.write("connected\\n")
+        data = s.recv(65536)
+        log.write("got %r\\n" % data[:80])
+    except OSError:
+        pass
+    finally:
+        s.close()
+    time.sleep(0.005)
+"""
+IMPOSTOR = (
+    "import subprocess, sys\n"
+    f"subprocess.Popen([sys.executable, '-c', {IMPOSTOR_LOOP!r}], start_new_session=True)\n"
+    "print('planted')\n"
+)
+
+
+async def test_a_process_of_the_session_cannot_pose_as_its_runner_on_reattach() -> None:
+    """The user's code runs while its agent is away and may connect to the agent's new
+    socket first, pretending to be the runner: only the runner's own pid is accepted."""
+    async with data_dir_of_agents(keep_sessions=True) as config:
+        first = await started(config)
+        session = await new_session(first)
+        await run(first, session, "x = 'real runner'")
+        assert stdout_of(await run(first, session, IMPOSTOR)) == "planted\n"
+        runner_pid = container_of(first, session).runner_pid
+        await first.stop()
+        await asyncio.sleep(0.3)  # the impostor knocks on the old socket's name meanwhile
+        second = await started(config, keep_sessions=False)
+        try:
+            sandbox = container_of(second, session)
+            assert sandbox.runner_pid == runner_pid
+            result = await run(second, session, "print(x)")
+            assert stdout_of(result) == "real runner\n"
+            log = (sandbox.scratch_disk.path / "impostor.log").read_text()
+            assert log.startswith("started") and "connected" in log  # it did knock
+            assert "got b'\\x" not in log  # and was never sent a frame
+        finally:
+            await second.stop()

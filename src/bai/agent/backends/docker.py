@@ -346,7 +346,7 @@ class DockerBackend(Backend):
         )
         self.sandboxes[spec.session_id] = sandbox
         try:
-            await sandbox.reattach(container)
+            await sandbox.reattach(container, record.runner_pid)
         except (SessionCreationFailed, OSError) as exc:
             log.warning("session %s: cannot re-attach its container: %s", spec.session_id, exc)
             await sandbox.destroy(grace_s=0)

@@ -277,6 +277,8 @@ class SandboxRecord:
     parent_cgroup: bool  # whether it runs under a session cgroup of ours
     gpus: tuple[int, ...] = ()  # the device indexes it holds
     uid: int | None = None  # the host uid it runs as (None: the image's)
+    #: the runner's host pid: on re-attach only it may connect (the user's code runs already)
+    runner_pid: int | None = None
     version: int = 1
 
     @property

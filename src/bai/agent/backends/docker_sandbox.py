@@ -146,10 +146,8 @@ class DockerSandbox(Sandbox):
             raise SessionCreationFailed(f"cannot create the container: {exc.message}") from exc
         self.container_id = self.container.id
         await self._start_and_accept()
-        if not _pooled(self.session_id):
-            self._save_record()
 
-    async def reattach(self, container: DockerContainer) -> None:
+    async def reattach(self, container: DockerContainer, runner_pid: int | None) -> None:
         """Take back the running ``container`` of a previous agent (its record gave this
         sandbox's parts): listen again on its socket dir, which its runner retries until
         it connects (``--reconnect``), and reopen the accounting. Raises
@@ -157,7 +155,7 @@ class DockerSandbox(Sandbox):
         self.container, self.container_id = container, container.id
         self._listen(fresh=False)
         self._open_meter(self.parent)
-        self._socket = await self._accept()
+        self._socket = await self._accept(runner=runner_pid)
         self._attach_cgroup()
 
     def detach(self) -> None:
@@ -203,6 +201,7 @@ class DockerSandbox(Sandbox):
             parent_cgroup=self.parent is not None,
             gpus=self.gpus,
             uid=self.container_spec.uid,
+            runner_pid=self.runner_pid,
         )
 
     def _save_record(self) -> None:
@@ -228,11 +227,15 @@ class DockerSandbox(Sandbox):
             raise SessionCreationFailed(f"cannot start the container: {exc.message}") from exc
         self._socket = await self._accept()
         self._attach_cgroup()
+        if not _pooled(self.session_id):
+            self._save_record()  # its container id and runner pid are this start's
 
-    async def _accept(self) -> socket.socket:
+    async def _accept(self, runner: int | None = None) -> socket.socket:
         """The runner's connection; fails once the container has stopped or the start
         timeout passed. Connections from processes outside the container are refused (where
-        the peer's pid is visible: the engine in the agent's pid namespace)."""
+        the peer's pid is visible: the engine in the agent's pid namespace); with ``runner``
+        (a re-attach, when the user's code runs already and could connect first), any
+        process but that one is refused."""
         assert self._listener is not None
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.host.config.startup_timeout_s
@@ -250,7 +253,7 @@ class DockerSandbox(Sandbox):
             if pid is None:  # the engine runs in a pid namespace the agent cannot see into
                 log.info("session %s: the runner's pid is not visible here: no container cgroup", self.session_id)
                 return conn
-            if self._is_ours(pid):
+            if self._is_ours(pid) and runner in (None, pid):
                 self.runner_pid = pid
                 return conn
             log.warning("session %s: refused a connection from pid %s", self.session_id, pid)
