@@ -81,3 +81,35 @@ async def test_a_container_sees_only_its_own_gpus() -> None:
         again = await new_session(agent, resources={"cuda.device": "2"})
         both = await agent.execute(ExecRequest(session_id=again, mode="query", code=probe, flush_timeout_s=10))
         assert "GPU-fake-0000,GPU-fake-0001" in stdout_of(both)
+
+
+PYTORCH = "bai/python-pytorch:2.13"
+
+
+async def _image_missing(ref: str, name: str) -> str | None:
+    docker = aiodocker.Docker()
+    try:
+        await docker.images.inspect(ref)
+    except aiodocker.DockerError:
+        return f"the {ref} image is missing (bai image build {name})"
+    finally:
+        await docker.close()
+    return None
+
+
+@pytest.mark.skipif(
+    REASON is None and asyncio.run(_image_missing(PYTORCH, "python-pytorch")) is not None,
+    reason=f"the {PYTORCH} image is missing (bai image build python-pytorch; its torch wheel comes from the "
+    "host's local wheels, BAI_IMAGE_WHEELS or pip's find-links)",
+)
+async def test_pytorch_in_a_container_keeps_its_tensors(agent: Agent) -> None:
+    """The venv entry's interpreter runs the session (its label's runner python and engine)."""
+    assert "python-pytorch" in agent.info().environments
+    session = await new_session(agent, environment="python-pytorch", resources={"mem": str(2 * 2**30)})
+    code = "import torch, sys\nt = torch.ones(3, 3) * 2\nprint(torch.__version__, sys.prefix)"
+    first = await agent.execute(ExecRequest(session_id=session, mode="query", code=code, flush_timeout_s=60))
+    assert first.status == "finished" and stdout_of(first) == "2.13.0+cpu /opt/bai/venv\n", stderr_of(first)
+    second = await agent.execute(
+        ExecRequest(session_id=session, mode="query", code="print(float((t @ t).sum()))", flush_timeout_s=60)
+    )
+    assert stdout_of(second) == "108.0\n", stderr_of(second)

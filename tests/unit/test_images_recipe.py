@@ -4,6 +4,7 @@ labels, the recipe hashes that decide a rebuild, and the parsers the build relie
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from bai.agent.images.recipe import (
     L_CATALOG_HASH,
     L_ENVIRONMENT,
     VENV_PATH,
+    WHEELS_MOUNT,
     BaseRecipe,
     RecipeError,
     docker_tag,
@@ -104,12 +106,16 @@ def test_venv_entry_builds_its_venv_at_the_fixed_path(catalog: Catalog) -> None:
     dockerfile = recipe.dockerfile()
     assert "python3-venv" in dockerfile
     assert f"/usr/bin/python3 -m venv {VENV_PATH}" in dockerfile
-    assert f"{VENV_PATH}/bin/pip install --no-cache-dir 'tensorflow-cpu==2.15.*'" in dockerfile
+    pip = f"{VENV_PATH}/bin/pip install --no-cache-dir --find-links {WHEELS_MOUNT} 'tensorflow-cpu==2.15.*'"
+    assert pip in dockerfile
     # the host's CA bundle comes in as a BuildKit secret, stored in no layer
     assert "--mount=type=secret,id=pip-cert" in dockerfile
     assert recipe.labels["ai.backend.runtime-path"] == f"{VENV_PATH}/bin/python"
     assert recipe.labels["bai.venv"] == VENV_PATH
+    assert recipe.labels["bai.runner-python"] == f"{VENV_PATH}/bin/python"  # the REPL imports the venv's packages
     assert recipe.labels["ai.backend.resource.min.mem"] == "1g"
+    assert f"--mount=type=bind,source=wheels,target={WHEELS_MOUNT}" in dockerfile  # the host's local wheels
+    assert f"install --no-cache-dir --find-links {WHEELS_MOUNT}" in dockerfile
 
 
 def test_every_installable_entry_has_a_recipe_and_julia_is_refused(catalog: Catalog) -> None:
@@ -212,3 +218,23 @@ def test_mirror_from_sources() -> None:
     assert mirror_from_sources([one_line]) == "http://ftp.jp.debian.org/debian"
     assert mirror_from_sources([deb822, one_line]) == "http://deb.debian.org/debian"
     assert mirror_from_sources(["deb file:/srv/debian bookworm main\n"]) is None
+
+
+def test_the_hosts_local_wheel_dirs_are_found(tmp_path: Path) -> None:
+    from bai.agent.images.build import _gather_wheels, local_wheel_dirs
+
+    wheels, other = tmp_path / "wheels", tmp_path / "more"
+    wheels.mkdir()
+    other.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl").write_bytes(b"w")
+    (wheels / "notes.txt").write_text("not a package")
+    (other / "pkg-1.0.tar.gz").write_bytes(b"s")
+    missing = tmp_path / "missing"
+    config = f"global.find-links='{wheels} https://example.org/simple {missing}'\n:env:.find-links='file://{other}'"
+    assert local_wheel_dirs({}, config) == [wheels, other]
+    assert local_wheel_dirs({"PIP_FIND_LINKS": str(other)}, "") == [other]
+    assert local_wheel_dirs({"BAI_IMAGE_WHEELS": f"{other}:{wheels}"}, config) == [other, wheels]
+    (tmp_path / "ctx").mkdir()
+    names = _gather_wheels(tmp_path / "ctx" / "wheels", [wheels, other])
+    assert names == ["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", "pkg-1.0.tar.gz"]
+    assert (tmp_path / "ctx" / "wheels" / "pkg-1.0.tar.gz").read_bytes() == b"s"

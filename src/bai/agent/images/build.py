@@ -11,6 +11,9 @@ CA bundle as a BuildKit secret (read at build time, stored in no layer).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from bai.agent.images.docker import BuildProgress, Docker
 from bai.agent.images.recipe import (
     L_CATALOG_HASH,
     PIP_CERT_SECRET,
+    WHEELS_DIR,
     BaseRecipe,
     ImageRecipe,
     RecipeError,
@@ -50,6 +54,63 @@ def _pinned_hosts(names: Iterable[str], hosts_file: Path = Path("/etc/hosts")) -
     except OSError:
         return {}
     return {name: known[name] for name in names if name in known}
+
+
+WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
+
+
+def local_wheel_dirs(environ: Mapping[str, str] = os.environ, pip_config: str | None = None) -> list[Path]:
+    """The dirs of local packages the host's pip finds (its ``find-links`` that are dirs):
+    ``BAI_IMAGE_WHEELS`` (``:``-separated) when set, else ``PIP_FIND_LINKS`` and pip's
+    configuration (``pip config list``)."""
+    if environ.get("BAI_IMAGE_WHEELS"):
+        return [Path(part) for part in environ["BAI_IMAGE_WHEELS"].split(os.pathsep) if part]
+    links = environ.get("PIP_FIND_LINKS", "").split()
+    if pip_config is None:
+        pip_config = _pip_config()
+    for line in pip_config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().endswith(".find-links"):
+            links += value.strip().strip("'\"").split()
+    found: list[Path] = []
+    for link in links:
+        path = Path(link.removeprefix("file://"))
+        if "://" not in link.removeprefix("file://") and path.is_absolute() and path.is_dir() and path not in found:
+            found.append(path)
+    return found
+
+
+def _pip_config() -> str:
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout
+
+
+def _gather_wheels(target: Path, sources: Iterable[Path]) -> list[str]:
+    """Link (else copy) the package files of ``sources`` into ``target``; their names."""
+    target.mkdir()
+    names = []
+    for source in sources:
+        for entry in sorted(source.iterdir()):
+            if not entry.is_file() or not entry.name.endswith(WHEEL_SUFFIXES) or (target / entry.name).exists():
+                continue
+            try:
+                os.link(entry, target / entry.name)
+            except OSError:
+                shutil.copyfile(entry, target / entry.name)
+            names.append(entry.name)
+    return names
+
+
+def _context_parent() -> str | None:
+    """Where a build's context dir goes: beside the wheels, so that they are linked, not copied."""
+    for candidate in ("/var/tmp", tempfile.gettempdir()):
+        if os.access(candidate, os.W_OK):
+            return candidate
+    return None
 
 
 def _pip_cert() -> Path | None:
@@ -95,8 +156,15 @@ def build_image(
         return ImageResult(recipe.ref, recipe.environment, "up to date")
     hosts = _pinned_hosts(base.hosts() | set(_PYPI_HOSTS))
     cert = _pip_cert()
-    secrets = {PIP_CERT_SECRET: cert} if cert and "bai.venv" in recipe.labels else {}
-    progress = _run_build(docker, recipe.dockerfile(), recipe.ref, reporter, hosts=hosts, secrets=secrets)
+    venv = "bai.venv" in recipe.labels
+    secrets = {PIP_CERT_SECRET: cert} if cert and venv else {}
+    with tempfile.TemporaryDirectory(prefix="bai-image-", dir=_context_parent()) as context:
+        if venv:  # the host's local wheels, where the venv's pip looks too
+            for name in _gather_wheels(Path(context) / WHEELS_DIR, local_wheel_dirs()):
+                reporter.progress(0.0, f"local wheel {name}")
+        progress = _run_build(
+            docker, recipe.dockerfile(), recipe.ref, reporter, hosts=hosts, secrets=secrets, context=Path(context)
+        )
     reporter.progress(1.0, "done")
     cached = f"{len(progress.cached)} of {progress.steps} steps cached"
     return ImageResult(recipe.ref, recipe.environment, f"built ({cached})")

@@ -46,6 +46,10 @@ _APT_MOUNTS = (
 )
 #: the secret a venv build reads its CA bundle from (the host's trust, never stored in a layer)
 PIP_CERT_SECRET = "pip-cert"
+#: the build context's dir of the host's local wheels (pip's find-links on the host), bound
+#: read-only at WHEELS_MOUNT for a venv's pip: what the host's pip finds, the build finds
+WHEELS_DIR = "wheels"
+WHEELS_MOUNT = "/run/bai-wheels"
 
 # label names
 L_ENVIRONMENT = "bai.environment"
@@ -166,7 +170,7 @@ def _labels_without_hash(env: Environment, base: BaseRecipe) -> dict[str, str]:
         L_ENVIRONMENT: env.key,
         L_BASE_HASH: base.digest(),
         "bai.runtime": env.runtime.value,
-        "bai.runner-python": RUNNER_PYTHON,
+        "bai.runner-python": runtime_path(env) if env.runtime is Runtime.PYTHON and env.host.venv else RUNNER_PYTHON,
         "bai.user": f"{WORK_USER}:{WORK_UID}",
         "bai.workdir": WORK_HOME,
     }
@@ -197,9 +201,13 @@ def _venv_layer(env: Environment) -> str | None:
     venv = env.host.venv
     if venv is None:
         return None
-    pip = shlex.join([f"{VENV_PATH}/bin/pip", "install", "--no-cache-dir", *venv.pip_args, *venv.requirements])
+    pip = shlex.join([
+        f"{VENV_PATH}/bin/pip", "install", "--no-cache-dir", "--find-links", WHEELS_MOUNT, *venv.pip_args,
+        *venv.requirements,
+    ])  # fmt: skip
     return (
         f"RUN --mount=type=secret,id={PIP_CERT_SECRET} \\\n"
+        f"    --mount=type=bind,source={WHEELS_DIR},target={WHEELS_MOUNT} \\\n"
         f"    if [ -s /run/secrets/{PIP_CERT_SECRET} ]; then export PIP_CERT=/run/secrets/{PIP_CERT_SECRET}; fi && \\\n"
         f"    {shlex.quote(venv.python)} -m venv {VENV_PATH} && \\\n"
         f"    {pip}"
