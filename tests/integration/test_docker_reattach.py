@@ -326,3 +326,20 @@ async def test_a_process_of_the_session_cannot_pose_as_its_runner_on_reattach() 
             assert "got b'\\x" not in log  # and was never sent a frame
         finally:
             await second.stop()
+
+
+async def test_a_session_whose_uid_is_no_longer_the_agents_is_not_taken_back() -> None:
+    """The next agent was given another uid range: the container's uid is none of its own,
+    so it is removed with its scratch disk rather than run beside the new range."""
+    async with data_dir_of_agents(keep_sessions=True) as config:
+        first = await started(config)
+        session = await new_session(first)
+        sandbox = container_of(first, session)
+        await first.stop()
+        second = await started(config, keep_sessions=False, sandbox_uid_base=config.sandbox_uid_base + 10_000)
+        try:
+            assert second.sessions == {}
+            assert await containers(config.agent_id) == []
+            assert not sandbox.scratch_disk.path.exists()
+        finally:
+            await second.stop()

@@ -163,18 +163,7 @@ class DockerBackend(Backend):
         self.gpus = find_gpus(self.config, self.config.data_dir / "fake-gpus")
         self.gpu_allocator = GpuAllocator(self.gpus.devices)
         await self._gpu_wiring(info)
-        self._orphans = []
-        for record, scratch, container in survivors:
-            try:
-                self.gpu_allocator.reserve(record.spec.session_id, record.gpus)
-            except GpuError as exc:
-                log.warning("session %s cannot be re-attached: %s", record.spec.session_id, exc)
-                continue
-            if record.uid is not None and (self.uids is None or not self.uids.reserve(record.uid)):
-                log.warning("session %s cannot be re-attached: uid %s is not free", record.spec.session_id, record.uid)
-                self.gpu_allocator.release(record.spec.session_id)
-                continue
-            self._orphans.append((record, scratch, container))
+        self._orphans = await self._claim_ids(survivors)
         await self.reconcile(keep={record.container_id for record, _, _ in self._orphans})
 
     async def _gpu_wiring(self, info: Mapping[str, Any]) -> None:
@@ -258,6 +247,34 @@ class DockerBackend(Backend):
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(remove_scratch, entry)
         return await asyncio.to_thread(open_disks, config.scratch_type, scratch_root, image_dir, config.scratch_size)
+
+    async def _claim_ids(
+        self, survivors: list[tuple[SandboxRecord, Scratch, DockerContainer]]
+    ) -> list[tuple[SandboxRecord, Scratch, DockerContainer]]:
+        """Of the survivors, those whose GPUs and uid are theirs again; the others' scratch
+        disks are released (``reconcile`` removes their containers)."""
+        kept = []
+        for record, scratch, container in survivors:
+            problem = self._reserve(record)
+            if problem is None:
+                kept.append((record, scratch, container))
+                continue
+            log.warning("session %s cannot be re-attached: %s", record.spec.session_id, problem)
+            assert self.host is not None
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.host.scratch.remove, scratch)
+        return kept
+
+    def _reserve(self, record: SandboxRecord) -> str | None:
+        """Give a survivor its GPUs and host uid again; why it cannot have them, or None."""
+        try:
+            self.gpu_allocator.reserve(record.spec.session_id, record.gpus)
+        except GpuError as exc:
+            return str(exc)
+        if record.uid is not None and (self.uids is None or not self.uids.reserve(record.uid)):
+            self.gpu_allocator.release(record.spec.session_id)
+            return f"its uid {record.uid} is not free"
+        return None
 
     def _containers_filter(self) -> dict[str, list[str]]:
         return {"label": [f"{LABEL_AGENT}={self.config.agent_id}", f"{LABEL_DATA_DIR}={self.data_digest}"]}
