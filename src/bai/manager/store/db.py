@@ -11,6 +11,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.dml import Insert
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -32,6 +33,7 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._upserts: dict[tuple[type[DeclarativeBase], tuple[str, ...]], Insert] = {}
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision."""
@@ -40,15 +42,23 @@ class Database:
 
     async def upsert(self, table: type[DeclarativeBase], values: dict[str, Any]) -> None:
         """Insert a row, or update every given column of the row with its primary key:
-        one statement, no read first (the ORM's merge reads, then writes)."""
-        insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
-        keys = [column.name for column in table.__table__.primary_key]
-        stmt = insert(table).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys, set_={name: stmt.excluded[name] for name in values if name not in keys}
-        )
+        one statement, no read first (the ORM's merge reads, then writes). The statement
+        is built once per table and set of columns, the values are its parameters (building
+        and cache-keying a statement with the values in it cost more than running it)."""
+        stmt = self._upsert_statement(table, tuple(values))
         async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(stmt, values)
+
+    def _upsert_statement(self, table: type[DeclarativeBase], names: tuple[str, ...]) -> Insert:
+        stmt = self._upserts.get((table, names))
+        if stmt is None:
+            insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+            keys = [column.name for column in table.__table__.primary_key]
+            base = insert(table)
+            stmt = self._upserts[(table, names)] = base.on_conflict_do_update(
+                index_elements=keys, set_={name: base.excluded[name] for name in names if name not in keys}
+            )
+        return stmt
 
     async def close(self) -> None:
         await self.engine.dispose()
