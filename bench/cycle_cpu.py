@@ -11,8 +11,10 @@ round by round so that the load of a shared machine falls on all of them alike. 
 between two quiet points (the pool full before and after, so each cycle started one sandbox):
 
 - ``server``: the server process's own user and system time (/proc/<pid>/stat), its threads included;
-- ``children``: what the server reaped (bwrap, and whatever bwrap reaped: the runner and
-  its REPL child; mkfs), /proc/<pid>/stat's cutime + cstime;
+- ``children``: the server's descendants (the spawn helper, bwrap, the runner and its REPL
+  child; mkfs): for each process, its own time and what it reaped (cutime + cstime), over
+  the living tree below the server (/proc/<pid>/task/*/children), so that a process
+  reaped between the two points is counted once, in its parent;
 - ``orphans``: sandbox processes whose parent died first (a runner whose bwrap was
   killed before it reaped it): this process is the server's child subreaper and reaps them;
 - ``clients``: this process (the W client threads);
@@ -63,6 +65,28 @@ def proc_times(pid: int) -> tuple[float, float, float]:
     return utime * TICK_MS, stime * TICK_MS, (cutime + cstime) * TICK_MS
 
 
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(p) for p in (task / "children").read_text().split()]
+    except FileNotFoundError:  # it ended meanwhile
+        pass
+    return out
+
+
+def subtree_ms(pid: int) -> float:
+    """The CPU of ``pid``'s living descendants and what they reaped, ms."""
+    total = 0.0
+    for child in child_pids(pid):
+        try:
+            user, system, reaped = proc_times(child)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += user + system + reaped + subtree_ms(child)
+    return total
+
+
 def machine_busy_ms() -> float:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
@@ -70,7 +94,8 @@ def machine_busy_ms() -> float:
 
 
 def snapshot(server_pid: int) -> Snapshot:
-    user, system, children = proc_times(server_pid)
+    user, system, reaped = proc_times(server_pid)
+    children = reaped + subtree_ms(server_pid)
     own = resource.getrusage(resource.RUSAGE_SELF)
     return Snapshot(user, system, children, (own.ru_utime + own.ru_stime) * 1000, machine_busy_ms())
 
