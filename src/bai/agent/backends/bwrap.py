@@ -7,7 +7,8 @@ program (bai.agent.seccomp; absent when the agent runs without a filter).
 Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
 
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
-the host has them, a trimmed /etc, fresh /proc and /dev, a private size-capped
+the host has them, a trimmed /etc (one bind of the agent's copy of ETC_ENTRIES,
+bai.agent.backends.etc_view), fresh /proc and /dev, a private size-capped
 /tmp, the session's scratch dir at /home/work (the only writable host path),
 private tmpfs at /tmp and /dev/shm (memory, charged to the session's cgroup),
 the runner's package read-only at /opt/bai/bai/runner. Nothing else of the host.
