@@ -115,3 +115,15 @@ async def test_close_ends_what_still_runs() -> None:
     finally:
         os.close(pidfd)
     assert await child.wait() == -signal.SIGKILL
+
+
+async def test_a_large_environment_gets_through(spawner: Spawner) -> None:
+    out_r, out_w = os.pipe()
+    env = {**ENV, **{f"V{i}": "x" * 100_000 for i in range(12)}}  # 1.2 MB, each value under MAX_ARG_STRLEN
+    code = "import os; os.write(3, str(sum(len(v) for k, v in os.environ.items() if k.startswith('V'))).encode())"
+    try:
+        child = await spawner.spawn([PY, "-c", code], env=env, uid=None, fds=[out_w], join=[])
+    finally:
+        os.close(out_w)
+    assert await child.wait() == 0
+    assert _read_pipe(out_r) == b"1200000"

@@ -37,6 +37,7 @@ DIAGNOSTICS_BYTES = 8192
 HELPER = Path(__file__).with_name("spawn_helper.py")
 HELPER_STOP_S = 5.0
 SOCKET_BUFFER = 8 * 2**20  # one start's message (argv and env) must fit
+SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; not in the socket module
 
 
 class Spawner:
@@ -74,9 +75,10 @@ class Spawner:
 
 def _start_helper() -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for sock in (ours, theirs):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    try:  # past net.core.wmem_max (root); else as large as that allows
+        ours.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+    except PermissionError:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())],
