@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -200,3 +201,24 @@ async def test_an_orphaned_share_roots_scratch_mounts_are_released() -> None:
         mounts.unmount_under(orphan)
         shutil.rmtree(orphan, ignore_errors=True)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@needs_hostfile
+def test_default_cap_images_are_copies_of_one_mkfs_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images of the default cap are the data blocks of one mkfs.ext4 run, written again:
+    each a clean ext4 of the cap's size; another cap runs mkfs itself."""
+    images = tmp_path / "images"
+    images.mkdir(mode=0o700)
+    disks = ScratchDisks("hostfile", tmp_path / "scratch", images, CAP)
+    runs: list[int] = []
+    mkfs = disks._mkfs
+    monkeypatch.setattr(disks, "_mkfs", lambda image, cap: (runs.append(cap), mkfs(image, cap))[1])
+    for name, cap in (("a", CAP), ("b", CAP), ("c", 2 * CAP)):
+        disks._format(images / name, cap)
+        assert (images / name).stat().st_size == cap
+        check = subprocess.run(["e2fsck", "-fn", str(images / name)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        header = subprocess.run(["dumpe2fs", "-h", str(images / name)], capture_output=True, text=True).stdout
+        assert f"Block count:              {cap // 4096}" in header
+    assert runs == [CAP, 2 * CAP]  # the template's, then the other cap's
+    assert sorted(p.name for p in images.iterdir()) == ["a", "b", "c"]  # the template's file is gone

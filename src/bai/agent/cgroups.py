@@ -11,7 +11,8 @@ One interface (``CgroupDriver``), two drivers chosen by ``detect_driver``:
 A session's cgroup is ``bai/<agent_id>/<session_id>`` under each hierarchy.
 Processes join it from the child side, before exec: ``SessionCgroup.procs_fds``
 are opened by the agent (root) and the sandbox's first process writes ``b"0"``
-to each (``join_from_child``), which moves the writer itself. So no process of a
+to each (the spawn helper's child, bai.agent.backends.child, before it drops its
+privileges and execs bwrap), which moves the writer itself. So no process of a
 sandbox ever runs outside its cgroup. On v1 the file is ``tasks``, not
 ``cgroup.procs``: the forked child has one thread, and moving a single thread
 skips the kernel's global threadgroup lock, whose RCU grace period costs 5-12 ms
@@ -36,7 +37,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -81,7 +82,7 @@ class SessionCgroup:
     procs_fds: list[int] = field(default_factory=list)
 
     def open_procs(self) -> list[int]:
-        """Open each join file for writing, to be handed to ``join_from_child``.
+        """Open each join file for writing, to be handed to the spawn helper.
 
         The caller closes them (``close_procs``) once the child has started."""
         self.close_procs()
@@ -185,12 +186,6 @@ def _open_meter(cpu_path: Path, cpu_ns: Callable[[bytes], int], peak_path: Path,
         os.close(cpu_fd)
         raise
     return RunMeter(cpu_fd, cpu_ns, peak_fd, resets_peak=False)
-
-
-def join_from_child(procs_fds: Iterable[int]) -> None:
-    """Move the calling process into the cgroups; run in a ``preexec_fn``, as root."""
-    for fd in procs_fds:
-        os.write(fd, b"0")
 
 
 class CgroupDriver(ABC):

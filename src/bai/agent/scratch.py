@@ -27,11 +27,14 @@ Errors: ``ScratchError`` from ``ScratchDisks.create`` and ``probe``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import stat
 import subprocess
+import threading
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ BYTES_PER_INODE = 32 * 2**10
 MIN_INODES = 4096
 MOUNT_FLAGS = mounts.MS_NOSUID | mounts.MS_NODEV
 MKFS_SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
+TEMPLATE_PREFIX = "_template-"  # an image being made for ScratchDisks._template
 PROBE_NAME = "_probe"  # no session id starts with "_" (bai.agent.agent.SESSION_ID_RE)
 
 
@@ -101,6 +105,8 @@ class ScratchDisks:
         self.image_dir = image_dir
         self.default_cap = default_cap
         self.mkfs = find_mkfs() or "mkfs.ext4"
+        self._template_lock = threading.Lock()  # creates run in worker threads
+        self._default_template: list[tuple[int, bytes]] | None = None
 
     def cap_for(self, requested: int | None) -> int | None:
         """The cap a session gets: its own request, else the agent's default; None for hostdir."""
@@ -146,12 +152,40 @@ class ScratchDisks:
 
     def _format(self, image: Path, cap: int) -> None:
         """A sparse image of ``cap`` bytes holding an empty ext4 (no journal: an image
-        never outlives its session, so there is nothing to recover after a crash)."""
+        never outlives its session, so there is nothing to recover after a crash).
+
+        An image of the default cap (every pooled sandbox's) is a copy of the data
+        blocks of one made by mkfs.ext4 once (≈ 80 KiB for 1 GiB, kept in memory):
+        a few writes instead of a mkfs run (≈ 2.5 ms of CPU). Its copies share its
+        UUID and directory hash seed, which nothing inside a sandbox can read."""
+        template = self._template() if cap == self.default_cap else None
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, cap)
+            for offset, data in template or ():
+                _write_at(fd, data, offset)
         finally:
             os.close(fd)
+        if template is None:
+            self._mkfs(image, cap)
+
+    def _template(self) -> list[tuple[int, bytes]]:
+        """The data segments (offset, bytes) of an empty image of the default cap."""
+        with self._template_lock:
+            if self._default_template is None:
+                path = self.image_dir / f"{TEMPLATE_PREFIX}{uuid.uuid4().hex}.img"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    os.ftruncate(fd, self.default_cap)
+                    os.close(fd)
+                    self._mkfs(path, self.default_cap)
+                    self._default_template = _data_segments(path)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            return self._default_template
+
+    def _mkfs(self, image: Path, cap: int) -> None:
         command = [
             self.mkfs, "-q", "-F", "-m", "0", "-b", "4096", "-N", str(inode_count(cap)),
             "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard", str(image),
@@ -253,6 +287,33 @@ def reconcile(root: Path, image_dir: Path, keep: Collection[Scratch] = ()) -> li
                 os.unlink(entry.path)
                 released.append(f"image {entry.path}")
     return released
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _data_segments(path: Path) -> list[tuple[int, bytes]]:
+    """What a sparse file holds outside its holes: (offset, bytes) in order."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        end, offset, segments = os.fstat(fd).st_size, 0, []
+        while offset < end:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:  # ENXIO: no data after offset
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            segments.append((start, os.pread(fd, stop - start, start)))
+            offset = stop
+        return segments
+    finally:
+        os.close(fd)
 
 
 def _hand_over(path: Path, uid: int, gid: int) -> int:

@@ -7,7 +7,8 @@ program (bai.agent.seccomp; absent when the agent runs without a filter).
 Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
 
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
-the host has them, a trimmed /etc, fresh /proc and /dev, a private size-capped
+the host has them, a trimmed /etc (one bind of the agent's copy of ETC_ENTRIES,
+bai.agent.backends.etc_view), fresh /proc and /dev, a private size-capped
 /tmp, the session's scratch dir at /home/work (the only writable host path),
 private tmpfs at /tmp and /dev/shm (memory, charged to the session's cgroup),
 the runner's package read-only at /opt/bai/bai/runner. Nothing else of the host.
@@ -82,14 +83,18 @@ TOP_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def host_layout(root: Path = Path("/")) -> list[str]:
+def host_layout(root: Path = Path("/"), etc_view: Path | None = None) -> list[str]:
     """The static part of the file-system arguments, from what this host has.
 
-    Computed once at backend start: a host symlink becomes a symlink (so
-    /lib -> usr/lib stays a link), a directory or file a read-only bind."""
+    Computed at backend start: a host symlink becomes a symlink (so /lib -> usr/lib
+    stays a link), a directory or file a read-only bind. /etc is ``etc_view`` bound
+    read-only (a copy of the ETC_ENTRIES, bai.agent.backends.etc_view: one bind), or
+    without one each entry bound on its own."""
     args = ["--ro-bind", str(root / "usr"), "/usr"]
     for name in TOP_LINKS:
         args += _mirror(root / name, f"/{name}")
+    if etc_view is not None:
+        return [*args, "--ro-bind", str(etc_view), "/etc"]
     for name in ETC_ENTRIES:
         args += _mirror(root / "etc" / name, f"/etc/{name}")
     return args

@@ -30,6 +30,8 @@ from bai.agent import cgroups
 from bai.agent.backends import bwrap
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
 from bai.agent.backends.child import Spawner
+from bai.agent.backends.etc_view import REFRESH_S as ETC_REFRESH_S
+from bai.agent.backends.etc_view import EtcView
 from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
 from bai.agent.backends.local_sandbox import LocalHost, LocalSandbox, kill_cgroup
 from bai.agent.cgroups import CgroupError, Limits
@@ -156,6 +158,8 @@ class LocalBackend(Backend):
         self.catalog: Catalog | None = None
         self.launches: dict[str, Launch] = {}  # the available environments, "name" and "name:tag"
         self.unavailable: dict[str, str] = {}  # the others: why not
+        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES)
+        self._etc_task: asyncio.Task[None] | None = None
 
     @property
     def scratch_root(self) -> Path:
@@ -192,7 +196,7 @@ class LocalBackend(Backend):
         self.host = LocalHost(
             config=config,
             cgroups=driver,
-            layout=bwrap.host_layout(),
+            layout=bwrap.host_layout(etc_view=await self._etc_view()),
             seccomp=seccomp,
             runner_dir=runner_dir,
             spawner=Spawner(),
@@ -204,6 +208,32 @@ class LocalBackend(Backend):
             renamed=self._renamed,
         )
         await self._clean_leftovers()
+
+    async def _etc_view(self) -> Path | None:
+        """The first copy of the host's /etc entries for sandboxes (None: the entries are
+        bound one by one, as when the copy cannot be made), followed by ``_follow_etc``."""
+        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES)
+        try:
+            await asyncio.to_thread(self.etc.remove_all)  # a crashed predecessor's
+            view = await asyncio.to_thread(self.etc.refresh)
+        except OSError as exc:
+            log.warning("no copy of /etc for sandboxes, each entry is bound on its own: %s", exc)
+            return None
+        self._etc_task = asyncio.create_task(self._follow_etc())
+        return view
+
+    async def _follow_etc(self) -> None:
+        """A new copy of the host's /etc entries when they change, for the sandboxes started next."""
+        while True:
+            await asyncio.sleep(ETC_REFRESH_S)
+            try:
+                view = await asyncio.to_thread(self.etc.refresh)
+            except OSError as exc:
+                log.warning("cannot refresh the sandboxes' copy of /etc: %s", exc)
+                continue
+            if view is not None and self.host is not None:
+                log.info("the host's /etc changed: new sandboxes see %s", view)
+                self.host.layout = bwrap.host_layout(etc_view=view)
 
     async def _scratch_disks(self) -> ScratchDisks:
         """Release the scratch mounts and images a crashed predecessor left, then open
@@ -333,11 +363,16 @@ class LocalBackend(Backend):
             await asyncio.to_thread(remove_scratch, entry)
 
     async def stop(self) -> None:
+        if self._etc_task is not None:
+            self._etc_task.cancel()
+            await asyncio.gather(self._etc_task, return_exceptions=True)
+            self._etc_task = None
         if self.host is not None:
             self.host.spawner.close()
             if self.host.cgroups is not None:
                 self.host.cgroups.remove_agent_dirs()
             self.host = None
+            await asyncio.to_thread(self.etc.remove_all)  # no sandbox has it bound any more
         if self._fallback_share:
             await asyncio.to_thread(unmount_under, self.share_root)  # a disk whose removal failed
             await asyncio.to_thread(shutil.rmtree, self.share_root, True)

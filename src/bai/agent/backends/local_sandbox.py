@@ -1,11 +1,11 @@
 """One local sandbox: bwrap started with the session's cgroups, uid and fds.
 
-Start (all on the event loop, the fork on the spawner thread; no sleeps):
+Start (all on the event loop, the fork in the spawn helper process; no sleeps):
 
 1. the backend has made the session's scratch dir (owned by the session's
    host uid) and cgroup(s); the sandbox opens the cgroups' join files and a
    socketpair;
-2. the spawner forks bwrap; the child, before exec (``_child_setup``), joins the
+2. the spawn helper (bai.agent.backends.child) forks bwrap; the child, before exec, joins the
    cgroups (``b"0"`` into each join file), drops to the session's host uid, and
    puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-8
    (bai.agent.backends.bwrap; fd 8 is the environment's seccomp program), leaving every other fd close-on-exec;
@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import functools
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,25 +78,6 @@ async def kill_cgroup(driver: CgroupDriver, cgroup: SessionCgroup, what: str) ->
             log.warning("%s: processes survive SIGKILL", what)
             return
         await asyncio.sleep(0.001)
-
-
-def _child_setup(procs_fds: list[int], uid: int | None, fds: list[int]) -> None:
-    """Runs in the forked child before exec (``preexec_fn``): join the cgroups while
-    still root, drop to the sandbox's uid, and lay out fds 3.. for bwrap."""
-    cgroups.join_from_child(procs_fds)
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
-    for target, fd in enumerate(high, start=3):
-        os.dup2(fd, target)
-    last = 2 + len(fds)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > last:
-            with contextlib.suppress(OSError):
-                os.set_inheritable(fd, False)
 
 
 class LocalSandbox(Sandbox):
@@ -196,11 +174,9 @@ class LocalSandbox(Sandbox):
         procs_fds = self.cgroup.open_procs() if self.cgroup is not None else []
         try:
             self.child = await self.host.spawner.spawn(
-                self._command(),
-                env={"PATH": bwrap.PATH},
-                preexec_fn=functools.partial(_child_setup, procs_fds, self.uid, child_fds),
+                self._command(), env={"PATH": bwrap.PATH}, uid=self.uid, fds=child_fds, join=procs_fds
             )
-        except (OSError, subprocess.SubprocessError) as exc:
+        except OSError as exc:
             agent_end.close()
             os.close(info_r)
             raise SessionCreationFailed(f"cannot start the sandbox: {exc}") from exc
