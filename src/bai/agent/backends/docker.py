@@ -411,10 +411,12 @@ class DockerBackend(Backend):
         return sorted(name for name in self.images if ":" not in name)
 
     def pooled_environments(self) -> list[str]:
-        """Those whose runner engine is python, as on the local backend: its runner forks
-        the REPL once the session's variables have come; another engine's REPL (Lua's, R's)
-        starts with the container, so a pooled one would miss them. The others start cold."""
-        return [name for name in self.environments() if self.images[name].engine == "python"]
+        """Python only, as on the local backend: its runner forks the REPL once the session's
+        variables have come (another engine's REPL, Lua's or R's, starts with the container,
+        so a pooled one would miss them), and a ready container of a framework's image
+        (python-pytorch: a GiB image, its own interpreter) would hold memory few sessions use.
+        The others start cold."""
+        return [name for name in ("python",) if name in self.images and self.images[name].engine == "python"]
 
     def image_for(self, environment: str) -> KernelImage | None:
         return self.images.get(environment)
