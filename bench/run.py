@@ -106,6 +106,7 @@ def start_server(
     port = free_port()
     bai = Path(sys.executable).with_name("bai")
     environ = dict(os.environ)
+    environ["BAI_MANAGER_DEFAULT_RATE_LIMIT"] = "1000000"  # the admin keypair's: the bench makes ~10⁴ requests
     if pool_size is not None:
         environ["BAI_AGENT_POOL_SIZE"] = str(pool_size)
     # the server's log: BAI_BENCH_LOG names a file for it (appended), else it is dropped
@@ -158,6 +159,7 @@ def bench_api(
                 until = time.perf_counter() + seconds
                 while time.perf_counter() < until:
                     one_exec()
+                    time.sleep(0.002)
 
             create_ms = creates_after(time.sleep, "")
             busy_ms = creates_after(busy, "busy-") if pooled else []
