@@ -19,18 +19,18 @@ from bai.common.errors import SessionCreationFailed
 LUA = "bai/lua:5.4"
 
 
-async def _lua_missing() -> str | None:
+async def _image_missing(ref: str, name: str) -> str | None:
     docker = aiodocker.Docker()
     try:
-        await docker.images.inspect(LUA)
+        await docker.images.inspect(ref)
     except aiodocker.DockerError:
-        return f"the {LUA} image is missing (bai image build lua)"
+        return f"the {ref} image is missing (bai image build {name})"
     finally:
         await docker.close()
     return None
 
 
-REASON = docker_unavailable() or (asyncio.run(_lua_missing()) if os.geteuid() == 0 else None)
+REASON = docker_unavailable() or (asyncio.run(_image_missing(LUA, "lua")) if os.geteuid() == 0 else None)
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
@@ -84,17 +84,6 @@ async def test_a_container_sees_only_its_own_gpus() -> None:
 
 
 PYTORCH = "bai/python-pytorch:2.13"
-
-
-async def _image_missing(ref: str, name: str) -> str | None:
-    docker = aiodocker.Docker()
-    try:
-        await docker.images.inspect(ref)
-    except aiodocker.DockerError:
-        return f"the {ref} image is missing (bai image build {name})"
-    finally:
-        await docker.close()
-    return None
 
 
 @pytest.mark.skipif(
