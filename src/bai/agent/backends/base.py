@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from decimal import Decimal
 from typing import ClassVar
 
-from bai.agent.cgroups import Limits, RunUsage
+from bai.agent.cgroups import CgroupDriver, Limits, RunMeter, RunUsage
 from bai.agent.config import AgentConfig
 from bai.agent.files import WorkDir
 from bai.common.agent_rpc import BatchSteps, SandboxSpec, SessionStats
@@ -131,6 +131,36 @@ class Sandbox(ABC):
         """Give the processes ``grace_s`` to exit (the agent has sent Shutdown), kill
         what is left, measure the final usage, then release everything (cgroup,
         scratch dir, uid). Called by Agent.destroy_session and Agent.stop; idempotent."""
+
+
+class MeteredSandbox(Sandbox):
+    """A sandbox accounted through a cgroup driver: the OOM notification fd and the per-run
+    meter it keeps open (both backends' sandboxes). Each sets ``_oom_fd`` and ``_meter``
+    when its cgroup is known and closes them itself."""
+
+    _oom_fd: int | None = None
+    _meter: RunMeter | None = None
+
+    @property
+    @abstractmethod
+    def cgroup_driver(self) -> CgroupDriver | None:
+        """The host's driver, or None where the agent has no cgroups."""
+
+    def oom_watch_fd(self) -> int | None:
+        return self._oom_fd
+
+    def drain_oom_watch(self) -> bool:
+        driver = self.cgroup_driver
+        if self._oom_fd is None or driver is None:
+            return False
+        return driver.drain_oom_watch(self._oom_fd)
+
+    def begin_run(self) -> None:
+        if self._meter is not None:
+            self._meter.start()
+
+    def end_run(self) -> RunUsage | None:
+        return self._meter.stop() if self._meter is not None else None
 
 
 class Backend(ABC):

@@ -37,7 +37,7 @@ import aiodocker
 from aiodocker.containers import DockerContainer
 
 from bai.agent import cgroups
-from bai.agent.backends.base import Sandbox
+from bai.agent.backends.base import MeteredSandbox
 from bai.agent.backends.docker_parts import (
     SOCKET_NAME,
     ContainerSpec,
@@ -48,8 +48,8 @@ from bai.agent.backends.docker_parts import (
     parent_pid,
     scratch_fields,
 )
-from bai.agent.backends.host import protect_from_oom
-from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
+from bai.agent.backends.host import protect_from_oom, scratch_usage, usage_of
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
 from bai.agent.files import WorkDir
@@ -77,7 +77,7 @@ class DockerHost:
     records: Path  # each session's SandboxRecord (docker_parts), for a restarted agent
 
 
-class DockerSandbox(Sandbox):
+class DockerSandbox(MeteredSandbox):
     def __init__(
         self,
         host: DockerHost,
@@ -347,13 +347,9 @@ class DockerSandbox(Sandbox):
                 pids.append(parent_pid(Path(f"/proc/{self.runner_pid}/stat").read_text()))
         protect_from_oom(pids)
 
-    def oom_watch_fd(self) -> int | None:
-        return self._oom_fd
-
-    def drain_oom_watch(self) -> bool:
-        if self._oom_fd is None or self.host.cgroups is None:
-            return False
-        return self.host.cgroups.drain_oom_watch(self._oom_fd)
+    @property
+    def cgroup_driver(self) -> CgroupDriver | None:
+        return self.host.cgroups
 
     def oom_kills(self) -> int:
         """The kills counted by the container's cgroups, this start's and the earlier ones'
@@ -364,12 +360,6 @@ class DockerSandbox(Sandbox):
                 self._oom_total = max(self._oom_total, now)
         return self._oom_total
 
-    def begin_run(self) -> None:
-        if self._meter is not None:
-            self._meter.start()
-
-    def end_run(self) -> RunUsage | None:
-        return self._meter.stop() if self._meter is not None else None
 
     def work_dir(self) -> WorkDir:
         """The scratch dir bound at the image's work dir: the agent made every part of its
@@ -418,22 +408,8 @@ class DockerSandbox(Sandbox):
             with contextlib.suppress(OSError):
                 figures = driver.stats(cgroup)
         session_peak = self._meter.session_peak if self._meter is not None else 0
-        return SessionStats(
-            cpu_used_ms=figures.cpu_used_ms,
-            mem_current=figures.mem_current,
-            mem_max=max(figures.mem_peak, session_peak),
-            mem_limit=self.limits.mem,
-            cpu_limit=format(self.limits.cpu.normalize(), "f"),
-            io_read=figures.io_read,
-            io_write=figures.io_write,
-            io_scratch_size=await self._scratch_usage(),
-            oom_kills=max(figures.oom_kills, self.oom_kills()),
-        )
-
-    async def _scratch_usage(self) -> int:
-        if self.scratch_disk.mounted:
-            return self.host.scratch.usage(self.scratch_disk)
-        return await asyncio.to_thread(self.host.scratch.usage, self.scratch_disk)
+        scratch = await scratch_usage(self.host.scratch, self.scratch_disk)
+        return usage_of(figures, self.limits, session_peak, scratch, self.oom_kills())
 
     async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
         """Docker's update sets the session's limits on the running container (skipped when

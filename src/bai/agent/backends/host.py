@@ -12,8 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 
 from bai.agent import gpu
+from bai.agent.cgroups import CgroupStats, Limits
 from bai.agent.config import AgentConfig
 from bai.agent.gpu import GpuError, GpuInventory
+from bai.agent.scratch import Scratch, ScratchDisks
+from bai.common.agent_rpc import SessionStats
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +80,27 @@ def protect_from_oom(pids: Iterable[int | None]) -> None:
                 f.write("-1000")
         except OSError as exc:
             log.debug("cannot protect pid %s from the OOM killer: %s", pid, exc)
+
+
+async def scratch_usage(disks: ScratchDisks, scratch: Scratch) -> int:
+    """Bytes a session stored in its /home/work: one fstatvfs of a mounted disk, inline;
+    a walk of a plain dir, in a worker thread."""
+    if scratch.mounted:
+        return disks.usage(scratch)
+    return await asyncio.to_thread(disks.usage, scratch)
+
+
+def usage_of(figures: CgroupStats, limits: Limits, session_peak: int, scratch: int, oom_kills: int) -> SessionStats:
+    """A sandbox's SessionStats from its cgroup's figures. ``session_peak``: the memory peak
+    the per-run meter kept (each run's start resets the kernel's on v1)."""
+    return SessionStats(
+        cpu_used_ms=figures.cpu_used_ms,
+        mem_current=figures.mem_current,
+        mem_max=max(figures.mem_peak, session_peak),
+        mem_limit=limits.mem,
+        cpu_limit=format(limits.cpu.normalize(), "f"),
+        io_read=figures.io_read,
+        io_write=figures.io_write,
+        io_scratch_size=scratch,
+        oom_kills=max(figures.oom_kills, oom_kills),
+    )

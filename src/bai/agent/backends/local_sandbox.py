@@ -34,10 +34,10 @@ from pathlib import Path
 
 from bai.agent import cgroups
 from bai.agent.backends import bwrap
-from bai.agent.backends.base import Sandbox
+from bai.agent.backends.base import MeteredSandbox
 from bai.agent.backends.child import Spawner, WatchedChild
-from bai.agent.backends.host import protect_from_oom
-from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, RunUsage, SessionCgroup
+from bai.agent.backends.host import protect_from_oom, scratch_usage, usage_of
+from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch
 from bai.agent.files import WorkDir
@@ -80,7 +80,7 @@ async def kill_cgroup(driver: CgroupDriver, cgroup: SessionCgroup, what: str) ->
         await asyncio.sleep(0.001)
 
 
-class LocalSandbox(Sandbox):
+class LocalSandbox(MeteredSandbox):
     def __init__(
         self,
         host: LocalHost,
@@ -227,25 +227,15 @@ class LocalSandbox(Sandbox):
     def runner_started(self) -> None:
         protect_from_oom([self.child_pid, self.child.pid if self.child else None])
 
-    def oom_watch_fd(self) -> int | None:
-        return self._oom_fd
-
-    def drain_oom_watch(self) -> bool:
-        if self._oom_fd is None or self.host.cgroups is None:
-            return False
-        return self.host.cgroups.drain_oom_watch(self._oom_fd)
+    @property
+    def cgroup_driver(self) -> CgroupDriver | None:
+        return self.host.cgroups
 
     def oom_kills(self) -> int:
         if self.cgroup is None or self.host.cgroups is None:
             return 0
         return self.host.cgroups.oom_kills(self.cgroup)
 
-    def begin_run(self) -> None:
-        if self._meter is not None:
-            self._meter.start()
-
-    def end_run(self) -> RunUsage | None:
-        return self._meter.stop() if self._meter is not None else None
 
     def work_dir(self) -> WorkDir:
         return WorkDir(self.scratch, self.uid)
@@ -273,22 +263,8 @@ class LocalSandbox(Sandbox):
             figures = driver.stats(self.cgroup)
         # on v1 each run's start resets the kernel's peak: the meter kept the session's
         session_peak = self._meter.session_peak if self._meter is not None else 0
-        return SessionStats(
-            cpu_used_ms=figures.cpu_used_ms,
-            mem_current=figures.mem_current,
-            mem_max=max(figures.mem_peak, session_peak),
-            mem_limit=self.limits.mem,
-            cpu_limit=format(self.limits.cpu.normalize(), "f"),
-            io_read=figures.io_read,
-            io_write=figures.io_write,
-            io_scratch_size=await self._scratch_usage(),
-            oom_kills=figures.oom_kills,
-        )
-
-    async def _scratch_usage(self) -> int:
-        if self.scratch_disk.mounted:  # one fstatvfs
-            return self.host.scratch.usage(self.scratch_disk)
-        return await asyncio.to_thread(self.host.scratch.usage, self.scratch_disk)  # a walk
+        scratch = await scratch_usage(self.host.scratch, self.scratch_disk)
+        return usage_of(figures, self.limits, session_peak, scratch, 0)
 
     async def claim(self, spec: SandboxSpec, limits: Limits) -> None:
         wanted = self.host.scratch.cap_for(spec.scratch_bytes)
