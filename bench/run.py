@@ -19,7 +19,7 @@ Two more measure the pool under load, against the same server:
   and the fall of the host's MemAvailable; a Jupyter kernel's memory (PSS of the
   kernel process) is the baseline.
 
-With ``--docker`` the docker backend (bai.agent.backends.docker) is measured too, by
+With ``--docker`` the docker backend (bai.agent.backends.docker.backend) is measured too, by
 servers started with ``--backend docker``: pooled and cold create → ready and the exec
 round trip, against a ``docker run --rm bai/python:3.11 python3 -c pass`` baseline
 measured in the same run (and the local backend's figures above).

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bai.agent.agent import Agent
-from bai.agent.backends.local import LocalBackend
-from bai.agent.backends.local_sandbox import LocalSandbox
+from bai.agent.backends.local.backend import LocalBackend
+from bai.agent.backends.local.sandbox import LocalSandbox
 from bai.agent.cgroups import CgroupError, check_writable, detect_driver
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import ExecRequest, ExecResult, SandboxSpec

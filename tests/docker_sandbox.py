@@ -19,8 +19,8 @@ import aiodocker
 from agent_sandbox import running_agent
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_sandbox import DockerSandbox
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.sandbox import DockerSandbox
 
 IMAGE = "bai/python:3.11"
 

@@ -24,7 +24,7 @@ from agent_sandbox import (
 )
 
 from bai.agent.agent import Agent
-from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local.backend import LocalBackend
 from bai.common.agent_rpc import CompleteRequest, ExecRequest
 from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotFound
 

@@ -14,9 +14,9 @@ import pytest
 from agent_sandbox import make_config, new_session, run, running_agent, sandbox_unavailable, stdout_of
 
 from bai.agent.agent import Agent
-from bai.agent.backends import local
 from bai.agent.backends.base import BackendUnavailable
-from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local import backend as local
+from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.cgroups import Limits, detect_driver
 
 REASON = sandbox_unavailable()

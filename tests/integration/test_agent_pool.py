@@ -15,8 +15,8 @@ from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, 
 from agent_sandbox import spec as spec_of
 
 from bai.agent.agent import Agent
-from bai.agent.backends.local import LocalBackend
-from bai.agent.backends.local_sandbox import LocalSandbox
+from bai.agent.backends.local.backend import LocalBackend
+from bai.agent.backends.local.sandbox import LocalSandbox
 from bai.agent.cgroups import Limits
 from bai.agent.pool import NAME_PREFIX
 from bai.common.agent_rpc import SandboxSpec

@@ -1,4 +1,4 @@
-"""The docker backend (bai.agent.backends.docker) against a real engine and the
+"""The docker backend (bai.agent.backends.docker.backend) against a real engine and the
 ``bai/python:3.11`` image: the local backend's session, execution, limit and
 hostile-code checks on containers, how each container is set up, accounting,
 restart, the pool's claim, reconciliation at start, and a session through the API.
@@ -19,8 +19,8 @@ from agent_sandbox import make_config, new_session, run, stderr_of, stdout_of
 from docker_sandbox import IMAGE, container_of, docker_agent, docker_unavailable
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_parts import LABEL_AGENT, LABEL_DATA_DIR, LABEL_SESSION
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.container import LABEL_AGENT, LABEL_DATA_DIR, LABEL_SESSION
 from bai.common.agent_rpc import ExecRequest
 from bai.common.errors import InvalidRequest, SessionCreationFailed
 from tests.apiclient import SignedClient

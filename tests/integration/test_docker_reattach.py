@@ -1,4 +1,4 @@
-"""Re-attaching running containers (bai.agent.backends.docker): an agent that stops with
+"""Re-attaching running containers (bai.agent.backends.docker.backend): an agent that stops with
 ``keep_sessions`` or dies leaves its sessions running; the next agent on the same data dir
 takes them back, with their REPL state, files, limits, accounting and GPUs. What cannot
 be taken back (a container that is gone, a runner past its window) leaves nothing behind.
@@ -24,8 +24,8 @@ from agent_sandbox import make_config, new_session, run, stdout_of
 from docker_sandbox import container_of, docker_unavailable
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_parts import LABEL_AGENT
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.container import LABEL_AGENT
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import ExecRequest
 from tests.apiclient import SignedClient

@@ -25,7 +25,7 @@ from agent_sandbox import new_session, run, stderr_of, stdout_of
 from docker_sandbox import container_of, docker_agent, docker_unavailable, running_docker_agent, share
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
+from bai.agent.backends.docker.backend import DockerBackend
 from bai.common.agent_rpc import ExecRequest, SessionGone
 from bai.common.errors import ExecutionFailed
 

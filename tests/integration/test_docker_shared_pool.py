@@ -22,10 +22,10 @@ from agent_sandbox import new_session, run, stdout_of
 from docker_sandbox import docker_unavailable, running_docker_agent, share
 
 from bai.agent.agent import Agent
-from bai.agent.backends import docker as docker_backend
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_parts import KernelImage
-from bai.agent.backends.docker_sandbox import DockerSandbox
+from bai.agent.backends.docker import backend as docker_backend
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.kernel_images import KernelImage
+from bai.agent.backends.docker.sandbox import DockerSandbox
 from bai.common.errors import SessionCreationFailed
 
 REASON = docker_unavailable()

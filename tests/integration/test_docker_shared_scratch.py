@@ -20,7 +20,7 @@ from docker_sandbox import container_of, docker_unavailable, running_docker_agen
 
 from bai.agent import mounts
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
+from bai.agent.backends.docker.backend import DockerBackend
 from bai.agent.scratch import ScratchDisks
 
 REASON = docker_unavailable()

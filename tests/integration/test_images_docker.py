@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from bai.agent.environments.catalog import load_catalog, parse_catalog
-from bai.agent.images.base import default_cache_dir
-from bai.agent.images.build import build_images
-from bai.agent.images.cli import host_mirror
-from bai.agent.images.cli import image as image_cli
-from bai.agent.images.docker import Docker, DockerError, find_docker
-from bai.agent.images.recipe import L_BASE_HASH, BaseRecipe, image_recipe
+from bai.images.base import default_cache_dir
+from bai.images.build import build_images
+from bai.images.cli import host_mirror
+from bai.images.cli import image as image_cli
+from bai.images.docker import Docker, DockerError, find_docker
+from bai.images.recipe import L_BASE_HASH, BaseRecipe, image_recipe
 
 BASE = BaseRecipe(mirror=host_mirror())
 

@@ -21,7 +21,7 @@ from agent_sandbox import (
 )
 
 from bai.agent.agent import Agent
-from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.local.backend import LocalBackend
 from bai.common.errors import InvalidRequest
 
 REASON = sandbox_unavailable()

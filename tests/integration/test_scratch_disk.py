@@ -19,8 +19,8 @@ from agent_sandbox import make_config, new_session, run, running_agent, sandbox_
 
 from bai.agent import mounts, scratch
 from bai.agent.agent import Agent
-from bai.agent.backends import local
-from bai.agent.backends.local import SCRATCH_IMAGES, LocalBackend
+from bai.agent.backends.local import backend as local
+from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from bai.agent.scratch import ScratchDisks
 from bai.common.errors import InvalidRequest
 

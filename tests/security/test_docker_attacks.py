@@ -18,7 +18,7 @@ from conftest import RunningServer, serve_docker
 from docker_sandbox import container_of, docker_unavailable, running_docker_agent, share
 
 from bai.agent.agent import Agent
-from bai.agent.backends.docker import DockerBackend
+from bai.agent.backends.docker.backend import DockerBackend
 
 REASON = docker_unavailable()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]

@@ -28,7 +28,7 @@ from agent_sandbox import new_session, run, running_agent, sandbox_of, sandbox_u
 
 from bai.agent import mounts, scratch
 from bai.agent.agent import Agent
-from bai.agent.backends.local import SCRATCH_IMAGES, LocalBackend
+from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from tests.apiclient import SignedClient
 from tests.apiclient import stdout_of as api_stdout
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bai.agent import gpu
-from bai.agent.backends.bwrap import SandboxCommand
+from bai.agent.backends.local.bwrap import SandboxCommand
 from bai.agent.gpu import GpuAllocator, GpuDevice, GpuError
 
 SMI = """\

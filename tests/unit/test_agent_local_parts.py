@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bai.agent.backends import BACKENDS, bwrap, create_backend
-from bai.agent.backends.local import LocalBackend, UidPool
+from bai.agent.backends import BACKENDS, create_backend
+from bai.agent.backends.local import bwrap
+from bai.agent.backends.local.backend import LocalBackend, UidPool
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import reachable_by_others, remove_scratch, scratch_size
 from bai.common.errors import SessionCreationFailed

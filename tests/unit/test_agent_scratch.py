@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bai.agent import mounts, scratch
-from bai.agent.backends import local
+from bai.agent.backends.local import backend as local
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, ScratchType, open_disks, reconcile
 from bai.common.agent_rpc import SandboxSpec
 

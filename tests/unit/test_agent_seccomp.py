@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bai.agent.backends import bwrap
+from bai.agent.backends.local import bwrap
 from bai.agent.seccomp import (
     ArgMatch,
     Overlay,

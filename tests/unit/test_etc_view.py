@@ -1,4 +1,4 @@
-"""EtcView (bai.agent.backends.etc_view): the sandboxes' /etc is a copy of exactly the listed
+"""EtcView (bai.agent.backends.local.etc_view): the sandboxes' /etc is a copy of exactly the listed
 host entries (links as links, modes kept, no special files, the mount points for the synthetic
 files), made again when the host's entries change, the old copy left in place; and the
 sandbox's command line binds it once at /etc."""
@@ -9,8 +9,8 @@ import os
 import stat
 from pathlib import Path
 
-from bai.agent.backends import bwrap
-from bai.agent.backends.etc_view import EtcView
+from bai.agent.backends.local import bwrap
+from bai.agent.backends.local.etc_view import EtcView
 
 ENTRIES = ("ld.so.cache", "ssl/certs", "localtime", "fonts", "absent", "secret-dir-not-listed")
 

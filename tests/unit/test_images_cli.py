@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from bai.agent.environments.catalog import Catalog, load_catalog
-from bai.agent.images.cli import image as image_cli
-from bai.agent.images.cli import render_rows
-from bai.agent.images.docker import BuildProgress, Docker, DockerError, DockerUnavailable, ImageInfo, find_docker
-from bai.agent.images.inventory import human_size, image_rows
-from bai.agent.images.recipe import L_BASE_HASH, L_BASED_ON, L_CATALOG_HASH, L_ENVIRONMENT, BaseRecipe, image_recipe
+from bai.images.cli import image as image_cli
+from bai.images.cli import render_rows
+from bai.images.docker import BuildProgress, Docker, DockerError, DockerUnavailable, ImageInfo, find_docker
+from bai.images.inventory import human_size, image_rows
+from bai.images.recipe import L_BASE_HASH, L_BASED_ON, L_CATALOG_HASH, L_ENVIRONMENT, BaseRecipe, image_recipe
 
 BASE = BaseRecipe()
 
@@ -211,7 +211,7 @@ def test_dockerfile_command_prints_the_recipe(catalog: Catalog) -> None:
 
 
 def test_all_selects_every_entry_with_an_install_route(catalog: Catalog) -> None:
-    from bai.agent.images.cli import _select
+    from bai.images.cli import _select
 
     keys = [entry.key for entry in _select(catalog, (), True)]
     assert "julia:1" not in keys

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bai.agent.environments.catalog import Catalog, Environment, load_catalog, parse_catalog
-from bai.agent.images.recipe import (
+from bai.images.recipe import (
     L_BASE_HASH,
     L_CATALOG_HASH,
     L_ENVIRONMENT,
@@ -221,7 +221,7 @@ def test_mirror_from_sources() -> None:
 
 
 def test_the_hosts_local_wheel_dirs_are_found(tmp_path: Path) -> None:
-    from bai.agent.images.build import _gather_wheels, local_wheel_dirs
+    from bai.images.build import _gather_wheels, local_wheel_dirs
 
     wheels, other = tmp_path / "wheels", tmp_path / "more"
     wheels.mkdir()

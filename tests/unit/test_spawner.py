@@ -1,4 +1,4 @@
-"""The spawn helper (bai.agent.backends.child, spawn_helper.py): what a child gets (fds 0-2
+"""The spawn helper (bai.agent.backends.local.spawner, spawn_helper.py): what a child gets (fds 0-2
 and the given ones on 3.., nothing else; the join writes; the uid and no groups; a new
 session), exit statuses and stderr, exec failures as OSError, kill, and the helper's end:
 a helper that died is replaced, and closing the spawner ends what it still runs."""
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bai.agent.backends.child import Spawner
+from bai.agent.backends.local.spawner import Spawner
 
 PY = "/usr/bin/python3"
 ENV = {"PATH": "/usr/bin:/bin"}

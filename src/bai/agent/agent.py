@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from bai.agent import downloads, files
 from bai.agent.backends import Backend, create_backend
 from bai.agent.backends.base import Sandbox
-from bai.agent.backends.bwrap import invalid_env_names
+from bai.agent.backends.local.bwrap import invalid_env_names
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
 from bai.agent.pool import WarmPool, startup_variables

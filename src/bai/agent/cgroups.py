@@ -11,7 +11,7 @@ One interface (``CgroupDriver``), two drivers chosen by ``detect_driver``:
 A session's cgroup is ``bai/<agent_id>/<session_id>`` under each hierarchy.
 Processes join it from the child side, before exec: ``SessionCgroup.procs_fds``
 are opened by the agent (root) and the sandbox's first process writes ``b"0"``
-to each (the spawn helper's child, bai.agent.backends.child, before it drops its
+to each (the spawn helper's child, bai.agent.backends.local.spawner, before it drops its
 privileges and execs bwrap), which moves the writer itself. So no process of a
 sandbox ever runs outside its cgroup. On v1 the file is ``tasks``, not
 ``cgroup.procs``: the forked child has one thread, and moving a single thread

@@ -72,7 +72,7 @@ class AgentConfig(BaseSettings):
     #: scheduling, allocation and isolation tests on machines without one
     fake_gpus: int = Field(default=0, ge=0, le=64)
 
-    # -- docker backend (bai.agent.backends.docker) ----------------------------
+    # -- docker backend (bai.agent.backends.docker.backend) ----------------------------
     #: the Docker engine's address ("unix:///var/run/docker.sock", "tcp://..."); None: DOCKER_HOST or the default socket
     docker_url: str | None = None
     #: Docker's init (tini, ``docker run --init``) as each container's PID 1 above the runner.

@@ -198,7 +198,7 @@ def _nvml_device(nvml: ctypes.CDLL, index: int) -> GpuDevice:
 
 #: the driver's libraries a CUDA or NVML program loads (sonames; a trailing "." matches any
 #: version): the host's, since they must match its kernel module exactly. A container gets
-#: them read-only where no NVIDIA container toolkit injects them (bai.agent.backends.docker)
+#: them read-only where no NVIDIA container toolkit injects them (bai.agent.backends.docker.backend)
 DRIVER_LIBRARIES = (
     "libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4",
     "libcudadebugger.so.1", "libnvidia-gpucomp.so.", "libnvidia-allocator.so.1", "libnvidia-cfg.so.1",

@@ -20,7 +20,7 @@ walk with directory fds and ``lstat`` (``os.fwalk``, links not followed) and
 removed by ``shutil.rmtree``, which on Linux is fd-based and follows no link.
 
 Everything here blocks (mkfs, mount, disk I/O): call it in a worker thread.
-Callers: LocalBackend (bai.agent.backends.local) and LocalSandbox.
+Callers: LocalBackend (bai.agent.backends.local.backend) and LocalSandbox.
 Errors: ``ScratchError`` from ``ScratchDisks.create`` and ``probe``.
 """
 

@@ -69,7 +69,7 @@ RECONNECT_INTERVAL_S = 0.1  # between tries to reach a restarted agent
 
 class Options(Record):
     fd: int = -1  # an inherited socket (the local backend), or
-    connect: str = ""  # a unix socket's path the runner connects to (a container: bai.agent.backends.docker)
+    connect: str = ""  # a unix socket's path the runner connects to (a container: bai.agent.backends.docker.backend)
     engine: str = "python"
     interrupt_grace: float = 2.0
     # modules imported before the REPL is forked: a claimed pooled session finds them

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bai.agent.backends.base import Backend, Sandbox
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.local import LocalBackend
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.config import AgentConfig
 
 BACKENDS: dict[str, type[Backend]] = {

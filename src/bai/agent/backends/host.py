@@ -1,6 +1,6 @@
 """What the local and the docker backend both do on the host: their schedulable slots,
 the GPUs they offer, byte-compiling the runner once, and shielding the runner from the
-OOM killer. Callers: bai.agent.backends.local, local_sandbox, docker, docker_sandbox."""
+OOM killer. Callers: bai.agent.backends.local.backend, local_sandbox, docker, docker_sandbox."""
 
 from __future__ import annotations
 

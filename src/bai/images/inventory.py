@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from bai.agent.environments.catalog import Catalog, CatalogError
-from bai.agent.images.docker import ImageInfo
-from bai.agent.images.recipe import (
+from bai.images.docker import ImageInfo
+from bai.images.recipe import (
     L_BASE_HASH,
     L_BASED_ON,
     L_CATALOG_HASH,

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REFRESH_S = 10.0
-MOUNT_POINTS = ("passwd", "group", "hosts")  # bwrap --ro-bind-data targets (bai.agent.backends.bwrap)
+MOUNT_POINTS = ("passwd", "group", "hosts")  # bwrap --ro-bind-data targets (bai.agent.backends.local.bwrap)
 
 Fingerprint = list[tuple[str, int, int, int, int, int]]
 

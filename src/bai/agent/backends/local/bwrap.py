@@ -8,7 +8,7 @@ Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
 
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
 the host has them, a trimmed /etc (one bind of the agent's copy of ETC_ENTRIES,
-bai.agent.backends.etc_view), fresh /proc and /dev, a private size-capped
+bai.agent.backends.local.etc_view), fresh /proc and /dev, a private size-capped
 /tmp, the session's scratch dir at /home/work (the only writable host path),
 private tmpfs at /tmp and /dev/shm (memory, charged to the session's cgroup),
 the runner's package read-only at /opt/bai/bai/runner. Nothing else of the host.
@@ -88,7 +88,7 @@ def host_layout(root: Path = Path("/"), etc_view: Path | None = None) -> list[st
 
     Computed at backend start: a host symlink becomes a symlink (so /lib -> usr/lib
     stays a link), a directory or file a read-only bind. /etc is ``etc_view`` bound
-    read-only (a copy of the ETC_ENTRIES, bai.agent.backends.etc_view: one bind), or
+    read-only (a copy of the ETC_ENTRIES, bai.agent.backends.local.etc_view: one bind), or
     without one each entry bound on its own."""
     args = ["--ro-bind", str(root / "usr"), "/usr"]
     for name in TOP_LINKS:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bai.agent.environments.build import BuildReporter
-from bai.agent.images.docker import Docker, DockerError
-from bai.agent.images.recipe import L_BASE_HASH, BaseRecipe, stale_reason
+from bai.images.docker import Docker, DockerError
+from bai.images.recipe import L_BASE_HASH, BaseRecipe, stale_reason
 
 _DEBOOTSTRAP_STEPS = ("Retrieving", "Validating", "Extracting", "Installing", "Unpacking", "Configuring")
 

@@ -5,10 +5,10 @@ Start (all on the event loop, the fork in the spawn helper process; no sleeps):
 1. the backend has made the session's scratch dir (owned by the session's
    host uid) and cgroup(s); the sandbox opens the cgroups' join files and a
    socketpair;
-2. the spawn helper (bai.agent.backends.child) forks bwrap; the child, before exec, joins the
+2. the spawn helper (bai.agent.backends.local.spawner) forks bwrap; the child, before exec, joins the
    cgroups (``b"0"`` into each join file), drops to the session's host uid, and
    puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-8
-   (bai.agent.backends.bwrap; fd 8 is the environment's seccomp program), leaving every other fd close-on-exec;
+   (bai.agent.backends.local.bwrap; fd 8 is the environment's seccomp program), leaving every other fd close-on-exec;
 3. bwrap builds the namespaces and execs the runner as the sandbox's PID 1;
 4. after the runner's Ready, the runner (and bwrap's monitor) get
    ``oom_score_adj = -1000``, so the OOM killer takes the user's processes.
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bai.agent import cgroups
-from bai.agent.backends import bwrap
 from bai.agent.backends.base import MeteredSandbox
-from bai.agent.backends.child import Spawner, WatchedChild
 from bai.agent.backends.host import protect_from_oom, scratch_usage, usage_of
+from bai.agent.backends.local import bwrap
+from bai.agent.backends.local.spawner import Spawner, WatchedChild
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments.launch import Launch

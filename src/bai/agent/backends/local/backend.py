@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from bai.agent import cgroups
-from bai.agent.backends import bwrap
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
-from bai.agent.backends.child import Spawner
-from bai.agent.backends.etc_view import REFRESH_S as ETC_REFRESH_S
-from bai.agent.backends.etc_view import EtcView
 from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
-from bai.agent.backends.local_sandbox import LocalHost, LocalSandbox, kill_cgroup
+from bai.agent.backends.local import bwrap
+from bai.agent.backends.local.etc_view import REFRESH_S as ETC_REFRESH_S
+from bai.agent.backends.local.etc_view import EtcView
+from bai.agent.backends.local.sandbox import LocalHost, LocalSandbox, kill_cgroup
+from bai.agent.backends.local.spawner import Spawner
 from bai.agent.cgroups import CgroupError, Limits
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, Status, UnknownEnvironment, host_status, load_catalog

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from bai.agent.environments.build import BuildReporter
 from bai.agent.environments.catalog import Environment
-from bai.agent.images.base import ensure_base
-from bai.agent.images.docker import BuildProgress, Docker
-from bai.agent.images.recipe import (
+from bai.images.base import ensure_base
+from bai.images.docker import BuildProgress, Docker
+from bai.images.recipe import (
     L_CATALOG_HASH,
     PIP_CERT_SECRET,
     WHEELS_DIR,

@@ -1,4 +1,4 @@
-"""One session's container (bai.agent.backends.docker): created and started by
+"""One session's container (bai.agent.backends.docker.backend): created and started by
 ``DockerBackend.create``, its runner reached through a unix socket the agent listens on.
 
 The agent binds ``runner.sock`` in a per-sandbox host dir (mode 0755 under a 0711 root,
@@ -38,16 +38,15 @@ from aiodocker.containers import DockerContainer
 
 from bai.agent import cgroups
 from bai.agent.backends.base import MeteredSandbox
-from bai.agent.backends.docker_parts import (
+from bai.agent.backends.docker.container import (
     SOCKET_NAME,
     ContainerSpec,
-    SandboxRecord,
     cgroup_path,
     container_name,
     limit_fields,
     parent_pid,
-    scratch_fields,
 )
+from bai.agent.backends.docker.record import SandboxRecord, scratch_fields
 from bai.agent.backends.host import protect_from_oom, scratch_usage, usage_of
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, RunMeter, SessionCgroup
 from bai.agent.config import AgentConfig

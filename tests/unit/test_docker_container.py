@@ -14,21 +14,17 @@ import pytest
 from runner_client import BOOT, SRC, RunnerClient
 
 from bai.agent.backends import BACKENDS
-from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_parts import (
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.container import (
     ContainerSpec,
-    KernelImage,
-    SandboxRecord,
     cgroup_path,
     container_name,
-    environments_of,
-    image_from,
     limit_fields,
     parent_pid,
     passwd_files,
-    scratch_fields,
-    scratch_from,
 )
+from bai.agent.backends.docker.kernel_images import KernelImage, environments_of, image_from
+from bai.agent.backends.docker.record import SandboxRecord, scratch_fields, scratch_from
 from bai.agent.cgroups import Limits
 from bai.agent.config import AgentConfig
 from bai.agent.scratch import Scratch
@@ -285,7 +281,7 @@ async def test_the_backend_picks_the_toolkit_where_the_engine_has_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bai.agent import gpu
-    from bai.agent.backends import docker
+    from bai.agent.backends.docker import backend as docker
 
     def backend() -> DockerBackend:
         made = DockerBackend(AgentConfig(data_dir=tmp_path, backend="docker"))

@@ -20,11 +20,11 @@ from rich.table import Table
 from bai.agent.environments.catalog import Catalog, CatalogError, Environment
 from bai.agent.environments.cli import CATALOG_OPTION as _CATALOG
 from bai.agent.environments.cli import open_catalog as _catalog
-from bai.agent.images.base import default_cache_dir
-from bai.agent.images.build import ImageResult, build_images, register_image
-from bai.agent.images.docker import Docker, DockerError, find_docker
-from bai.agent.images.inventory import ImageRow, human_size, image_rows
-from bai.agent.images.recipe import (
+from bai.images.base import default_cache_dir
+from bai.images.build import ImageResult, build_images, register_image
+from bai.images.docker import Docker, DockerError, find_docker
+from bai.images.inventory import ImageRow, human_size, image_rows
+from bai.images.recipe import (
     DEFAULT_MIRROR,
     L_BASE_HASH,
     L_ENVIRONMENT,

@@ -1,37 +1,28 @@
-"""Pure pieces of the Docker backend (bai.agent.backends.docker): the kernel images an
-agent offers, a container's create body, and a container's cgroup from /proc. No I/O
-but /proc reads; unit-tested without Docker.
-"""
+"""A session's container as the Engine API takes it: the create body, the limits' fields,
+the generated /etc/passwd, and the container's cgroup read from /proc. Pure but for /proc reads;
+unit-tested without Docker."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from bai.agent.backends.bwrap import BASE_ENV, HOME, HOSTNAME, RUNNER_BOOT, RUNNER_MOUNT
+from bai.agent.backends.docker.kernel_images import KernelImage
+from bai.agent.backends.local.bwrap import BASE_ENV, HOSTNAME, RUNNER_BOOT, RUNNER_MOUNT
 from bai.agent.cgroups import Limits
-from bai.agent.scratch import Scratch
-from bai.common.agent_rpc import SandboxSpec
 
 LABEL_AGENT = "bai.agent"
 LABEL_SESSION = "bai.session"  # the id it was created for (a pooled one's: its pool name)
 LABEL_DATA_DIR = "bai.data-dir"  # a digest of the agent's data dir: two agents with one id keep apart
-LABEL_ENVIRONMENT = "bai.environment"  # on kernel images (bai.agent.images)
 SOCKET_MOUNT = "/run/bai"  # the per-sandbox host dir holding the agent's listening socket
 SOCKET_NAME = "runner.sock"
 DRIVER_MOUNT = "/usr/local/nvidia"  # the host driver's libraries and tools, where no toolkit injects them
 NANO = Decimal(10**9)
-#: the runner engines this backend starts: an image's engine and its settings come from the
-#: catalog entry its bai.environment label names (bai.agent.environments.launch)
-ENGINES = ("python", "repl", "command")
 #: Docker's default masked paths (moby's oci defaults) and /sys/fs/cgroup: the container sees an
 #: empty dir there, not the cgroup hierarchy (the local sandbox shows no /sys/fs/cgroup at all)
 MASKED_PATHS = (
@@ -39,69 +30,6 @@ MASKED_PATHS = (
     "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
     "/sys/fs/cgroup",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class KernelImage:
-    """A local image built by ``bai image build`` (its labels, docs/images.md)."""
-
-    ref: str  # "bai/python:3.11"
-    environment: str  # its bai.environment label, "python:3.11"
-    engine: str  # the runner's engine, from bai.runtime
-    runner_python: str
-    uid: int
-    gid: int
-    workdir: str = HOME
-    user: str = "work"  # the user's name in the image (its bai.user label)
-    config: str = ""  # the runner's --config (a REPL's settings), JSON; "" for python
-
-
-def image_from(ref: str, labels: Mapping[str, str]) -> KernelImage | None:
-    """The kernel image described by ``labels``, or None when they are not a bai image's."""
-    environment = labels.get(LABEL_ENVIRONMENT)
-    runtime = labels.get("bai.runtime")
-    if not environment or not runtime:
-        return None
-    user = labels.get("bai.user", "work:1000")
-    name, _, number = user.rpartition(":")
-    try:
-        uid = int(number)
-    except ValueError:
-        return None
-    if uid == 0:
-        return None  # a sandbox never runs as root
-    return KernelImage(
-        ref=ref,
-        environment=environment,
-        engine=runtime,
-        runner_python=labels.get("bai.runner-python", "/usr/bin/python3"),
-        uid=uid,
-        gid=uid,
-        workdir=labels.get("bai.workdir", HOME),
-        user=name or "work",
-    )
-
-
-def environments_of(images: Iterable[KernelImage], engines: Iterable[str]) -> dict[str, KernelImage]:
-    """Environment name → image: each image under its full name ("python:3.11") and,
-    for the highest tag of each name, under the bare name ("python"). Images whose
-    runtime the runner has no engine for are left out."""
-    known = set(engines)
-    by_name: dict[str, KernelImage] = {}
-    out: dict[str, KernelImage] = {}
-    for image in sorted(images, key=lambda i: _version_key(i.environment)):
-        if image.engine not in known:
-            continue
-        out[image.environment] = image
-        by_name[image.environment.partition(":")[0]] = image  # the highest tag wins
-    out.update(by_name)
-    return out
-
-
-def _version_key(environment: str) -> tuple[str, tuple[int, ...], str]:
-    name, _, tag = environment.partition(":")
-    numbers = tuple(int(part) for part in tag.split(".") if part.isdigit())
-    return name, numbers, tag
 
 
 @dataclass(frozen=True)
@@ -259,81 +187,6 @@ def parent_pid(proc_stat: str) -> int:
     return int(proc_stat.rpartition(")")[2].split()[1])
 
 
-@dataclass(frozen=True)
-class SandboxRecord:
-    """What a restarted agent needs to take a running container back: written when the
-    container becomes a session's (created for it, or claimed from the pool), kept while it
-    lives, in ``<data_dir>/docker/sessions/<session id>.json`` (root's, never bound)."""
-
-    spec: SandboxSpec
-    container_id: str
-    created_as: str  # the id it was created under (a pooled one's: its pool name)
-    environment: str  # the image's bai.environment label, "python:3.11"
-    cpu: str  # its limits, as claimed
-    mem: int
-    pids: int
-    socket_dir: str
-    scratch: dict[str, Any]  # bai.agent.scratch.Scratch's fields
-    parent_cgroup: bool  # whether it runs under a session cgroup of ours
-    gpus: tuple[int, ...] = ()  # the device indexes it holds
-    uid: int | None = None  # the host uid it runs as (None: the image's)
-    #: the runner's host pid: on re-attach only it may connect (the user's code runs already)
-    runner_pid: int | None = None
-    version: int = 1
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(cpu=Decimal(self.cpu), mem=self.mem, pids=self.pids)
-
-    def to_json(self) -> str:
-        body = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "spec"}
-        body["spec"] = self.spec.model_dump(mode="json")
-        body["gpus"] = list(self.gpus)
-        return json.dumps(body, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> SandboxRecord:
-        """Raises ValueError (a malformed or foreign record: the caller drops it)."""
-        try:
-            body = json.loads(text)
-            if not isinstance(body, dict) or body.get("version") != 1:
-                raise ValueError("not a version 1 record")
-            spec = SandboxSpec.model_validate(body.pop("spec"))
-            gpus = tuple(int(index) for index in body.pop("gpus", ()))
-            record = cls(spec=spec, gpus=gpus, **body)
-            if not Decimal(record.cpu).is_finite():
-                raise ValueError(f"cpu {record.cpu!r}")
-        except (TypeError, KeyError, ArithmeticError, ValidationError) as exc:
-            raise ValueError(f"a malformed sandbox record: {exc}") from exc
-        return record
-
-
-def scratch_fields(scratch: Scratch) -> dict[str, Any]:
-    return {
-        "path": str(scratch.path),
-        "kind": scratch.kind,
-        "cap": scratch.cap,
-        "image": str(scratch.image) if scratch.image is not None else None,
-        "baseline": scratch.baseline,
-    }
-
-
-def scratch_from(fields: Mapping[str, Any]) -> Scratch:
-    """The Scratch a record names. Raises ValueError."""
-    kind = fields.get("kind")
-    if kind not in ("hostfile", "memory", "hostdir"):
-        raise ValueError(f"a scratch disk of kind {kind!r}")
-    try:
-        cap, image = fields.get("cap"), fields.get("image")
-        return Scratch(
-            path=Path(fields["path"]),
-            kind=kind,
-            cap=int(cap) if cap is not None else None,
-            image=Path(image) if image is not None else None,
-            baseline=int(fields.get("baseline", 0)),
-        )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"a malformed scratch record: {exc}") from exc
 
 
 def passwd_files(user: str, uid: int, home: str) -> dict[str, str]:

@@ -38,22 +38,12 @@ from aiodocker.containers import DockerContainer
 
 from bai.agent import cgroups
 from bai.agent.backends.base import Backend, BackendUnavailable, Sandbox
-from bai.agent.backends.docker_parts import (
-    ENGINES,
-    LABEL_AGENT,
-    LABEL_DATA_DIR,
-    LABEL_ENVIRONMENT,
-    ContainerSpec,
-    KernelImage,
-    SandboxRecord,
-    environments_of,
-    image_from,
-    passwd_files,
-    scratch_from,
-)
-from bai.agent.backends.docker_sandbox import DockerHost, DockerSandbox
+from bai.agent.backends.docker.container import LABEL_AGENT, LABEL_DATA_DIR, ContainerSpec, passwd_files
+from bai.agent.backends.docker.kernel_images import ENGINES, LABEL_ENVIRONMENT, KernelImage, environments_of, image_from
+from bai.agent.backends.docker.record import SandboxRecord, scratch_from
+from bai.agent.backends.docker.sandbox import DockerHost, DockerSandbox
 from bai.agent.backends.host import find_gpus, host_slots, precompile_runner
-from bai.agent.backends.local import UidPool
+from bai.agent.backends.local.backend import UidPool
 from bai.agent.cgroups import CgroupDriver, CgroupError, Limits, SessionCgroup
 from bai.agent.config import AgentConfig
 from bai.agent.environments import Catalog, CatalogError, UnknownEnvironment, load_catalog

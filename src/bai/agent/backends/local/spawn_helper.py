@@ -1,4 +1,4 @@
-"""The spawn helper: a small process that forks sandboxes for the agent (bai.agent.backends.child).
+"""The spawn helper: a small process that forks sandboxes for the agent (bai.agent.backends.local.spawner).
 
 Why: a sandbox's first process must join its cgroups and drop to its uid before it
 execs bwrap, so it runs code between fork and exec, which rules out vfork and

@@ -1,0 +1,1 @@
+"""The Docker backend: one container per session, through the Engine API (docs/docker-backend.md)."""
