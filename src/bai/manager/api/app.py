@@ -17,7 +17,20 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
-from bai.manager.api import agents, events, execute, files, misc, session, stream, terminal
+from bai.manager.api import (
+    agents,
+    auth,
+    events,
+    execute,
+    files,
+    keypairs,
+    misc,
+    policies,
+    root,
+    session,
+    stream,
+    terminal,
+)
 from bai.manager.api.middleware import EdgeMiddleware
 from bai.manager.api.problems import problem, problem_for
 from bai.manager.core import Manager
@@ -52,9 +65,9 @@ def _session_routes() -> list[Route]:
 
 def _routes() -> list[Route | WebSocketRoute]:
     return [
-        Route("/", misc.root, methods=["GET"]),
-        Route("/auth", misc.auth_test, methods=["GET", "POST"]),
-        Route("/auth/test", misc.auth_test, methods=["GET", "POST"]),
+        Route("/", root.root, methods=["GET"]),
+        Route("/auth", auth.auth_test, methods=["GET", "POST"]),
+        Route("/auth/test", auth.auth_test, methods=["GET", "POST"]),
         *_session_routes(),
         Route("/events/session", events.session_events, methods=["GET"]),
         Route("/stream/kernel/_/events", events.session_events, methods=["GET"]),
@@ -63,15 +76,15 @@ def _routes() -> list[Route | WebSocketRoute]:
         WebSocketRoute("/stream/session/{id}/pty", terminal.stream_pty),
         WebSocketRoute("/stream/kernel/{id}/pty", terminal.stream_pty),
         Route("/admin/agents", agents.list_agents, methods=["GET"]),
-        Route("/admin/keypairs", misc.list_keypairs, methods=["GET"]),
-        Route("/admin/keypairs", misc.create_keypair, methods=["POST"]),
-        Route("/admin/keypairs/{ak}/{action:str}", misc.set_keypair_active, methods=["POST"]),
-        Route("/admin/keypairs/{ak}", misc.update_keypair, methods=["PATCH"]),
-        Route("/admin/keypairs/{ak}", misc.delete_keypair, methods=["DELETE"]),
-        Route("/admin/resource-policies", misc.list_policies, methods=["GET"]),
-        Route("/admin/resource-policies", misc.create_policy, methods=["POST"]),
-        Route("/admin/resource-policies/{name}", misc.update_policy, methods=["PATCH"]),
-        Route("/admin/resource-policies/{name}", misc.delete_policy, methods=["DELETE"]),
+        Route("/admin/keypairs", keypairs.list_keypairs, methods=["GET"]),
+        Route("/admin/keypairs", keypairs.create_keypair, methods=["POST"]),
+        Route("/admin/keypairs/{ak}/{action:str}", keypairs.set_keypair_active, methods=["POST"]),
+        Route("/admin/keypairs/{ak}", keypairs.update_keypair, methods=["PATCH"]),
+        Route("/admin/keypairs/{ak}", keypairs.delete_keypair, methods=["DELETE"]),
+        Route("/admin/resource-policies", policies.list_policies, methods=["GET"]),
+        Route("/admin/resource-policies", policies.create_policy, methods=["POST"]),
+        Route("/admin/resource-policies/{name}", policies.update_policy, methods=["PATCH"]),
+        Route("/admin/resource-policies/{name}", policies.delete_policy, methods=["DELETE"]),
         Route("/internal/agents/heartbeat", misc.agent_heartbeat, methods=["POST"]),
         Route("/internal/sessions/gone", misc.session_gone, methods=["POST"]),
     ]
