@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -105,10 +105,13 @@ class AsyncSession(AsyncAPI):
         return answer.items
 
     async def session_events(
-        self, *, name: str | None = None, session_id: str | None = None, scope: str = "session"
+        self, *, name: str | None = None, session_id: str | None = None, scope: str = "session",
+        on_connected: Callable[[], None] | None = None,
     ) -> AsyncIterator[SessionEvent]:
         """``GET /events/session``: this keypair's lifecycle events as they happen, until the
-        caller stops iterating. ``name`` / ``session_id`` narrow it to one session."""
+        caller stops iterating or the server ends the stream (it stops). ``name`` /
+        ``session_id`` narrow it to one session. ``on_connected`` is called once the server
+        has accepted the stream: every event from then on reaches the caller."""
         params = {"scope": scope}
         if name:
             params["sessionName"] = name
@@ -125,6 +128,8 @@ class AsyncSession(AsyncAPI):
             if response.is_error:
                 await response.aread()
                 raise error_from_problem(response.status_code, response.content, reason=response.reason_phrase)
+            if on_connected is not None:
+                on_connected()
             async for event in parse_sse(response.aiter_lines()):
                 yield event
         except httpx.HTTPError as exc:

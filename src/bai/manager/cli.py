@@ -42,7 +42,7 @@ async def _run(config: ManagerConfig, log_level: str) -> None:
         await api.start()
         creds = await api.publish_credentials(config.data_dir)
         if creds.created:
-            click.echo("Created an admin keypair. To use it:\n" + creds.env_lines().rstrip(), err=True)
+            click.echo(creds.created_notice(config.data_dir / "client.env"), err=True)
         click.echo(f"bai manager listening on {creds.endpoint}; agents join with --manager {creds.endpoint} "
                    f"--cluster-secret-file {config.data_dir / 'cluster.secret'}", err=True)
         await stop.wait()

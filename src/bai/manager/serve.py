@@ -23,6 +23,12 @@ class Credentials:
     secret_key: str
     created: bool  # the keypair was made by this start
 
+    def created_notice(self, env_file: Path) -> str:
+        """What a first start prints: where the credentials are, never the secret key
+        itself (a server's output is redirected to logs that others read)."""
+        return (f"Created an admin keypair (access key {self.access_key}); its credentials are in "
+                f"{env_file} (mode 0600): `source {env_file}` to use them.")
+
     def env_lines(self) -> str:
         return (
             f"export BACKEND_ENDPOINT={self.endpoint}\n"
@@ -54,11 +60,18 @@ class _Uvicorn(uvicorn.Server):
 
 
 class ApiServer:
-    def __init__(self, manager: Manager, host: str, port: int, log_level: str = "warning") -> None:
+    """The manager's HTTP server. ``stop`` ends the event streams (the bus closes), asks
+    every connection to close (uvicorn sends websockets a 1012 close), waits up to
+    ``stop_grace_s`` for the requests in flight and then cancels what is left: a client
+    that keeps a stream open never holds a stop."""
+
+    def __init__(self, manager: Manager, host: str, port: int, log_level: str = "warning",
+                 *, stop_grace_s: int = 2) -> None:
         self.manager = manager
         self.host = host
         self.port = port  # 0: a free port, known after start()
         self.log_level = log_level
+        self.stop_grace_s = stop_grace_s
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -71,6 +84,7 @@ class ApiServer:
         config = uvicorn.Config(
             create_app(self.manager), host=self.host, port=self.port, log_level=self.log_level,
             server_header=False, date_header=False, lifespan="off", ws="websockets-sansio",
+            timeout_graceful_shutdown=self.stop_grace_s,
         )
         server = _Uvicorn(config)
         self._server = server
@@ -83,6 +97,7 @@ class ApiServer:
         self.port = next(sock.getsockname()[1] for srv in server.servers for sock in srv.sockets)
 
     async def stop(self) -> None:
+        self.manager.events.close()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,8 +26,7 @@ async def _main(server: EmbeddedServer) -> None:
         await server.stop()
         raise
     if creds.created:
-        click.echo("Created an admin keypair. To use it:", err=True)
-        click.echo(creds.env_lines().rstrip(), err=True)
+        click.echo(creds.created_notice(server.data_dir / "client.env"), err=True)
     click.echo(f"bai server listening on {creds.endpoint} (data: {server.data_dir}; "
                f"credentials: {server.data_dir / 'client.env'})", err=True)
     await stop.wait()

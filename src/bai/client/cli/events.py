@@ -16,7 +16,10 @@ from bai.client.session import AsyncSession
 
 async def _follow(config: APIConfig, name: str | None, as_json: bool) -> None:
     async with AsyncSession(config) as api:
-        async for event in api.session_events(name=name):
+        def connected() -> None:
+            click.echo(f"following the events of {name or 'your sessions'}; Ctrl-C stops", err=True)
+
+        async for event in api.session_events(name=name, on_connected=connected):
             if as_json:
                 line = json.dumps({"event": event.name, **event.data.model_dump()})
             else:

@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from bai.common.errors import InsufficientPrivilege, InvalidRequest
 from bai.common.wire import SessionEventData
 from bai.manager.api.deps import caller, manager_of
-from bai.manager.events import EventBus, SessionEvent
+from bai.manager.events import CLOSED, EventBus, SessionEvent, Subscription
 
 KEEPALIVE_S = 15.0
 
@@ -55,7 +55,8 @@ def sse_records(event: SessionEvent, families: tuple[str, ...]) -> str:
     return "".join(f"event: {family}_{suffix}\ndata: {data}\n\n" for family in families)
 
 
-async def _stream(bus: EventBus, queue: asyncio.Queue[SessionEvent], wanted: EventFilter) -> AsyncIterator[str]:
+async def _stream(bus: EventBus, queue: Subscription, wanted: EventFilter) -> AsyncIterator[str]:
+    """The response's body; it ends when the bus closes (the manager stops)."""
     try:
         yield ": connected\n\n"
         while True:
@@ -64,6 +65,8 @@ async def _stream(bus: EventBus, queue: asyncio.Queue[SessionEvent], wanted: Eve
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
+            if event is CLOSED:
+                return
             if wanted.matches(event):
                 yield sse_records(event, wanted.families)
     finally:
