@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from runner_client import SRC, RunnerClient
 from runner_fixtures import python, runner
@@ -202,13 +203,20 @@ def test_completion_while_busy_answers_empty(runner: RunnerClient) -> None:
     assert [m.items for m in result.of_type(Completions)] == [[]]
 
 
-def test_output_between_runs_opens_the_next_run(runner: RunnerClient) -> None:
+def test_output_between_runs_opens_the_next_run(runner: RunnerClient, tmp_path: Path) -> None:
+    """The thread prints once the test says the run has finished (the file ``go``, in
+    the REPL's cwd) and says so (``printed``) before the next run starts."""
     runner.run(
-        "import threading, time\n"
-        "def late():\n    time.sleep(0.2)\n    print('late')\n"
+        "import os, threading, time\n"
+        "def late():\n    while not os.path.exists('go'):\n        time.sleep(0.01)\n"
+        "    print('late', flush=True)\n    open('printed', 'w').close()\n"
         "threading.Thread(target=late).start()"
     )
-    time.sleep(0.5)
+    (tmp_path / "go").touch()
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "printed").exists():
+        assert time.monotonic() < deadline, "the thread did not print"
+        time.sleep(0.01)
     assert runner.run("'now'").stdout == "late\n'now'\n"
 
 
