@@ -25,27 +25,53 @@ from bai.agent.backends.docker.sandbox import DockerSandbox
 IMAGE = "bai/python:3.11"
 
 
-async def _probe() -> str | None:
+#: how long the engine gets to answer ``version``: a socket whose engine hangs is no engine
+ANSWER_TIMEOUT_S = 10.0
+
+
+async def engine_unavailable(timeout_s: float = ANSWER_TIMEOUT_S) -> str | None:
+    """Why no Docker engine answers at the address the docker backend would use (its
+    ``docker_url`` unset: ``DOCKER_HOST``, the Docker context, then the default sockets),
+    or None when one does. Every way the engine can be missing is a reason, never an
+    exception: no address at all (aiodocker asserts then), a bad address, a socket
+    nobody listens on, an engine that does not answer in ``timeout_s``."""
     try:
         docker = aiodocker.Docker()
-    except (OSError, ValueError) as exc:
-        return f"no Docker client: {exc}"
+    except (AssertionError, ValueError, OSError) as exc:
+        # aiodocker asserts when neither DOCKER_HOST, a context nor a default socket exists
+        return f"no Docker engine: {exc or 'no DOCKER_HOST and no Docker socket'}"
     try:
-        await docker.version()
+        async with asyncio.timeout(timeout_s):
+            await docker.version()
+    except TimeoutError:
+        return f"the Docker engine at {docker.docker_host} did not answer in {timeout_s:g} s"
     except (aiodocker.DockerError, OSError) as exc:
         return f"no Docker engine answers: {exc}"
-    else:
-        try:
-            await docker.images.inspect(IMAGE)
-        except aiodocker.DockerError:
-            return f"the {IMAGE} image is missing (bai image build python)"
     finally:
         await docker.close()
     return None
 
 
+async def image_missing(ref: str, name: str) -> str | None:
+    """Why the kernel image ``ref`` (environment ``name``) cannot be used, or None; asks
+    an engine that ``engine_unavailable`` found answering."""
+    docker = aiodocker.Docker()
+    try:
+        await docker.images.inspect(ref)
+    except aiodocker.DockerError:
+        return f"the {ref} image is missing (bai image build {name})"
+    finally:
+        await docker.close()
+    return None
+
+
+async def _probe() -> str | None:
+    return await engine_unavailable() or await image_missing(IMAGE, "python")
+
+
 def docker_unavailable() -> str | None:
-    """Why the docker backend cannot be tested here, or None when it can."""
+    """Why the docker backend cannot be tested here (not root, no engine, no image), or
+    None when it can."""
     if os.geteuid() != 0:
         return "the docker backend's tests run as root (scratch disks, /run/bai-docker)"
     return asyncio.run(_probe())
