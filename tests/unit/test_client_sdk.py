@@ -6,14 +6,21 @@ here only the client's half of the contract (API.md sections 5 and 6).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
+import os
+import pydoc
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
+import mypy.api
 import pytest
 
-from bai.client import APIConfig, AsyncSession, Session, SessionStats
+from bai.client import APIConfig, AsyncSession, Session, SessionStats, sync
+from bai.client.base import AsyncAPI
 from bai.common import errors as domain
 
 CONFIG = APIConfig(
@@ -318,3 +325,230 @@ def test_the_blocking_api_closes_its_loop_thread(manager: FakeManager) -> None:
     api.close()
     api.close()
     assert count() == before
+
+
+# -- the blocking API's surface: twins of the async classes ---------------------------------
+
+
+def public_members(cls: type) -> dict[str, Any]:
+    """The public methods and properties of a class, with ``async with``/``async for``/call protocol."""
+    names = {name for name in dir(cls) if not name.startswith("_")}
+    names |= {name for name in ("__call__", "__aenter__", "__aexit__", "__anext__") if name in vars(cls)}
+    return {name: inspect.getattr_static(cls, name) for name in names}
+
+
+BLOCKING_NAME = {"__aenter__": "__enter__", "__aexit__": "__exit__", "__anext__": "__next__"}
+
+
+def parameters(function: Any) -> list[tuple[str, Any, Any, Any]]:
+    signature = inspect.signature(function, eval_str=True)
+    return [(p.name, p.kind, p.default, p.annotation) for p in signature.parameters.values()]
+
+
+def async_instances() -> list[AsyncAPI]:
+    """One object of each async API class, built without I/O (their instance attributes count)."""
+    api = AsyncSession(CONFIG, transport=httpx.MockTransport(lambda request: httpx.Response(204)))
+    sess = api.ComputeSession("demo")
+    return [api, api.ComputeSession, api.Admin, sess, sess.stream_execute("1"), sess.terminal()]
+
+
+def test_every_async_api_class_has_a_blocking_twin() -> None:
+    def subclasses(cls: type[AsyncAPI]) -> set[type[AsyncAPI]]:
+        found: set[type[AsyncAPI]] = set()
+        for direct in cls.__subclasses__():
+            found |= {direct, *subclasses(direct)}
+        return found
+
+    ours = {cls for cls in subclasses(AsyncAPI) if cls.__module__.startswith("bai.client.")}
+    assert ours == set(sync.TWINS)
+    assert {type(obj) for obj in async_instances()} == ours
+
+
+@pytest.mark.parametrize("async_class", list(sync.TWINS), ids=lambda cls: cls.__name__)
+def test_each_public_async_method_has_its_twin_with_the_same_parameters(async_class: type[AsyncAPI]) -> None:
+    twin = sync.TWINS[async_class]
+    skipped = sync.ASYNC_ONLY.get(async_class, frozenset())
+    for name, member in public_members(async_class).items():
+        if name in skipped:
+            assert not hasattr(twin, name)
+            continue
+        blocking = inspect.getattr_static(twin, BLOCKING_NAME.get(name, name), None)
+        assert blocking is not None, f"{twin.__name__} has no twin of {async_class.__name__}.{name}"
+        if isinstance(member, property):
+            assert isinstance(blocking, property), name
+            continue
+        assert inspect.iscoroutinefunction(blocking) is False, name
+        assert parameters(blocking) == parameters(member), f"{twin.__name__}.{name} drifted from its async twin"
+        assert blocking.__doc__ == member.__doc__ or member.__doc__ is None or name.startswith("__"), name
+    assert parameters(sync.Session.__init__) == parameters(AsyncSession.__init__)
+
+
+def test_the_async_objects_public_attributes_are_on_their_twins() -> None:
+    for obj in async_instances():
+        twin = sync.TWINS[type(obj)]
+        attributes = {name for name in vars(obj) if not name.startswith("_")}
+        with Session(CONFIG, transport=httpx.MockTransport(lambda request: httpx.Response(204))) as api:
+            instance_attributes = set(vars(api)) if twin is Session else set()
+        missing = {name for name in attributes if not hasattr(twin, name) and name not in instance_attributes}
+        assert not missing, f"{twin.__name__} lacks {missing}"
+
+
+def test_dir_help_and_signatures_describe_the_blocking_api(manager: FakeManager) -> None:
+    with Session(CONFIG, transport=manager.transport()) as api:
+        assert {"server_version", "list_sessions", "ComputeSession", "Admin", "close"} <= set(dir(api))
+        sess = api.ComputeSession("demo")
+        assert {"run", "execute", "stream_execute", "upload", "destroy", "name", "id"} <= set(dir(sess))
+        assert "create_keypair" in dir(api.Admin)
+    assert list(inspect.signature(sync.ComputeSession.run).parameters) == [
+        "self", "code", "mode", "opts", "stdin", "on_output",
+    ]  # fmt: skip
+    assert inspect.signature(sync.ComputeSessionFactory.get_or_create).return_annotation == "ComputeSession"
+    text = pydoc.plain(pydoc.render_doc(sync.ComputeSession))
+    assert "Run ``code`` to its end" in text and "Terminate the session" in text
+
+
+TYPED_SNIPPET = """
+from bai.client import APIConfig, Session
+from bai.client.runs import RunOutput
+
+def main(config: APIConfig) -> int:
+    with Session(config) as api:
+        sess = api.ComputeSession.get_or_create("python", name="demo")
+        out: RunOutput = sess.run("print(1)", stdin="x", on_output=lambda kind, data: None)
+        text: str = out.stdout + api.server_version().version
+        for frame in sess.stream_execute("print(2)"):
+            text += frame.status
+        return len(text) + (out.exit_code or 0)
+"""
+
+
+@pytest.mark.slow
+def test_the_blocking_api_is_typed_for_mypy(tmp_path: Path) -> None:
+    good = tmp_path / "good.py"
+    good.write_text(TYPED_SNIPPET)
+    bad = tmp_path / "bad.py"
+    bad.write_text("from bai.client import Session\n\ndef f(api: Session) -> int:\n    return api.server_version()\n")
+    report, errors, status = mypy.api.run(["--strict", "--cache-dir", os.devnull, str(good), str(bad)])
+    assert status == 1, report + errors
+    lines = [line for line in report.splitlines() if ": error:" in line]
+    # the blocking API is not Any: a wrong use is an error, the right one is not
+    assert len(lines) == 1 and lines[0].startswith(str(bad)), report
+    assert 'Incompatible return value type (got "ServerVersion", expected "int")' in lines[0]
+
+
+# -- run(): to the end through continuations and input --------------------------------------
+
+
+class ScriptedRuns:
+    """Answers execute calls from a script of results, in order; records each request's body."""
+
+    def __init__(self, *results: dict[str, Any] | None) -> None:
+        self.results = list(results)
+        self.bodies: list[dict[str, Any]] = []
+        self.interrupted = asyncio.Event()
+        self.waiting = asyncio.Event()  # set when a request is held by a None in the script
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/interrupt"):
+            self.interrupted.set()
+            return httpx.Response(204)
+        self.bodies.append(json.loads(request.content))
+        result = self.results.pop(0)
+        if result is None:
+            self.waiting.set()
+            await asyncio.Event().wait()  # the caller cancels the run while this request is held
+            raise AssertionError("a held request was answered")
+        return httpx.Response(200, json={"result": {"runId": "r1", **result}})
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.answer)
+
+
+STATS_OF_RUN = {"cpu_ms": 12.5, "wall_ms": 20.0, "mem_peak": 4096}
+
+
+async def test_run_waits_through_continuations_and_input() -> None:
+    server = ScriptedRuns(
+        {"status": "continued", "console": [["stdout", "a\n"]]},
+        {"status": "waiting-input", "console": [["stdout", "who? "]]},
+        {"status": "continued", "console": [["stderr", "warn\n"]]},
+        {"status": "waiting-input", "console": [["stdout", "and? "]]},
+        {"status": "finished", "exitCode": 3, "console": [["stdout", "hi bob\n"]],
+         "options": {"stats": STATS_OF_RUN}},
+    )  # fmt: skip
+    prompts: list[str] = []
+    seen: list[tuple[str, Any]] = []
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        return f"line{len(prompts)}"
+
+    async with AsyncSession(CONFIG, transport=server.transport()) as api:
+        out = await api.ComputeSession("demo").run("x", stdin=ask, on_output=lambda *item: seen.append(item))
+    assert (out.status, out.exit_code, out.run_id) == ("finished", 3, "r1")
+    assert out.stdout == "a\nwho? and? hi bob\n"
+    assert out.stderr == "warn\n"
+    assert seen == out.console == [
+        ("stdout", "a\n"), ("stdout", "who? "), ("stderr", "warn\n"), ("stdout", "and? "), ("stdout", "hi bob\n"),
+    ]  # fmt: skip
+    assert out.stats is not None and out.stats.cpu_ms == 12.5
+    assert prompts == ["a\nwho? ", "and? "]
+    assert [(b["mode"], b["runId"], b["code"]) for b in server.bodies] == [
+        ("query", None, "x"), ("continue", "r1", ""), ("input", "r1", "line1"), ("continue", "r1", ""),
+        ("input", "r1", "line2"),
+    ]  # fmt: skip
+
+
+async def test_run_answers_input_from_a_string_then_with_empty_lines() -> None:
+    server = ScriptedRuns(
+        {"status": "waiting-input"},
+        {"status": "waiting-input"},
+        {"status": "finished", "exitCode": 0},
+    )
+    async with AsyncSession(CONFIG, transport=server.transport()) as api:
+        await api.ComputeSession("demo").run("x", stdin="bob\n")
+    assert [b["code"] for b in server.bodies if b["mode"] == "input"] == ["bob", ""]
+
+
+async def test_run_in_batch_mode_continues_after_its_steps() -> None:
+    server = ScriptedRuns(
+        {"status": "build-finished", "exitCode": 0, "console": [["stdout", "built\n"]]},
+        {"status": "exec-timeout", "console": [["stdout", "ran\n"]]},
+    )
+    async with AsyncSession(CONFIG, transport=server.transport()) as api:
+        out = await api.ComputeSession("demo").run(mode="batch", opts={"build": "*", "exec": "*"})
+    assert (out.status, out.stdout) == ("exec-timeout", "built\nran\n")
+    assert [(b["mode"], b["options"]) for b in server.bodies] == [
+        ("batch", {"build": "*", "exec": "*"}), ("continue", {}),
+    ]  # fmt: skip
+
+
+async def test_a_cancelled_run_interrupts_the_session() -> None:
+    server = ScriptedRuns({"status": "continued"}, None)
+    async with AsyncSession(CONFIG, transport=server.transport()) as api:
+        running = asyncio.create_task(api.ComputeSession("demo").run("while True: pass"))
+        await server.waiting.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert server.interrupted.is_set()
+
+
+def test_the_blocking_run_and_event_stream() -> None:
+    server = ScriptedRuns({"status": "continued", "console": [["stdout", "1"]]},
+                          {"status": "finished", "exitCode": 0, "console": [["stdout", "2"]]})  # fmt: skip
+    data = json.dumps({"sessionId": SESSION_ID, "kernelId": SESSION_ID, "sessionName": "demo",
+                       "ownerAccessKey": CONFIG.access_key})  # fmt: skip
+    events = f"event: session_started\ndata: {data}\n\n: keep-alive\n\nevent: session_terminated\ndata: {data}\n\n"
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/events/session":
+            return httpx.Response(200, text=events, headers={"content-type": "text/event-stream"})
+        return await server.answer(request)
+
+    streamed: list[str] = []
+    with Session(CONFIG, transport=httpx.MockTransport(answer)) as api:
+        out = api.ComputeSession("demo").run("x", on_output=lambda kind, data: streamed.append(data))
+        names = [event.name for event in api.session_events(name="demo")]
+    assert (out.stdout, streamed) == ("12", ["1", "2"])
+    assert names == ["session_started", "session_terminated"]

@@ -12,13 +12,13 @@ Async (the implementation)::
 Blocking (the same API, without ``await``)::
 
     with Session() as api:
-        api.ComputeSession("demo").execute(None, "print(42)")
+        out = api.ComputeSession("demo").run("print(42)")   # to its end: out.stdout, out.exit_code
 
 Modules: ``config`` (BACKEND_* variables), ``auth`` (request signing),
 ``session`` (AsyncSession: the HTTP client), ``compute`` (compute sessions),
-``stream`` (the execute WebSocket), ``admin`` (keypairs), ``models`` (answers),
+``stream`` (the execute WebSocket), ``runs`` (a run to its end), ``admin`` (keypairs), ``models`` (answers),
 ``errors`` (the error tree and the problem+json table), ``sync`` (the blocking
-API), ``cli/`` (the ``bai`` command).
+API: typed twins of the async classes), ``cli/`` (the ``bai`` command).
 """
 
 from bai.client.admin import AdminAPI
@@ -26,6 +26,7 @@ from bai.client.compute import AsyncComputeSession, ComputeSessionFactory
 from bai.client.config import CLIENT_API_VERSION, APIConfig
 from bai.client.errors import ClientError, ConfigError, ConnectionFailed, ProtocolError, ServerError
 from bai.client.models import SessionStats, StreamFrame
+from bai.client.runs import RunOutput
 from bai.client.session import AsyncSession
 from bai.client.stream import ExecutionStream
 from bai.client.sync import Session
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectionFailed",
     "ExecutionStream",
     "ProtocolError",
+    "RunOutput",
     "RunStats",
     "ServerError",
     "Session",

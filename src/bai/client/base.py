@@ -1,7 +1,7 @@
 """The marker of the SDK's async API objects.
 
-The blocking API (bai.client.sync) wraps any value that is an ``AsyncAPI``
-in a blocking proxy, and passes every other value (models, strings) through.
+Each ``AsyncAPI`` class has a blocking twin in bai.client.sync (``twin_of``);
+tests/unit/test_client_sdk.py checks that every one of them does, method for method.
 """
 
 from __future__ import annotations

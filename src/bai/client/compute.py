@@ -10,6 +10,7 @@ from urllib.parse import quote
 from pydantic.alias_generators import to_camel
 
 from bai.client import files as transfer
+from bai.client import runs
 from bai.client.base import AsyncAPI
 from bai.client.models import (
     CompleteAnswer,
@@ -90,6 +91,29 @@ class AsyncComputeSession(AsyncAPI):
         body = request_body(ExecuteRequest, mode=mode, run_id=run_id, code=code, options=dict(opts or {}))
         answer = await self._api.request_model(ExecuteAnswer, "POST", self.path, json=_camel(body, keep_none=True))
         return answer.result
+
+    async def run(
+        self,
+        code: str = "",
+        *,
+        mode: Literal["query", "batch"] = "query",
+        opts: Mapping[str, Any] | None = None,
+        stdin: runs.Stdin | None = None,
+        on_output: runs.OutputCallback | None = None,
+    ) -> runs.RunOutput:
+        """Run ``code`` to its end and return all of it (bai.client.runs): the console
+        items, ``stdout``/``stderr`` joined, the exit code and what the run used.
+
+        ``stdin``: the lines the run reads (a string, a line per request, or a callable
+        asked with the prompt); without it a request for input is answered an empty line.
+        ``on_output(kind, data)`` sees each console item as it arrives. Batch mode takes
+        its steps in ``opts`` (``build``, ``exec``, ``clean``), as ``execute`` does."""
+        options = dict(opts or {})
+
+        async def call(run_id: str | None, text: str, call_mode: ExecMode) -> RunResult:
+            return await self.execute(run_id, text, call_mode, options if call_mode in ("query", "batch") else None)
+
+        return await runs.collect(call, self.interrupt, code, mode, stdin=stdin, on_output=on_output)
 
     def stream_execute(
         self, code: str = "", mode: Literal["query", "batch"] = "query", opts: Mapping[str, Any] | None = None
