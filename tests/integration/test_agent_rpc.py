@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -184,13 +185,45 @@ async def test_session_gone_is_reported_with_retries(manager: tuple[FakeManager,
         await client.close()
 
 
-async def test_heartbeat_survives_an_unreachable_manager(idle_agent: Agent) -> None:
-    client = ManagerClient("http://127.0.0.1:9", SECRET)
-    beat = Heartbeat(client, idle_agent.info, interval_s=0.01)
-    beat.start()
-    await asyncio.sleep(0.1)
-    await beat.stop()
-    await client.close()
+class Unreachable(httpx.AsyncBaseTransport):
+    """Refuses the first ``refusals`` connections, as a manager that is down does; the
+    requests after them go through."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.through = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.refusals:
+            self.refusals -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.through.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.through.aclose()
+
+
+async def test_heartbeat_survives_an_unreachable_manager(
+    idle_agent: Agent, manager: tuple[FakeManager, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three beats find the manager down (then once it answers 503): each is logged, the
+    heartbeat goes on and the next one registers the agent."""
+    fake, url = manager
+    fake.fail_next = 1
+    transport = Unreachable(refusals=3)
+    async with httpx.AsyncClient(transport=transport) as http:
+        beat = Heartbeat(ManagerClient(url, SECRET, client=http), idle_agent.info, interval_s=0.01)
+        with caplog.at_level(logging.WARNING, logger="bai.agent.heartbeat"):
+            beat.start()
+            try:
+                path, _secret, body = await asyncio.wait_for(fake.posts.get(), 10)
+            finally:
+                await beat.stop()
+    assert path == "/internal/agents/heartbeat"
+    assert AgentInfo.model_validate(body).agent_id == idle_agent.config.agent_id
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("heartbeat: ")]
+    assert len(failures) == 4, failures
+    assert "connection refused" in failures[0] and "503" in failures[3]
 
 
 @pytest.mark.sandbox
