@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from conftest import RunningServer
 
 from bai.client import APIConfig, AsyncComputeSession, AsyncSession, ServerError, Session
 from bai.common import errors as domain
@@ -16,11 +17,9 @@ pytestmark = pytest.mark.sandbox
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("bai_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the bai_server fixture (tests/conftest.py)")
+def server(bai_server: RunningServer) -> RunningServer:
+    """The run's embedded server (tests/conftest.py): a broken conftest fails these tests."""
+    return bai_server
 
 
 @pytest.fixture
@@ -143,3 +142,36 @@ def test_the_blocking_api(config: APIConfig) -> None:
         finally:
             stats = sess.destroy()
         assert stats.status == "terminated"
+
+
+def test_the_blocking_run_returns_the_whole_run(config: APIConfig) -> None:
+    code = "print('start')\nname = input('who? ')\nprint('hi', name)\nimport sys\nprint('warn', file=sys.stderr)"
+    with Session(config) as api:
+        sess = api.ComputeSession.get_or_create("python", name=new_name())
+        try:
+            streamed: list[tuple[str, Any]] = []
+            out = sess.run(code, stdin="bob\n", on_output=lambda kind, data: streamed.append((kind, data)))
+            assert (out.status, out.exit_code) == ("finished", 0)
+            assert (out.stdout, out.stderr) == ("start\nwho? hi bob\n", "warn\n")
+            assert streamed == out.console
+            assert out.stats is not None and out.stats.wall_ms > 0
+            failed = sess.run("raise KeyError('k')")
+            assert failed.exit_code == 1 and "KeyError" in failed.stderr
+        finally:
+            sess.destroy()
+
+
+async def test_run_asks_a_callback_for_input(api: AsyncSession) -> None:
+    sess = await api.ComputeSession.get_or_create("python", name=new_name())
+    prompts: list[str] = []
+
+    def answer(prompt: str) -> str:
+        prompts.append(prompt)
+        return str(len(prompts))
+
+    try:
+        out = await sess.run("a = input('a? ')\nb = input('b? ')\nprint(int(a) + int(b))", stdin=answer)
+    finally:
+        await sess.destroy()
+    assert prompts == ["a? ", "b? "]
+    assert out.stdout == "a? b? 3\n"
