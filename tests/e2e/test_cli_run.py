@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import RunningServer
 
 pytestmark = pytest.mark.sandbox
 
@@ -20,11 +21,9 @@ BAI = [sys.executable, "-m", "bai.client.cli.main"]
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("bai_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the bai_server fixture (tests/conftest.py)")
+def server(bai_server: RunningServer) -> RunningServer:
+    """The run's embedded server (tests/conftest.py): a broken conftest fails these tests."""
+    return bai_server
 
 
 def bai(server: Any, *args: str, stdin: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
