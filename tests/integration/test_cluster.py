@@ -163,9 +163,9 @@ def test_sandboxes_the_manager_does_not_know_are_destroyed(cluster: Cluster) -> 
     assert wait_for(lambda: session_id in agent_state.info.sessions)
 
     async def forget() -> None:
-        registry = mgr.manager.sessions
-        session = registry._live.pop(session_id)
-        registry._names.pop((session.access_key, session.name))
+        state = mgr.manager.sessions.state
+        session = state._live.pop(session_id)
+        state._names.pop((session.access_key, session.name))
 
     mgr.call(forget())
     assert wait_for(lambda: session_id not in agent_state.info.sessions)

@@ -66,7 +66,7 @@ def test_a_session_whose_agent_never_returns_is_lost(tmp_path: Path) -> None:
             info = api.get("/session/stranded").json()
             assert info["status"] == "RUNNING"  # taken back, waiting for its agent
             sessions = second.server.manager.sessions
-            assert sessions._unconfirmed == {session_id: "gone-for-good"}
+            assert sessions.state.unconfirmed == {session_id: "gone-for-good"}
             again.call(sessions.expire_unconfirmed(29.0))  # too early: nothing happens
             assert api.get("/session/stranded").json()["status"] == "RUNNING"
             again.call(sessions.expire_unconfirmed(0.0))  # as the agent watch does once 30 s passed
@@ -110,7 +110,7 @@ def test_sessions_outlive_a_restart_of_the_manager(cluster: Cluster, tmp_path: P
     cluster.api = again = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
     assert again.get("/session/steady").json()["status"] == "RUNNING"  # taken back at once
     assert wait_for(lambda: new.manager.agents.get("node-1") is not None)
-    assert wait_for(lambda: not new.manager.sessions._unconfirmed)  # the heartbeat confirmed it
+    assert wait_for(lambda: not new.manager.sessions.state.unconfirmed)  # the heartbeat confirmed it
     assert again.get("/session/steady").json()["status"] == "RUNNING"
     result = again.run("steady", "print(x + 1)")
     assert result["console"] == [["stdout", "42\n"]], result

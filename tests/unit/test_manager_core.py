@@ -7,6 +7,7 @@ from decimal import Decimal as D
 import pytest
 
 from bai.common.resources import parse_size, parse_slots
+from bai.common.status import SessionStatus as S
 from bai.manager import lifecycle as st
 from bai.manager.ratelimit import RateLimiter
 from bai.manager.scheduler import AgentCapacity, PendingSession, schedule_fifo
@@ -42,12 +43,12 @@ def test_memory_is_a_slot_too() -> None:
 
 
 def test_state_machine() -> None:
-    st.check_transition(st.PENDING, st.SCHEDULED)
-    st.check_transition(st.RUNNING, st.TERMINATING)
+    st.check_transition(S.PENDING, S.SCHEDULED)
+    st.check_transition(S.RUNNING, S.TERMINATING)
     with pytest.raises(st.IllegalTransition):
-        st.check_transition(st.TERMINATED, st.RUNNING)
+        st.check_transition(S.TERMINATED, S.RUNNING)
     with pytest.raises(st.IllegalTransition):
-        st.check_transition(st.PENDING, st.RUNNING)
+        st.check_transition(S.PENDING, S.RUNNING)
 
 
 def test_rate_limiter_rolls() -> None:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bai.common.status import RunStatus
+
 # [type, data]: data is text, or [mime, content] for "media" (API.md section 6)
 ConsoleEntry = tuple[str, str | list[str]]
 
@@ -84,7 +86,7 @@ class RunStats(BaseModel):
 
 class ExecResult(BaseModel):
     run_id: str
-    status: Literal["continued", "waiting-input", "finished", "exec-timeout", "build-finished", "clean-finished"]
+    status: RunStatus
     exit_code: int | None = None
     console: list[ConsoleEntry] = Field(default_factory=list)
     is_password: bool = False
@@ -128,6 +130,19 @@ class SessionRef(BaseModel):
     interrupt, stats)."""
 
     session_id: str
+
+
+class TerminalRequest(BaseModel):
+    """Manager → agent: open a shell on a new pty of the session's sandbox. Over the agent
+    RPC it travels in the WebSocket's query string."""
+
+    session_id: str
+    rows: int
+    cols: int
+
+
+class NoArguments(BaseModel):
+    """The body of a call that takes none (``info``)."""
 
 
 class RpcError(BaseModel):

@@ -7,13 +7,26 @@ Requests arrive as strings ("2", "512m", "4g"), numbers, or the v1–v3 fields
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 
 _BINARY_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 KNOWN_SLOTS = ("cpu", "mem", "cuda.device", "cuda.shares")
+#: names people type for a slot, and the slot they mean (difflib finds the near misses)
+SLOT_ALIASES = {
+    "gpu": "cuda.device",
+    "gpus": "cuda.device",
+    "cuda": "cuda.device",
+    "fgpu": "cuda.shares",
+    "memory": "mem",
+    "ram": "mem",
+    "cpus": "cpu",
+    "cores": "cpu",
+}
+_BYTE_UNITS = (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 Slots = dict[str, Decimal]
 
@@ -69,3 +82,31 @@ def fits(request: Mapping[str, Decimal], free: Mapping[str, Decimal]) -> bool:
 
 def subtract(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> Slots:
     return {name: a.get(name, Decimal(0)) - b.get(name, Decimal(0)) for name in set(a) | set(b)}
+
+
+def format_bytes(size: int | Decimal) -> str:
+    """A byte count for people: "32 GiB", "1.5 MiB", "100 bytes"."""
+    for unit, scale in _BYTE_UNITS:
+        if size >= scale:
+            return f"{_trimmed(Decimal(size) / scale)} {unit}"
+    return f"{int(size)} bytes"
+
+
+def format_amount(slot: str, amount: Decimal) -> str:
+    """One slot's amount for people: ``mem`` in binary units, the others as numbers."""
+    return format_bytes(amount) if slot == "mem" else format(amount.normalize(), "f")
+
+
+def _trimmed(value: Decimal) -> str:
+    return format(value.quantize(Decimal("0.01")).normalize(), "f")
+
+
+def suggest_slot(name: str, known: Iterable[str]) -> str | None:
+    """The known slot an unknown ``name`` most likely means: an alias ("gpu" →
+    "cuda.device"), else the closest spelling; None when nothing is close."""
+    known = list(known)
+    alias = SLOT_ALIASES.get(name.lower())
+    if alias in known:
+        return alias
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    return close[0] if close else None

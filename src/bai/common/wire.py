@@ -14,23 +14,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bai.common.agent_rpc import RunStats
+from bai.common.status import RunStatus
 
 SESSION_NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
 
-SessionStatus = Literal[
-    "PENDING",
-    "SCHEDULED",
-    "PREPARING",
-    "RUNNING",
-    "RESTARTING",
-    "TERMINATING",
-    "TERMINATED",
-    "ERROR",
-    "CANCELLED",
-]
-RunStatus = Literal[
-    "continued", "waiting-input", "clean-finished", "build-finished", "finished", "exec-timeout"
-]
 ExecMode = Literal["query", "batch", "continue", "input", "complete"]
 
 

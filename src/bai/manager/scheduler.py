@@ -11,7 +11,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from bai.common.resources import Slots, fits, subtract
+from bai.common.errors import InvalidRequest
+from bai.common.resources import KNOWN_SLOTS, Slots, fits, format_amount, subtract, suggest_slot
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,31 @@ def serves(environments: Collection[str], image: str) -> bool:
         return True
     name = environment_name(image)
     return name in environments and not any(env.startswith(name + ":") for env in environments)
+
+
+def check_schedulable(image: str, requested: Mapping[str, Decimal], environments: Collection[str],
+                      largest: Mapping[str, Decimal]) -> None:
+    """InvalidRequest naming the field when no agent could ever run the request: an
+    environment none offers, a slot nobody knows (with the slot it likely means), more of a
+    slot than the largest agent has (``largest``: ``AgentRegistry.max_capacity``)."""
+    if not serves(environments, image):
+        known = ", ".join(sorted(environments)) or "none: no agent is connected"
+        raise InvalidRequest(f"image: unknown environment {image!r} (available: {known})", field="image")
+    slots = sorted(set(KNOWN_SLOTS) | set(largest), key=lambda name: (name not in KNOWN_SLOTS, name))
+    for slot, amount in requested.items():
+        where = f"config.resources.{slot}"
+        if slot not in slots:
+            guess = suggest_slot(slot, slots)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            raise InvalidRequest(
+                f"{where}: unknown resource slot {slot!r} ({hint}known slots: {', '.join(slots)})", field=where
+            )
+        most = largest.get(slot, Decimal(0))
+        if amount > most:
+            raise InvalidRequest(
+                f"{where}: {format_amount(slot, amount)} is more than any agent has ({format_amount(slot, most)})",
+                field=where,
+            )
 
 
 def schedule_fifo(pending: Sequence[PendingSession], agents: Sequence[AgentCapacity]) -> list[Assignment]:

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCreationFailed
 from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
+from bai.common.status import SessionStatus
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
 from bai.common.wire import SessionLimits as SessionLimitsInfo
 from bai.manager import lifecycle as st
@@ -80,12 +81,12 @@ async def create(request: Request) -> Response:
     params = _create_params(req)
     policy = manager.policies.named_by(keypair.resource_policy, "resourcePolicy")
     session, created = await manager.sessions.create(keypair, params, policy)
-    status = session.status
+    status: str = session.status
     if not req.enqueue_only:
         timeout = float(req.max_wait_seconds) if req.max_wait_seconds else None
         settled = await manager.sessions.wait_settled(session, timeout)
         status = session.status if settled else "TIMEOUT"
-        if session.status == st.ERROR:
+        if session.status == SessionStatus.ERROR:
             raise SessionCreationFailed(f"session {session.name} could not start: {session.status_info}")
     legacy = api_version(request).uses_kernel_paths
     body = CreateSessionResponse(
