@@ -4,7 +4,6 @@ limits, and keypair isolation (API.md sections 1–4)."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from bai.manager.keypairs import Keypair
 from tests.apiclient import SignedClient
+from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.sandbox
 
@@ -203,16 +204,34 @@ def test_admin_routes_need_an_admin(api: SignedClient) -> None:
     assert slug(r) == "invalid-api-params" and "concurrency_limit" in r.json()["msg"]
 
 
-def test_an_expired_keypair_is_refused(api: SignedClient) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
-    created = api.post("/admin/keypairs", {"user_id": "short-lived", "expires_at": soon})
+def test_a_keypair_with_an_expiry_works_until_then(api: SignedClient) -> None:
+    """The expiry itself is driven on an injected clock in tests/unit/test_manager_auth.py."""
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    created = api.post("/admin/keypairs", {"user_id": "short-lived", "expires_at": tomorrow.isoformat()})
     assert created.status_code == 201, created.text
-    assert created.json()["expires_at"] is not None
+    assert datetime.fromisoformat(created.json()["expires_at"]) == tomorrow
     user = client_for(api, created.json()["access_key"], created.json()["secret_key"])
     assert user.post("/auth/test", {"echo": "x"}).status_code == 200
-    time.sleep(1.6)
+    past = api.post("/admin/keypairs", {"expires_at": "2001-01-01T00:00:00Z"})
+    assert slug(past) == "invalid-api-params" and "expires_at" in past.json()["msg"]
+
+
+def test_an_expired_keypair_is_refused(api: SignedClient, bai_server: RunningServer) -> None:
+    """A keypair made yesterday, on the registry's clock set back a day, that expired an
+    hour ago: the edge refuses it as auth-failed, with no wait."""
+    keypairs = bai_server.server.manager.keypairs
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+
+    async def made_yesterday() -> Keypair:
+        clock, keypairs.clock = keypairs.clock, lambda: yesterday
+        try:
+            return await keypairs.create(user_id="expired", is_admin=False, concurrency_limit=1, rate_limit=10,
+                                         expires_at=datetime.now(UTC) - timedelta(hours=1))
+        finally:
+            keypairs.clock = clock
+
+    keypair: Keypair = bai_server.call(made_yesterday())
+    user = client_for(api, keypair.access_key, keypair.secret_key)
     r = user.post("/auth/test", {"echo": "x"})
     assert (r.status_code, slug(r)) == (401, "auth-failed")
     assert "expired" in r.json()["msg"]
-    past = api.post("/admin/keypairs", {"expires_at": "2001-01-01T00:00:00Z"})
-    assert slug(past) == "invalid-api-params" and "expires_at" in past.json()["msg"]

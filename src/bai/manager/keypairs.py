@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -64,9 +65,17 @@ def _from_row(row: KeypairRow) -> Keypair:
     )
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class KeypairRegistry:
-    def __init__(self, db: Database) -> None:
+    """The keypairs, cached. ``clock`` (the wall clock, UTC, unless a test passes its
+    own) stamps ``created_at`` and is what a new keypair's ``expires_at`` must lie after."""
+
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
+        self.clock = clock
         self._cache: dict[str, Keypair] = {}
 
     async def load(self) -> None:
@@ -101,7 +110,7 @@ class KeypairRegistry:
         """A new keypair; the caller checks that ``resource_policy`` exists."""
         if concurrency_limit < 1 or rate_limit < 1:
             raise InvalidRequest("limits must be at least 1", field="concurrency_limit")
-        now = datetime.now(UTC)
+        now = self.clock()
         if expires_at is not None:
             expires_at = _aware(expires_at)
             if expires_at <= now:
