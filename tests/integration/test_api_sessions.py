@@ -154,7 +154,8 @@ def test_rename(api: SignedClient, session: str) -> None:
     renamed = session + "-new"
     assert api.post(f"/session/{session}/rename", {"name": renamed}).status_code == 204
     assert stdout_of(api.run(renamed, "print(kept)")) == "7\n"
-    assert api.get(f"/session/{session}").status_code in (200, 404)  # the old name now finds nothing live
+    gone = api.get(f"/session/{session}")  # the old name finds nothing: neither live nor in the store
+    assert gone.status_code == 404 and gone.json()["title"] == "No such session.", gone.text
     bad = api.post(f"/session/{renamed}/rename", {"name": "x"})
     assert bad.status_code == 400 and "name" in bad.json()["msg"]
     # the official client sends the new name as a query parameter
