@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +25,6 @@ from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.conftest import sandbox_unavailable
 
 pytestmark = pytest.mark.sandbox
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ManagerThread:
@@ -71,15 +64,16 @@ class Cluster:
     manager: ManagerThread
     endpoint: str = ""
     secret: str = ""
-    agent_port: int = 0
 
 
 def start_agent(cluster: Cluster, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """``bai agent`` node-1 on the cluster's manager (again, after a restart: same data dir and port)."""
+    """``bai agent`` node-1 on the cluster's manager (again, after a restart: the same data
+    dir). Its RPC port is 0: the agent binds a free one and advertises it in its heartbeat,
+    so that no port is chosen here and lost to another process before the agent binds it."""
     bai = Path(sys.executable).with_name("bai")
     return subprocess.Popen(
-        [str(bai), "agent", "--manager", cluster.endpoint, "--agent-id", "node-1", "--rpc-port",
-         str(cluster.agent_port), "--data-dir", str(tmp_path / "agent"), "--heartbeat", "0.2",
+        [str(bai), "agent", "--manager", cluster.endpoint, "--agent-id", "node-1", "--rpc-port", "0",
+         "--data-dir", str(tmp_path / "agent"), "--heartbeat", "0.2",
          "--log-level", "warning", *extra],
         env={**os.environ, "BAI_AGENT_CLUSTER_SECRET": cluster.secret}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,13 +90,12 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     options = getattr(request, "param", {})
     secret = secrets.token_hex(16)
     mgr = ManagerThread(
-        tmp_path / "manager", secret, options.get("agent_lost_after_s", 1.0), free_port(),
-        options.get("keep_sessions", False),
+        tmp_path / "manager", secret, options.get("agent_lost_after_s", 1.0), 0, options.get("keep_sessions", False),
     )  # fmt: skip
     mgr.thread.start()
     creds = mgr.call(mgr._start(tmp_path / "manager"))
     api = SignedClient(creds.endpoint, creds.access_key, creds.secret_key)
-    cluster = Cluster(api, None, mgr, creds.endpoint, secret, free_port())  # type: ignore[arg-type]
+    cluster = Cluster(api, None, mgr, creds.endpoint, secret)  # type: ignore[arg-type]
     cluster.agent = agent = start_agent(cluster, tmp_path, *options.get("agent_args", ()))
     try:
         yield cluster

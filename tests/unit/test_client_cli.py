@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -28,10 +29,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def closed_port_endpoint() -> str:
+@pytest.fixture
+def refused_endpoint() -> Iterator[str]:
+    """An endpoint whose connections are refused: its port is bound but never listens, and
+    stays bound (so no other process can take it) until the test ends."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_help_lists_the_commands() -> None:
@@ -111,15 +115,15 @@ def test_help_works_without_any_variable() -> None:
     "args",
     [["ps"], ["info", "demo"], ["run", "python", "-c", "1"], ["auth-test"], ["admin", "keypair", "list"]],
 )
-def test_connection_refused_is_one_error_line(args: list[str]) -> None:
-    endpoint = closed_port_endpoint()
+def test_connection_refused_is_one_error_line(args: list[str], refused_endpoint: str) -> None:
+    endpoint = refused_endpoint
     result = CliRunner().invoke(cli, args, env={**KEYS, "BACKEND_ENDPOINT": endpoint})
     assert result.exit_code == 1
     assert result.stderr == f"error: cannot connect to {endpoint}: connection refused\n"
 
 
-def test_rm_reports_each_failure_and_exits_1() -> None:
-    endpoint = closed_port_endpoint()
+def test_rm_reports_each_failure_and_exits_1(refused_endpoint: str) -> None:
+    endpoint = refused_endpoint
     result = CliRunner().invoke(cli, ["rm", "one", "two"], env={**KEYS, "BACKEND_ENDPOINT": endpoint})
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
@@ -128,8 +132,8 @@ def test_rm_reports_each_failure_and_exits_1() -> None:
     ]
 
 
-def test_version_prints_the_client_before_the_server_error() -> None:
-    endpoint = closed_port_endpoint()
+def test_version_prints_the_client_before_the_server_error(refused_endpoint: str) -> None:
+    endpoint = refused_endpoint
     result = CliRunner().invoke(cli, ["version"], env={**KEYS, "BACKEND_ENDPOINT": endpoint})
     assert result.exit_code == 1
     assert result.stdout.startswith("client: bai ")
@@ -137,8 +141,8 @@ def test_version_prints_the_client_before_the_server_error() -> None:
     assert result.stderr.startswith("error: cannot connect to")
 
 
-def test_bai_debug_lets_the_exception_through() -> None:
-    env = {**KEYS, "BACKEND_ENDPOINT": closed_port_endpoint(), "BAI_DEBUG": "1"}
+def test_bai_debug_lets_the_exception_through(refused_endpoint: str) -> None:
+    env = {**KEYS, "BACKEND_ENDPOINT": refused_endpoint, "BAI_DEBUG": "1"}
     result = CliRunner().invoke(cli, ["ps"], env=env)
     assert isinstance(result.exception, ConnectionFailed)
 
@@ -152,8 +156,8 @@ def test_python_dash_m_runs_the_cli(module: str) -> None:
     assert result.stdout.startswith("Usage: bai ")
 
 
-def test_a_traceback_never_reaches_the_user_from_a_subprocess() -> None:
-    env = {**os.environ, **KEYS, "BACKEND_ENDPOINT": closed_port_endpoint()}
+def test_a_traceback_never_reaches_the_user_from_a_subprocess(refused_endpoint: str) -> None:
+    env = {**os.environ, **KEYS, "BACKEND_ENDPOINT": refused_endpoint}
     env.pop("BAI_DEBUG", None)
     result = subprocess.run(
         [sys.executable, "-m", "bai.client.cli.main", "info", "demo"],

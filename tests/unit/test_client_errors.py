@@ -111,14 +111,13 @@ async def test_an_answer_that_is_not_the_api_is_a_protocol_error() -> None:
             await api.server_version()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_connection_refused_names_the_endpoint() -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    with socket.socket() as bound:  # bound, never listening: refused, and no one else's until closed
+        bound.bind(("127.0.0.1", 0))
+        await _refused(f"http://127.0.0.1:{bound.getsockname()[1]}")
+
+
+async def _refused(endpoint: str) -> None:
     config = APIConfig(endpoint=endpoint, access_key="a" * 20, secret_key="s" * 40)
     async with AsyncSession(config) as api:
         with pytest.raises(ConnectionFailed) as caught:
