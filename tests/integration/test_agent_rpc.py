@@ -17,11 +17,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from bai.agent.agent import Agent
 from bai.agent.heartbeat import Heartbeat, ManagerClient
 from bai.agent.main import serve
-from bai.agent.rpc import RpcServer
+from bai.agent.rpc import AgentRpcServer
+from bai.common.agent_calls import CALLS, INFO, SECRET_HEADER, Kind
 from bai.common.agent_rpc import AgentInfo, ExecResult, RpcError, SessionGone, SessionStats
 
 SECRET = "s3cret-for-tests"
@@ -30,7 +33,7 @@ REASON = sandbox_unavailable()
 
 @contextlib.asynccontextmanager
 async def rpc_server(agent: Agent) -> AsyncIterator[httpx.AsyncClient]:
-    server = RpcServer(agent, SECRET, "127.0.0.1", 0)
+    server = AgentRpcServer(agent, SECRET, "127.0.0.1", 0)
     await server.start()
     try:
         async with httpx.AsyncClient(
@@ -50,24 +53,27 @@ def idle_agent() -> Iterator[Agent]:
 
 
 async def test_every_route_checks_the_secret(idle_agent: Agent) -> None:
+    """Every declared call, whatever its kind, is refused without the right secret, and
+    so is a path that names no call: the check stands in front of every route."""
     async with rpc_server(idle_agent) as client:
-        for method in (
-            "info",
-            "create_session",
-            "destroy_session",
-            "restart_session",
-            "execute",
-            "interrupt",
-            "complete",
-            "session_stats",
-        ):
-            for headers in ({"X-BAI-Cluster-Secret": "wrong"}, {"X-BAI-Cluster-Secret": ""}):
-                response = await client.post(f"/rpc/{method}", json={"session_id": "x"}, headers=headers)
-                assert response.status_code == 401, method
+        paths = [call.path for call in CALLS if call.kind != Kind.WEBSOCKET] + ["/rpc/no_such_call"]
+        for path in paths:
+            for headers in ({SECRET_HEADER: "wrong"}, {SECRET_HEADER: ""}):
+                response = await client.post(path, json={"session_id": "x"}, headers=headers)
+                assert response.status_code == 401, path
                 assert RpcError.model_validate(response.json()).error == "AuthFailed"
         bare = httpx.AsyncClient(base_url=str(client.base_url))
         async with bare:
-            assert (await bare.post("/rpc/info")).status_code == 401
+            assert (await bare.post(INFO.path)).status_code == 401
+        sockets = [call for call in CALLS if call.kind == Kind.WEBSOCKET]
+        assert sockets
+        for call in sockets:
+            base = "ws" + str(client.base_url).removeprefix("http").rstrip("/")
+            url = f"{base}{call.path}?session_id=x&rows=2&cols=2"
+            for headers in ({SECRET_HEADER: "wrong"}, {}):
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(url, additional_headers=headers, open_timeout=10)
+                assert refused.value.response.status_code == 401, call.name
 
 
 async def test_info_and_errors(idle_agent: Agent) -> None:

@@ -226,7 +226,7 @@ def test_the_agent_terminal_route_wants_the_cluster_secret(cluster: Cluster) -> 
     assert wait_for(lambda: api.post("/session", {"image": "python", "name": "guarded"}).status_code == 201)
     agent_url = cluster.manager.manager.agents.alive()[0].info.rpc_url
     session_id = api.get("/session/guarded").json()["sessionId"]
-    url = "ws" + agent_url.removeprefix("http") + f"/rpc/terminal?session_id={session_id}&rows=24&cols=80"
+    url = "ws" + agent_url.removeprefix("http") + f"/rpc/open_terminal?session_id={session_id}&rows=24&cols=80"
     with pytest.raises(InvalidStatus, match="401"):
         connect(url, additional_headers={"X-BAI-Cluster-Secret": "wrong"}, open_timeout=10)
     with pytest.raises(InvalidStatus, match="401"):

@@ -10,7 +10,7 @@ import logging
 from bai.agent.agent import Agent
 from bai.agent.config import AgentConfig
 from bai.agent.heartbeat import Heartbeat, ManagerClient
-from bai.agent.rpc import RpcServer
+from bai.agent.rpc import AgentRpcServer
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     secret = config.cluster_secret.get_secret_value()
     agent = Agent(config)
     await agent.start()
-    server = RpcServer(agent, secret, config.rpc_host, config.rpc_port)
+    server = AgentRpcServer(agent, secret, config.rpc_host, config.rpc_port)
     manager = ManagerClient(config.manager_url, secret)
     heartbeat = Heartbeat(manager, agent.info, config.heartbeat_interval_s)
     try:

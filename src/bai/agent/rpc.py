@@ -1,27 +1,16 @@
-"""The agent RPC server: the manager calls the agent's methods over HTTP.
+"""The agent RPC server: the routes of the calls declared in bai.common.agent_calls,
+made from that table (one endpoint builder per kind of call) around the agent's
+handlers (bai.agent.rpc_handlers). The module docstring of agent_calls has the wire.
 
-Wire (one route per ``Agent`` method, all ``POST /rpc/<method>``, JSON bodies
-of the bai.common.agent_rpc models, header ``X-BAI-Cluster-Secret`` checked in
-constant time on every route):
+The cluster secret is checked in one place, ``ClusterSecretCheck``: a middleware in
+front of every route, HTTP and WebSocket alike, that compares ``X-BAI-Cluster-Secret``
+in constant time and answers 401 ``AuthFailed`` before any route runs.
 
-    method            body              answer
-    info              (none)            200 AgentInfo
-    create_session    SandboxSpec       204
-    destroy_session   SessionRef        200 SessionStats
-    restart_session   SessionRef        204
-    execute           ExecRequest       200 ExecResult
-    interrupt         SessionRef        204
-    complete          CompleteRequest   200 list[str]
-    session_stats     SessionRef        200 SessionStats
-    upload_file       the file's bytes  204   (FileUpload in the X-BAI-Args header; body streamed)
-    download          FileDownload      200 multipart/mixed, one tar per path (streamed)
-    list_files        FileListRequest   200 FileListing
-    terminal          (WebSocket, GET)  see bai.agent.rpc_terminal
-
-A failure answers ``RpcError`` (``error`` = the bai.common.errors class name)
-with the status of its family: 400 InvalidRequest (bad body too), 413
-RequestTooLarge, 401 AuthFailed, 404 NotFound, 503 ServiceUnavailable, 507
-StorageFull, 500 anything else.
+A failure answers ``RpcError`` (bai.common.agent_calls.rpc_error) with the status of its
+class in bai.common.problems, the table the manager's API answers with too. A body that
+does not parse is an InvalidRequest naming the field. An error the call does not declare
+is logged here and answered as raised; the manager's client turns it into an
+OperationFailed.
 
 As in the manager (docs/decisions/0002), the handlers are plain Starlette
 endpoints inside a FastAPI app, validating with our own models: FastAPI's
@@ -34,82 +23,84 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from bai.agent.agent import Agent
+from bai.agent.rpc_handlers import AgentHandlers
 from bai.agent.rpc_terminal import serve_terminal
-from bai.common.agent_rpc import (
-    CompleteRequest,
-    ExecRequest,
-    FileDownload,
-    FileListRequest,
-    FileUpload,
-    RpcError,
-    SandboxSpec,
-    SessionRef,
+from bai.common.agent_calls import (
+    ARGS_HEADER,
+    CALLS,
+    SECRET_HEADER,
+    AgentCall,
+    Call,
+    Download,
+    Upload,
+    WebSocketCall,
+    rpc_error,
 )
-from bai.common.errors import (
-    AuthFailed,
-    BaiError,
-    InvalidRequest,
-    NotFound,
-    RequestTooLarge,
-    ServiceUnavailable,
-    StorageFull,
-)
+from bai.common.agent_rpc import ByteStream
+from bai.common.errors import AuthFailed, BaiError, InvalidRequest
+from bai.common.problems import classify
+from bai.common.terminal import Terminal
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "x-bai-cluster-secret"
-ARGS_HEADER = "x-bai-args"
 JSON = "application/json"
 
 M = TypeVar("M", bound=BaseModel)
-Result = BaseModel | list[str] | None
+Req = TypeVar("Req", bound=BaseModel)
+Ans = TypeVar("Ans")
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-_STRINGS = TypeAdapter(list[str])
-_STATUS: list[tuple[type[BaiError], int]] = [
-    (RequestTooLarge, 413),
-    (InvalidRequest, 400),
-    (StorageFull, 507),
-    (AuthFailed, 401),
-    (NotFound, 404),
-    (ServiceUnavailable, 503),
-]
 
 
 def error_response(exc: BaiError) -> Response:
-    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-    body = RpcError(
-        error=type(exc).__name__,
-        message=exc.message,
-        field=exc.field if isinstance(exc, InvalidRequest) else None,
-        data=exc.data,
-    )
-    return Response(body.model_dump_json(), status_code=status, media_type=JSON)
+    """The ``RpcError`` answer of a failure, with its status from bai.common.problems."""
+    return Response(rpc_error(exc).model_dump_json(), status_code=classify(exc).status, media_type=JSON)
 
 
-def _encode(result: Result) -> Response:
-    if result is None:
-        return Response(status_code=204)
-    if isinstance(result, BaseModel):
-        return Response(result.model_dump_json(), media_type=JSON)
-    return Response(_STRINGS.dump_json(result), media_type=JSON)
+class ClusterSecretCheck:
+    """The one check of the cluster secret: every HTTP request and WebSocket upgrade
+    without the right ``X-BAI-Cluster-Secret`` is answered 401 AuthFailed here."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        if not secret:
+            raise ValueError("the agent RPC needs a cluster secret")
+        self.app = app
+        self._secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self._admits(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+            return
+        refusal = error_response(AuthFailed(f"{SECRET_HEADER}: wrong or missing cluster secret"))
+        if scope["type"] == "http":
+            await refusal(scope, receive, send)
+        else:
+            await WebSocket(scope, receive, send).send_denial_response(refusal)
+
+    def _admits(self, headers: Headers) -> bool:
+        return hmac.compare_digest(self._secret, headers.get(SECRET_HEADER, "").encode())
 
 
-def _parse(model: type[M], raw: bytes) -> M:
+def _parse(model: type[M], raw: bytes | Mapping[str, str]) -> M:
+    """A request from a JSON body (empty: no fields) or a query string."""
     try:
-        return model.model_validate_json(raw or b"{}")
+        if isinstance(raw, bytes):
+            return model.model_validate_json(raw or b"{}")
+        return model.model_validate(dict(raw))
     except ValidationError as exc:
         errors = exc.errors()
         if not errors:
@@ -118,96 +109,88 @@ def _parse(model: type[M], raw: bytes) -> M:
         raise InvalidRequest(f"bad {model.__name__}: {errors[0]['msg']}", field=field) from exc
 
 
-class RpcApp:
-    """Builds the app around one agent and the cluster secret."""
+def _failed(call: AgentCall[BaseModel], exc: BaiError) -> Response:
+    if call.admit(exc) is not exc:
+        log.warning("agent call %s raised %s, which it does not declare: %s", call.name, type(exc).__name__, exc)
+    return error_response(exc)
 
-    def __init__(self, agent: Agent, secret: str) -> None:
-        if not secret:
-            raise ValueError("the agent RPC needs a cluster secret")
-        self.agent = agent
-        self._secret = secret.encode()
 
-    def _authorized(self, request: Request) -> bool:
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        return hmac.compare_digest(self._secret, given)
+# -- one endpoint builder per kind of call ----------------------------------------------
 
-    def _endpoint(self, model: type[M], call: Callable[[M], Awaitable[Result]]) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            if not self._authorized(request):
-                return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
-            try:
-                return _encode(await call(_parse(model, await request.body())))
-            except BaiError as exc:
-                return error_response(exc)
 
-        return endpoint
-
-    async def _upload(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
+def _call_endpoint(call: Call[Req, Ans], handler: Callable[[Req], Awaitable[Ans]]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
         try:
-            args = _parse(FileUpload, request.headers.get(ARGS_HEADER, "").encode())
-            await self.agent.upload_file(args, request.stream())
+            answer = await handler(_parse(call.request, await request.body()))
         except BaiError as exc:
-            return error_response(exc)
+            return _failed(call, exc)
+        if answer is None:
+            return Response(status_code=204)
+        return Response(call.answer.dump_json(answer), media_type=JSON)
+
+    return endpoint
+
+
+def _upload_endpoint(call: Upload[Req], handler: Callable[[Req, AsyncIterator[bytes]], Awaitable[None]]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        try:
+            await handler(_parse(call.request, request.headers.get(ARGS_HEADER, "").encode()), request.stream())
+        except BaiError as exc:
+            return _failed(call, exc)
         return Response(status_code=204)
 
-    async def _download(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
+    return endpoint
+
+
+def _download_endpoint(call: Download[Req], handler: Callable[[Req], Awaitable[ByteStream]]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
         try:
-            stream = await self.agent.download(_parse(FileDownload, await request.body()))
+            stream = await handler(_parse(call.request, await request.body()))
         except BaiError as exc:
-            return error_response(exc)
+            return _failed(call, exc)
         return StreamingResponse(stream.chunks, media_type=stream.media_type)
 
-    async def _info(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error_response(AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret"))
-        return _encode(self.agent.info())
+    return endpoint
 
-    async def _terminal(self, ws: WebSocket) -> None:
-        await serve_terminal(ws, self.agent, self._secret, error_response)
 
-    async def _destroy(self, ref: SessionRef) -> Result:
-        return await self.agent.destroy_session(ref.session_id)
+def _websocket_endpoint(
+    call: WebSocketCall[Req], handler: Callable[[Req], Awaitable[Terminal]]
+) -> Callable[[WebSocket], Awaitable[None]]:
+    async def endpoint(ws: WebSocket) -> None:
+        async def opening() -> Terminal:
+            return await handler(_parse(call.request, ws.query_params))
 
-    async def _restart(self, ref: SessionRef) -> Result:
-        await self.agent.restart_session(ref.session_id)
-        return None
+        def refusal(exc: BaiError) -> Response:
+            return _failed(call, exc)
 
-    async def _interrupt(self, ref: SessionRef) -> Result:
-        await self.agent.interrupt(ref.session_id)
-        return None
+        await serve_terminal(ws, opening(), refusal)
 
-    async def _stats(self, ref: SessionRef) -> Result:
-        return await self.agent.session_stats(ref.session_id)
+    return endpoint
 
-    async def _create(self, spec: SandboxSpec) -> Result:
-        await self.agent.create_session(spec)
-        return None
 
-    def build(self) -> FastAPI:
-        agent = self.agent
-        routes: list[BaseRoute] = [
-            Route("/rpc/info", self._info, methods=["POST"]),
-            Route("/rpc/create_session", self._endpoint(SandboxSpec, self._create), methods=["POST"]),
-            Route("/rpc/destroy_session", self._endpoint(SessionRef, self._destroy), methods=["POST"]),
-            Route("/rpc/restart_session", self._endpoint(SessionRef, self._restart), methods=["POST"]),
-            Route("/rpc/execute", self._endpoint(ExecRequest, agent.execute), methods=["POST"]),
-            Route("/rpc/interrupt", self._endpoint(SessionRef, self._interrupt), methods=["POST"]),
-            Route("/rpc/complete", self._endpoint(CompleteRequest, agent.complete), methods=["POST"]),
-            Route("/rpc/session_stats", self._endpoint(SessionRef, self._stats), methods=["POST"]),
-            Route("/rpc/upload_file", self._upload, methods=["POST"]),
-            Route("/rpc/download", self._download, methods=["POST"]),
-            Route("/rpc/list_files", self._endpoint(FileListRequest, agent.list_files), methods=["POST"]),
-            WebSocketRoute("/rpc/terminal", self._terminal),  # bai.agent.rpc_terminal
-        ]
-        return FastAPI(routes=routes, openapi_url=None, docs_url=None, redoc_url=None)
+def _route(call: AgentCall[BaseModel], handlers: AgentHandlers) -> BaseRoute:
+    match call:
+        case Call():
+            return Route(call.path, _call_endpoint(call, handlers.call(call)), methods=["POST"])
+        case Upload():
+            return Route(call.path, _upload_endpoint(call, handlers.upload(call)), methods=["POST"])
+        case Download():
+            return Route(call.path, _download_endpoint(call, handlers.download(call)), methods=["POST"])
+        case WebSocketCall():
+            return WebSocketRoute(call.path, _websocket_endpoint(call, handlers.websocket(call)))
+    raise TypeError(f"agent call {call.name}: no route for its kind {call.kind}")
 
 
 def create_app(agent: Agent, secret: str) -> FastAPI:
-    return RpcApp(agent, secret).build()
+    """The agent RPC app: one route per declared call, behind the cluster secret check."""
+    handlers = AgentHandlers(agent)
+    return FastAPI(
+        routes=[_route(call, handlers) for call in CALLS],
+        middleware=[Middleware(ClusterSecretCheck, secret=secret)],
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
 
 
 class _Server(uvicorn.Server):
@@ -216,7 +199,7 @@ class _Server(uvicorn.Server):
         yield  # signals belong to whoever runs the agent, not to uvicorn
 
 
-class RpcServer:
+class AgentRpcServer:
     """uvicorn serving ``create_app`` on the config's host and port (0: any free port)."""
 
     def __init__(self, agent: Agent, secret: str, host: str, port: int) -> None:

@@ -1,9 +1,10 @@
-"""The agent RPC's terminal route: a session's terminal over one WebSocket, for a
-manager in another process (bai.manager.agent_terminal is the other end).
+"""The agent RPC's terminal: a session's terminal over one WebSocket, for a manager in
+another process (bai.manager.agent_terminal is the other end).
 
-``GET /rpc/terminal?session_id=&rows=&cols=`` upgraded to a WebSocket, with the
-cluster secret in ``X-BAI-Cluster-Secret``; refused before the upgrade with the
-``RpcError`` of the failure (401, 400 naming rows / cols, 404...). Then:
+``GET /rpc/open_terminal?session_id=&rows=&cols=`` (the call ``open_terminal`` of
+bai.common.agent_calls, its route made by bai.agent.rpc, which checks the cluster
+secret) upgraded to a WebSocket; refused before the upgrade with the ``RpcError`` of the
+failure (400 naming rows / cols, 404...). Then:
 
 * manager → agent: a binary frame is typed into the terminal; a text frame
   ``{"rows", "cols"}`` resizes it; closing the socket hangs the terminal up;
@@ -18,37 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from bai.agent.agent import Agent
-from bai.common.errors import AuthFailed, BaiError, InvalidRequest
+from bai.common.errors import BaiError
 from bai.common.terminal import Terminal
-
-SECRET_HEADER = "X-BAI-Cluster-Secret"
-
-
-def _int_param(ws: WebSocket, name: str) -> int:
-    value = ws.query_params.get(name, "")
-    if not value.isdigit():
-        raise InvalidRequest(f"{name}: must be a positive integer", field=name)
-    return int(value)
 
 
 async def serve_terminal(
-    ws: WebSocket, agent: Agent, secret: bytes, error_response: Callable[[BaiError], Response]
+    ws: WebSocket, opening: Awaitable[Terminal], error_response: Callable[[BaiError], Response]
 ) -> None:
-    """Serve one terminal; ``error_response`` makes the refusal of a failed upgrade."""
+    """Serve the terminal ``opening`` gives; ``error_response`` makes the refusal of an
+    upgrade whose terminal could not be opened."""
     try:
-        if not hmac.compare_digest(secret, ws.headers.get(SECRET_HEADER, "").encode()):
-            raise AuthFailed("X-BAI-Cluster-Secret: wrong or missing cluster secret")
-        session_id = ws.query_params.get("session_id", "")
-        terminal = await agent.open_terminal(session_id, _int_param(ws, "rows"), _int_param(ws, "cols"))
+        terminal = await opening
     except BaiError as exc:
         await ws.send_denial_response(error_response(exc))
         return

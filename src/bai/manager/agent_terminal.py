@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -24,20 +23,17 @@ MAX_QUEUE = 8  # frames the client buffers before it stops reading the socket
 Refusal = Callable[[int, bytes], errors.BaiError]
 
 
-async def open_remote_terminal(
-    rpc_url: str, secret_header: tuple[str, str], session_id: str, rows: int, cols: int, refusal: Refusal
-) -> RemoteTerminal:
-    """Open the agent's terminal; a refused upgrade raises ``refusal(status, body)``."""
-    query = urlencode({"session_id": session_id, "rows": rows, "cols": cols})
-    url = "ws" + rpc_url.rstrip("/").removeprefix("http") + "/rpc/terminal?" + query
+async def open_remote_terminal(url: str, headers: dict[str, str], refusal: Refusal) -> RemoteTerminal:
+    """Open the agent's terminal at ``url`` (the call and its request in the query string,
+    made by bai.manager.agent_http); a refused upgrade raises ``refusal(status, body)``."""
     try:
         socket = await connect(
-            url, additional_headers=[secret_header], max_size=MAX_FRAME, max_queue=MAX_QUEUE, open_timeout=10
+            url, additional_headers=headers, max_size=MAX_FRAME, max_queue=MAX_QUEUE, open_timeout=10
         )
     except InvalidStatus as exc:
         raise refusal(exc.response.status_code, bytes(exc.response.body or b"")) from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise errors.ServiceUnavailable(f"the agent at {rpc_url} is unreachable: {exc}") from exc
+        raise errors.ServiceUnavailable(f"the agent at {url.split('?', 1)[0]} is unreachable: {exc}") from exc
     return RemoteTerminal(socket)
 
 

@@ -1,95 +1,32 @@
 """The agent registry: which agents exist, what they offer, whether they are
-alive; and ``AgentLink``, the interface through which the manager calls one.
+alive, and the ``AgentClient`` (bai.manager.agent_client) through which the manager
+calls each.
 
-Links are chosen by the agent's ``rpc_url`` scheme from ``LINK_FACTORIES``:
-``inproc://`` links are registered by the embedded server, ``http://`` ones use
-the agent RPC (bai.manager.agent_http).
+A client is made by the factory registered for the scheme of the agent's ``rpc_url``:
+``inproc://`` by the embedded server (bai.server.agent_client), ``http://`` by the manager
+when it has a cluster secret (bai.manager.agent_http).
 """
 
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from bai.common.agent_rpc import (
-    AgentInfo,
-    ByteStream,
-    CompleteRequest,
-    ExecRequest,
-    ExecResult,
-    FileDownload,
-    FileListing,
-    FileListRequest,
-    FileUpload,
-    SandboxSpec,
-    SessionStats,
-)
-from bai.common.errors import NotImplementedFeature, ServiceUnavailable
+from bai.common.agent_rpc import AgentInfo
+from bai.common.errors import ServiceUnavailable
 from bai.common.resources import Slots
-from bai.common.terminal import Terminal
+from bai.manager.agent_client import AgentClient
 from bai.manager.scheduler import AgentCapacity
 
-
-class AgentLink(ABC):
-    """How the manager reaches one agent. Called by SessionRegistry only."""
-
-    @abstractmethod
-    async def create_session(self, spec: SandboxSpec) -> None:
-        """Start a sandbox; returns when it is ready to execute. Raises SessionCreationFailed."""
-
-    @abstractmethod
-    async def destroy_session(self, session_id: str) -> SessionStats:
-        """Stop a sandbox and return its final usage."""
-
-    @abstractmethod
-    async def restart_session(self, session_id: str) -> None:
-        """Replace the sandbox with a fresh one on the same scratch dir."""
-
-    @abstractmethod
-    async def execute(self, request: ExecRequest) -> ExecResult:
-        """Start, continue or feed input to a run; answers within the request's flush timeout."""
-
-    @abstractmethod
-    async def interrupt(self, session_id: str) -> None: ...
-
-    @abstractmethod
-    async def complete(self, request: CompleteRequest) -> list[str]: ...
-
-    @abstractmethod
-    async def session_stats(self, session_id: str) -> SessionStats: ...
-
-    @abstractmethod
-    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
-        """Write one file into the session's /home/work from ``chunks`` (streamed, not
-        held whole). Raises InvalidRequest naming the path, RequestTooLarge, StorageFull."""
-
-    @abstractmethod
-    async def download(self, request: FileDownload) -> ByteStream:
-        """``multipart/mixed``, one tar per path; path errors are raised before the
-        stream starts. The caller must exhaust or close ``chunks``."""
-
-    @abstractmethod
-    async def list_files(self, request: FileListRequest) -> FileListing: ...
-
-    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
-        """A shell on a new pty in the session's sandbox (API.md section 6, terminal).
-        Raises InvalidRequest naming rows / cols, ExecutionFailed."""
-        raise NotImplementedFeature("this agent's link has no terminals")
-
-    async def close(self) -> None:
-        """Release connections; the agent itself keeps running."""
-
-
-LinkFactory = Callable[[AgentInfo], AgentLink]
+ClientFactory = Callable[[AgentInfo], AgentClient]
 
 
 @dataclass
 class AgentState:
     info: AgentInfo
-    link: AgentLink
+    client: AgentClient
     last_seen: float
     alive: bool = True
 
@@ -102,9 +39,9 @@ class AgentRegistry:
     def __init__(self, lost_after_s: float) -> None:
         self.lost_after_s = lost_after_s
         self._agents: dict[str, AgentState] = {}
-        self._factories: dict[str, LinkFactory] = {}
+        self._factories: dict[str, ClientFactory] = {}
 
-    def register_link_factory(self, scheme: str, factory: LinkFactory) -> None:
+    def register_client_factory(self, scheme: str, factory: ClientFactory) -> None:
         self._factories[scheme] = factory
 
     def heartbeat(self, info: AgentInfo, now: float | None = None) -> tuple[AgentState, bool, bool]:
@@ -120,8 +57,8 @@ class AgentRegistry:
         scheme = info.rpc_url.split("://", 1)[0]
         factory = self._factories.get(scheme)
         if factory is None:
-            raise ServiceUnavailable(f"agent {info.agent_id}: no link for {scheme}:// addresses")
-        state = AgentState(info=info, link=factory(info), last_seen=now)
+            raise ServiceUnavailable(f"agent {info.agent_id}: no client for {scheme}:// addresses")
+        state = AgentState(info=info, client=factory(info), last_seen=now)
         self._agents[info.agent_id] = state
         return state, True, restarted
 
@@ -136,11 +73,12 @@ class AgentRegistry:
     def get(self, agent_id: str) -> AgentState | None:
         return self._agents.get(agent_id)
 
-    def link(self, agent_id: str | None) -> AgentLink:
+    def client(self, agent_id: str | None) -> AgentClient:
+        """The client of a live agent; ServiceUnavailable for an unknown or lost one."""
         state = self._agents.get(agent_id or "")
         if state is None or not state.alive:
             raise ServiceUnavailable(f"agent {agent_id} is not available")
-        return state.link
+        return state.client
 
     def alive(self) -> list[AgentState]:
         return [a for a in self._agents.values() if a.alive]
@@ -170,4 +108,4 @@ class AgentRegistry:
 
     async def close(self) -> None:
         for agent in self._agents.values():
-            await agent.link.close()
+            await agent.client.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from bai.common.agent_rpc import AgentInfo
 from bai.common.errors import BaiError, InvalidRequest
-from bai.manager.agent_http import HttpAgentLink
+from bai.manager.agent_http import HttpAgentClient
 from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus
@@ -39,7 +39,7 @@ class Manager:
         self._tasks: set[asyncio.Task[None]] = set()
         if config.cluster_secret:
             secret = config.cluster_secret
-            self.agents.register_link_factory("http", lambda info: HttpAgentLink(info, secret))
+            self.agents.register_client_factory("http", lambda info: HttpAgentClient(info, secret))
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,11 +113,11 @@ class Manager:
         """Sandboxes an agent runs for sessions this manager does not know as live (it
         restarted, or the session ended while the agent was unreachable): stop them, so
         they hold no resources and run no code that nobody can reach."""
-        link = self.agents.link(agent_id)
+        agent = self.agents.client(agent_id)
         for session_id in session_ids:
             log.warning("agent %s runs session %s, which is not live here: destroying it", agent_id, session_id)
             try:
-                await link.destroy_session(session_id)
+                await agent.destroy_session(session_id)
             except BaiError as exc:
                 log.warning("could not destroy orphan session %s: %s", session_id, exc)
 

@@ -42,7 +42,8 @@ from bai.common.errors import BaiError, SessionNotFound, SessionRestartFailed
 from bai.common.resources import Slots, format_bytes, format_slots
 from bai.common.status import SessionStatus
 from bai.manager import lifecycle
-from bai.manager.agents import AgentLink, AgentRegistry
+from bai.manager.agent_client import AgentClient
+from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus, SessionEvent
 from bai.manager.keypairs import Keypair
@@ -246,7 +247,7 @@ class SessionRegistry:
 
     async def _create_sandbox(self, action: CreateSandbox) -> list[Action]:
         try:
-            await self._agents.link(action.agent_id).create_session(action.spec)
+            await self._agents.client(action.agent_id).create_session(action.spec)
         except BaiError as exc:
             log.warning("session %s failed to start: %s", action.spec.session_name, exc)
             return self.state.handle(CreateFailed(action.session_id, exc.message))
@@ -254,7 +255,7 @@ class SessionRegistry:
 
     async def _destroy_sandbox(self, action: DestroySandbox) -> list[Action]:
         try:
-            stats = await self._agents.link(action.agent_id).destroy_session(action.session_id)
+            stats = await self._agents.client(action.agent_id).destroy_session(action.session_id)
         except BaiError as exc:
             log.warning("session %s: destroy on its agent failed: %s", action.session_id, exc)
             stats = SessionStats()
@@ -264,7 +265,7 @@ class SessionRegistry:
         session = self.state.find_by_id(action.session_id)
         name = session.name if session is not None else action.session_id
         try:
-            await self._agents.link(action.agent_id).restart_session(action.session_id)
+            await self._agents.client(action.agent_id).restart_session(action.session_id)
         except BaiError as exc:
             await self._perform(self.state.handle(RestartFailed(action.session_id, exc.message)))
             raise SessionRestartFailed(f"session {name} could not restart: {exc.message}") from exc
@@ -274,7 +275,7 @@ class SessionRegistry:
         """Whether a restarted agent still has the session (it may have been created there
         after the heartbeat's list was made)."""
         try:
-            await self._agents.link(action.agent_id).session_stats(action.session_id)
+            await self._agents.client(action.agent_id).session_stats(action.session_id)
         except SessionNotFound:
             return self.state.handle(SandboxMissing(action.session_id))
         except BaiError as exc:
@@ -442,11 +443,11 @@ class SessionRegistry:
 
     # -- execution -----------------------------------------------------------------
 
-    def agent_of(self, session: LiveSession) -> AgentLink:
-        """The link to a RUNNING session's agent, for the calls the API edge makes
+    def agent_of(self, session: LiveSession) -> AgentClient:
+        """The client of a RUNNING session's agent, for the calls the API edge makes
         itself (file transfers, bai.manager.api.files; wrap them in ``in_use``)."""
         self.state.require_running(session)
-        return self._agents.link(session.agent_id)
+        return self._agents.client(session.agent_id)
 
     async def execute(self, session: LiveSession, request: ExecRequest) -> ExecResult:
         self.state.require_running(session)
@@ -455,7 +456,7 @@ class SessionRegistry:
         activity = session.activity  # the hot path: no context manager (about 2 µs)
         activity.enter()
         try:
-            result = await self._agents.link(session.agent_id).execute(request)
+            result = await self._agents.client(session.agent_id).execute(request)
         finally:
             activity.leave()
         if result.status.goes_on:
@@ -481,19 +482,19 @@ class SessionRegistry:
     async def interrupt(self, session: LiveSession) -> None:
         self.state.require_running(session)
         with self.in_use(session):
-            await self._agents.link(session.agent_id).interrupt(session.id)
+            await self._agents.client(session.agent_id).interrupt(session.id)
         session.activity.run_ended()
 
     async def complete(self, session: LiveSession, request: CompleteRequest) -> list[str]:
         self.state.require_running(session)
         with self.in_use(session):
-            return await self._agents.link(session.agent_id).complete(request)
+            return await self._agents.client(session.agent_id).complete(request)
 
     async def live_stats(self, session: LiveSession) -> dict[str, Any] | None:
         if session.status != SessionStatus.RUNNING:
             return session.last_stat
         try:
-            stats = await self._agents.link(session.agent_id).session_stats(session.id)
+            stats = await self._agents.client(session.agent_id).session_stats(session.id)
         except BaiError:
             return session.last_stat
         return stats_payload(stats, "live")

@@ -1,60 +1,56 @@
-"""The in-process agent link: the manager calls the embedded agent's methods
-directly, with no serialisation and no socket in between."""
+"""``InProcessAgentClient``: the embedded server's client of its own agent. Each call goes
+straight to the agent's handler of it (bai.agent.rpc_handlers, the same the RPC routes
+use), with no serialisation and no socket; its errors are admitted by the call's
+declaration (bai.common.agent_calls) as over HTTP, so both modes raise the same."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from bai.agent.agent import Agent
-from bai.common.agent_rpc import (
-    ByteStream,
-    CompleteRequest,
-    ExecRequest,
-    ExecResult,
-    FileDownload,
-    FileListing,
-    FileListRequest,
-    FileUpload,
-    SandboxSpec,
-    SessionStats,
-)
+from bai.agent.rpc_handlers import AgentHandlers
+from bai.common.agent_calls import AgentCall, Call, Download, Upload, WebSocketCall
+from bai.common.agent_rpc import ByteStream
+from bai.common.errors import BaiError
 from bai.common.terminal import Terminal
-from bai.manager.agents import AgentLink
+from bai.manager.agent_client import AgentClient
+
+Req = TypeVar("Req", bound=BaseModel)
+Ans = TypeVar("Ans")
 
 
-class InProcessAgentLink(AgentLink):
+class InProcessAgentClient(AgentClient):
     def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+        self._handlers = AgentHandlers(agent)
 
-    async def create_session(self, spec: SandboxSpec) -> None:
-        await self._agent.create_session(spec)
+    async def send_call(self, call: Call[Req, Ans], request: Req) -> Ans:
+        with _admitted(call):
+            return await self._handlers.call(call)(request)
 
-    async def destroy_session(self, session_id: str) -> SessionStats:
-        return await self._agent.destroy_session(session_id)
+    async def send_upload(self, call: Upload[Req], request: Req, chunks: AsyncIterator[bytes]) -> None:
+        with _admitted(call):
+            await self._handlers.upload(call)(request, chunks)
 
-    async def restart_session(self, session_id: str) -> None:
-        await self._agent.restart_session(session_id)
+    async def send_download(self, call: Download[Req], request: Req) -> ByteStream:
+        with _admitted(call):
+            return await self._handlers.download(call)(request)
 
-    async def execute(self, request: ExecRequest) -> ExecResult:
-        return await self._agent.execute(request)
+    async def open_websocket(self, call: WebSocketCall[Req], request: Req) -> Terminal:
+        with _admitted(call):
+            return await self._handlers.websocket(call)(request)
 
-    async def interrupt(self, session_id: str) -> None:
-        await self._agent.interrupt(session_id)
 
-    async def complete(self, request: CompleteRequest) -> list[str]:
-        return await self._agent.complete(request)
-
-    async def session_stats(self, session_id: str) -> SessionStats:
-        return await self._agent.session_stats(session_id)
-
-    async def upload_file(self, request: FileUpload, chunks: AsyncIterator[bytes]) -> None:
-        await self._agent.upload_file(request, chunks)
-
-    async def download(self, request: FileDownload) -> ByteStream:
-        return await self._agent.download(request)
-
-    async def list_files(self, request: FileListRequest) -> FileListing:
-        return await self._agent.list_files(request)
-
-    async def open_terminal(self, session_id: str, rows: int, cols: int) -> Terminal:
-        return await self._agent.open_terminal(session_id, rows, cols)
+@contextlib.contextmanager
+def _admitted(call: AgentCall[BaseModel]) -> Iterator[None]:
+    """Raise what the block raises as ``call`` admits it."""
+    try:
+        yield
+    except BaiError as exc:
+        error = call.admit(exc)
+        if error is exc:
+            raise
+        raise error from exc

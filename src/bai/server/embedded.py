@@ -18,7 +18,7 @@ from bai.common.agent_rpc import AgentInfo, SessionGone
 from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer, Credentials
-from bai.server.links import InProcessAgentLink
+from bai.server.agent_client import InProcessAgentClient
 
 
 def default_data_dir() -> Path:
@@ -53,7 +53,7 @@ class EmbeddedServer:
         await self.manager.start()
         await self.agent.start()
         self.agent.on_session_gone = self._sandbox_gone
-        self.manager.agents.register_link_factory("inproc", self._link_for)
+        self.manager.agents.register_client_factory("inproc", self._client_for)
         self.manager.agent_heartbeat(self.agent.info())
         self.resume_heartbeats()
         await self.api.start()
@@ -65,8 +65,8 @@ class EmbeddedServer:
         await self.manager.stop()
         await self.agent.stop()
 
-    def _link_for(self, info: AgentInfo) -> InProcessAgentLink:
-        return InProcessAgentLink(self.agent)
+    def _client_for(self, info: AgentInfo) -> InProcessAgentClient:
+        return InProcessAgentClient(self.agent)
 
     async def _sandbox_gone(self, gone: SessionGone) -> None:
         await self.manager.sessions.sandbox_gone(gone)

@@ -125,7 +125,7 @@ async def upload(request: Request) -> Response:
     session = await live_session(request)
     manager = manager_of(request)
     config = manager.config
-    link = manager.sessions.agent_of(session)
+    agent = manager.sessions.agent_of(session)
     uploads = await _parse_upload(request, config)
     try:
         if not uploads:
@@ -133,7 +133,7 @@ async def upload(request: Request) -> Response:
         with manager.sessions.in_use(session):
             for path, file in uploads:
                 ref = FileUpload(session_id=session.id, path=path, max_bytes=config.upload_max_file_bytes)
-                await link.upload_file(ref, _file_chunks(file))
+                await agent.upload_file(ref, _file_chunks(file))
     finally:
         for _path, file in uploads:
             await file.close()
@@ -168,8 +168,8 @@ async def download(request: Request) -> Response:
     if len(raw) > config.download_max_files:
         raise RequestTooLarge(f"files: more than {config.download_max_files} files, the limit", field="files")
     paths = [checked_path(item, "files", allow_absolute=True) for item in raw]
-    link = manager.sessions.agent_of(session)
-    stream = await link.download(FileDownload(session_id=session.id, paths=paths, max_bytes=config.download_max_bytes))
+    agent = manager.sessions.agent_of(session)
+    stream = await agent.download(FileDownload(session_id=session.id, paths=paths, max_bytes=config.download_max_bytes))
     return StreamingResponse(_relay(manager.sessions, session, stream.chunks), media_type=stream.media_type)
 
 
@@ -180,9 +180,9 @@ async def list_files(request: Request) -> Response:
     if len(raw) > 1:
         raise InvalidRequest("path: name one directory", field="path")
     path = checked_path(raw[0] if raw else "", "path", allow_absolute=True, allow_root=True)
-    link = manager.sessions.agent_of(session)
+    agent = manager.sessions.agent_of(session)
     request_ = FileListRequest(session_id=session.id, path=path, max_entries=manager.config.list_max_entries)
-    listing = await link.list_files(request_)
+    listing = await agent.list_files(request_)
     folder = f"{WORK_DIR}/{path}" if path else WORK_DIR
     entries = [entry.model_dump() for entry in listing.entries]
     return JSONResponse(

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bai.common.errors import BaiError, InvalidRequest
 from bai.common.terminal import MAX_COLS, MAX_ROWS, Terminal
-from bai.manager.agents import AgentLink
+from bai.manager.agent_client import AgentClient
 from bai.manager.api.deps import live_session, manager_of
 from bai.manager.api.stream import _deny
 from bai.manager.sessions import LiveSession
@@ -54,8 +54,8 @@ async def stream_pty(ws: WebSocket) -> None:
     try:
         session = await live_session(ws)
         rows, cols = _size(ws.query_params, (DEFAULT_ROWS, DEFAULT_COLS))
-        link = manager.sessions.agent_of(session)
-        terminal = await link.open_terminal(session.id, rows, cols)
+        agent = manager.sessions.agent_of(session)
+        terminal = await agent.open_terminal(session.id, rows, cols)
     except BaiError as exc:
         await _deny(ws, exc)
         return
@@ -64,7 +64,7 @@ async def stream_pty(ws: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away meanwhile
         await terminal.close()
         return
-    relay = _Relay(ws, link, session, terminal, (rows, cols))
+    relay = _Relay(ws, agent, session, terminal, (rows, cols))
     with manager.sessions.in_use(session):  # an open terminal keeps its session from idling out
         await relay.serve()
 
@@ -73,10 +73,10 @@ class _Relay:
     """One WebSocket's terminal: the client's frames in, the shell's output out."""
 
     def __init__(
-        self, ws: WebSocket, link: AgentLink, session: LiveSession, terminal: Terminal, size: tuple[int, int]
+        self, ws: WebSocket, agent: AgentClient, session: LiveSession, terminal: Terminal, size: tuple[int, int]
     ) -> None:
         self.ws = ws
-        self.link = link
+        self.agent = agent
         self.session = session
         self.terminal = terminal
         self.size = size
@@ -149,7 +149,7 @@ class _Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         await self.terminal.close()
-        self.terminal = await self.link.open_terminal(self.session.id, *self.size)
+        self.terminal = await self.agent.open_terminal(self.session.id, *self.size)
         self._start_pump()
 
 
