@@ -92,14 +92,14 @@ async def test_kill_and_concurrent_starts(spawner: Spawner) -> None:
 
 async def test_a_dead_helper_is_replaced(spawner: Spawner) -> None:
     child = await spawner.spawn(["/bin/sleep", "60"], env=ENV, uid=None, fds=[], join=[])
-    link = spawner._link
-    assert link is not None
-    link.proc.kill()
+    client = spawner._client
+    assert client is not None
+    client.proc.kill()
     async with asyncio.timeout(10):
         assert await child.wait() == -signal.SIGKILL  # reported as killed: gone with its parent
     os.kill(child.pid, signal.SIGKILL)  # a plain sleep has no --die-with-parent
     again = await spawner.spawn(["/bin/true"], env=ENV, uid=None, fds=[], join=[])
-    assert spawner._link is not link
+    assert spawner._client is not client
     assert await again.wait() == 0
 
 

@@ -45,7 +45,7 @@ class Spawner:
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bai-spawn")
-        self._link: HelperLink | None = None
+        self._client: SpawnHelperClient | None = None
         self._starting = asyncio.Lock()
 
     async def spawn(
@@ -56,20 +56,20 @@ class Spawner:
         (cgroup join files) and dropping to ``uid``. Raises OSError when it cannot."""
         return await (await self._helper()).spawn(argv, env, uid, fds, join)
 
-    async def _helper(self) -> HelperLink:
-        """The running helper, started if there is none (one at a time)."""
+    async def _helper(self) -> SpawnHelperClient:
+        """The client of the running helper, started if there is none (one at a time)."""
         async with self._starting:
-            link = self._link
-            if link is None or link.closed:
+            client = self._client
+            if client is None or client.closed:
                 loop = asyncio.get_running_loop()
                 proc, sock = await loop.run_in_executor(self._executor, _start_helper)
-                link = self._link = HelperLink(proc, sock)
-            return link
+                client = self._client = SpawnHelperClient(proc, sock)
+            return client
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         self._executor.shutdown(wait=True)
 
 
@@ -94,8 +94,9 @@ def _start_helper() -> tuple[subprocess.Popen[bytes], socket.socket]:
     return proc, ours
 
 
-class HelperLink:
-    """The agent's end of one spawn helper: requests out, answers and exits in."""
+class SpawnHelperClient:
+    """The agent's end of one spawn helper's socket: start requests out, their answers
+    and the children's exits in. Used by Spawner only."""
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.proc = proc
@@ -237,7 +238,7 @@ class WatchedChild:
         loop.add_reader(stderr_fd, self._on_stderr)
 
     def exited(self, status: int) -> None:
-        """The helper reaped it (HelperLink only)."""
+        """The helper reaped it (SpawnHelperClient only)."""
         if self.returncode is None:
             self.returncode = status
         if self._pidfd is not None:
