@@ -126,13 +126,28 @@ def test_each_limit_takes_effect_through_the_api(user: SignedClient) -> None:
 def test_requests_beyond_the_policy_are_refused_naming_the_field(user: SignedClient) -> None:
     policy = user.policy  # type: ignore[attr-defined]
     msg = _problem(_create(user, _name("lim"), limits={"idleTimeout": 7200}), 400, "invalid-api-params")
-    assert msg == f'config.limits.idleTimeout: 7200 exceeds the keypair\'s resource policy "{policy}" (max 600)'
+    assert msg == f'config.limits.idleTimeout: 7200 s exceeds the keypair\'s resource policy "{policy}" (max 600 s)'
     msg = _problem(_create(user, _name("lim"), limits={"pids": 4096}), 400, "invalid-api-params")
     assert msg.startswith("config.limits.pids: 4096 exceeds")
     msg = _problem(_create(user, _name("lim"), resources={"cpu": 2}), 400, "invalid-api-params")
     assert msg.startswith("config.resources.cpu: 2 exceeds")
     msg = _problem(_create(user, _name("lim"), limits={"scratch": "plenty"}), 400, "invalid-api-params")
     assert msg.startswith("config.limits.scratch: ")
+    assert user.get("/session").json()["items"] == []
+
+
+def test_resource_errors_are_in_human_units_and_name_the_slot_meant(user: SignedClient) -> None:
+    policy = user.policy  # type: ignore[attr-defined]
+    msg = _problem(_create(user, _name("lim"), resources={"mem": "32g"}), 400, "invalid-api-params")
+    assert msg == f'config.resources.mem: 32 GiB exceeds the keypair\'s resource policy "{policy}" (max 512 MiB)'
+    msg = _problem(_create(user, _name("lim"), limits={"output": "2m"}), 400, "invalid-api-params")
+    assert msg.startswith("config.limits.output: 2 MiB exceeds") and msg.endswith("(max 1 MiB)")
+    msg = _problem(_create(user, _name("lim"), resources={"gpu": 1}), 400, "invalid-api-params")
+    assert msg.startswith(
+        "config.resources.gpu: unknown resource slot 'gpu' (did you mean 'cuda.device'? known slots: cpu, mem"
+    )
+    msg = _problem(_create(user, _name("lim"), resources={"memory": "256m"}), 400, "invalid-api-params")
+    assert msg.startswith("config.resources.memory: unknown resource slot 'memory' (did you mean 'mem'?")
     assert user.get("/session").json()["items"] == []
 
 

@@ -9,14 +9,13 @@ from decimal import Decimal
 import pytest
 
 from bai.common.errors import InvalidRequest, QuotaExceeded
-from bai.common.wire import ResourcePolicyFields, SessionLimitsRequest
+from bai.common.limits import SessionLimits
+from bai.common.wire import CreateSessionRequest, ResourcePolicyFields
+from bai.manager.api.deps import validate
 from bai.manager.policies import (
-    RequestedLimits,
     ResourcePolicy,
-    SessionLimits,
     check_total,
     policy_changes,
-    requested_limits,
     session_limits,
     session_slots,
 )
@@ -34,8 +33,8 @@ POLICY = ResourcePolicy(
 
 
 def test_the_request_wins_within_the_policy_and_the_policy_fills_in() -> None:
-    req = SessionLimitsRequest.model_validate({"pids": 64, "scratch": "512m", "idleTimeout": 10, "output": 1000})
-    limits = session_limits(requested_limits(req), POLICY)
+    req = SessionLimits.model_validate({"pids": 64, "scratch": "512m", "idleTimeout": 10, "output": 1000})
+    limits = session_limits(req, POLICY)
     assert limits == SessionLimits(
         policy="default",
         pids=64,
@@ -45,25 +44,25 @@ def test_the_request_wins_within_the_policy_and_the_policy_fills_in() -> None:
         max_lifetime_s=None,
         output_bytes=1000,
     )
-    assert session_limits(RequestedLimits(), POLICY).pids == 256
+    assert session_limits(SessionLimits(), POLICY).pids == 256
 
 
 def test_the_managers_exec_timeout_applies_where_request_and_policy_are_silent() -> None:
     bare = ResourcePolicy(name="bare")
-    assert session_limits(RequestedLimits(), bare, 30.0).exec_timeout_s == 30.0
-    assert session_limits(RequestedLimits(exec_timeout_s=90), bare, 30.0).exec_timeout_s == 90
-    assert session_limits(RequestedLimits(), POLICY, 30.0).exec_timeout_s == 60
+    assert session_limits(SessionLimits(), bare, 30.0).exec_timeout_s == 30.0
+    assert session_limits(SessionLimits(exec_timeout_s=90), bare, 30.0).exec_timeout_s == 90
+    assert session_limits(SessionLimits(), POLICY, 30.0).exec_timeout_s == 60
 
 
 def test_a_request_above_the_policy_is_refused_naming_the_field() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        session_limits(RequestedLimits(idle_timeout_s=7200), POLICY)
+        session_limits(SessionLimits(idle_timeout_s=7200), POLICY)
     assert caught.value.message == (
-        'config.limits.idleTimeout: 7200 exceeds the keypair\'s resource policy "default" (max 3600)'
+        'config.limits.idleTimeout: 7200 s exceeds the keypair\'s resource policy "default" (max 3600 s)'
     )
     assert caught.value.field == "config.limits.idleTimeout"
     with pytest.raises(InvalidRequest, match=r"config\.limits\.pids: 1000 .* \(max 256\)"):
-        session_limits(RequestedLimits(pids=1000), POLICY)
+        session_limits(SessionLimits(pids=1000), POLICY)
 
 
 @pytest.mark.parametrize(
@@ -79,8 +78,8 @@ def test_a_request_above_the_policy_is_refused_naming_the_field() -> None:
     ],
 )
 def test_nonsense_limits_are_refused(raw: dict[str, object], field: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        requested_limits(SessionLimitsRequest.model_validate(raw))
+    with pytest.raises(InvalidRequest) as caught:  # as the API edge parses a create request
+        validate(CreateSessionRequest, {"image": "python", "config": {"limits": raw}})
     assert caught.value.field == field
     assert caught.value.message.startswith(field + ": ")
 
@@ -180,5 +179,34 @@ async def test_the_reaper_fires_once_for_an_idle_session_and_not_for_a_used_one(
 
 def test_limits_take_snake_case_too() -> None:
     raw = {"idle_timeout": 5, "max_lifetime": 9, "exec_timeout": 3}
-    limits = requested_limits(SessionLimitsRequest.model_validate(raw))
+    limits = SessionLimits.model_validate(raw)
     assert (limits.idle_timeout_s, limits.max_lifetime_s, limits.exec_timeout_s) == (5, 9, 3)
+
+
+def test_sizes_over_the_policy_are_said_in_binary_units() -> None:
+    small = ResourcePolicy(
+        name="small", max_session_slots={"mem": D(4 * 2**30)}, total_resource_slots={"mem": D(6 * 2**30)},
+        max_scratch_bytes=512 * 2**20,
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        session_slots({"mem": D(32 * 2**30)}, {}, small)
+    assert caught.value.message == (
+        'config.resources.mem: 32 GiB exceeds the keypair\'s resource policy "small" (max 4 GiB)'
+    )
+    assert caught.value.field == "config.resources.mem"
+    with pytest.raises(InvalidRequest, match=r"config\.limits\.scratch: 1 GiB exceeds .* \(max 512 MiB\)"):
+        session_limits(SessionLimits(scratch_bytes="1g"), small)
+    with pytest.raises(QuotaExceeded, match=r"would hold 7\.5 GiB in total; .* allows 6 GiB"):
+        check_total(small, [{"mem": D(4 * 2**30)}], {"mem": D(3.5 * 2**30)})
+
+
+def test_one_limits_model_reads_every_spelling_and_writes_each_where_it_goes() -> None:
+    limits = SessionLimits.model_validate(
+        {"resourcePolicy": "p", "scratch": "1m", "execTimeout": 5, "idle_timeout": 6, "outputBytes": 10}
+    )
+    assert limits.model_dump(exclude_none=True) == {  # GET /session/{id}'s "limits"
+        "resourcePolicy": "p", "scratchBytes": 2**20, "execTimeout": 5.0, "idleTimeout": 6.0, "outputBytes": 10,
+    }
+    stored = limits.to_json()
+    assert stored["policy"] == "p" and stored["scratch_bytes"] == 2**20
+    assert SessionLimits.from_json(stored) == limits

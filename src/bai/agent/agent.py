@@ -153,6 +153,7 @@ class Agent:
             scratch_type=self.backend.scratch_type(),
             boot_id=self.boot_id,
         )
+            unavailable=self.backend.unavailable_environments(),
 
     def schedulable_capacity(self) -> dict[str, Decimal]:
         """The hardware times the configured overcommit ratios, per slot."""

@@ -22,6 +22,7 @@ from bai.client.models import (
     request_body,
 )
 from bai.client.stream import ExecutionStream, TerminalStream
+from bai.common.limits import SessionLimits
 from bai.common.wire import (
     CompleteOptions,
     CreateSessionRequest,
@@ -31,7 +32,6 @@ from bai.common.wire import (
     RunResult,
     SessionConfig,
     SessionInfo,
-    SessionLimitsRequest,
 )
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class ComputeSessionFactory(AsyncAPI):
             config=SessionConfig(
                 resources=dict(resources) if resources else None,
                 environ=dict(envs) if envs else None,
-                limits=request_body(SessionLimitsRequest, **limits) if limits else None,
+                limits=request_body(SessionLimits, **limits) if limits else None,
             ),
         )
         answer = await self._api.request_model(CreateSessionResponse, "POST", "/session", json=_camel(body))

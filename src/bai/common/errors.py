@@ -1,6 +1,7 @@
-"""The domain error tree. No HTTP here: the manager's API edge maps each class to
-its problem+json slug and status in one table (bai.manager.api.problems), and the
-SDK maps problem+json back to these classes.
+"""The domain error tree. No HTTP here: each class's problem+json slug and status are
+in one table (bai.common.problems), which the manager's API edge and the agent RPC
+answer with; the SDK maps problem+json back to these classes, and the manager's agent
+clients an agent's ``RpcError`` (bai.common.agent_calls).
 
     BaiError
     ├── InvalidRequest            a body or parameter is wrong; ``field`` names it

@@ -67,6 +67,8 @@ def parse_slots(raw: Mapping[str, object]) -> Slots:
         try:
             slots[name] = Decimal(parse_size(value)) if name == "mem" else parse_amount(value)
         except ValueError as exc:
+            if name not in KNOWN_SLOTS and suggest_slot(name, KNOWN_SLOTS):  # "memory": "4g"
+                raise ValueError(f"resources.{name}: {unknown_slot(name, KNOWN_SLOTS)}") from None
             raise ValueError(f"resources.{name}: {exc}") from None
     return slots
 
@@ -99,6 +101,14 @@ def format_amount(slot: str, amount: Decimal) -> str:
 
 def _trimmed(value: Decimal) -> str:
     return format(value.quantize(Decimal("0.01")).normalize(), "f")
+
+
+def unknown_slot(name: str, known: Iterable[str]) -> str:
+    """What to tell someone who asked for a slot nobody knows (after "resources.<name>: ")."""
+    known = list(known)
+    guess = suggest_slot(name, known)
+    hint = f"did you mean {guess!r}? " if guess else ""
+    return f"unknown resource slot {name!r} ({hint}known slots: {', '.join(known)})"
 
 
 def suggest_slot(name: str, known: Iterable[str]) -> str | None:

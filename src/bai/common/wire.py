@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bai.common.agent_rpc import RunStats
+from bai.common.limits import SessionLimits
 from bai.common.status import RunStatus
 
 SESSION_NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
@@ -29,20 +30,9 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class SessionLimitsRequest(_Lenient):
-    """``config.limits``, our extension: per-session limits within the keypair's resource
-    policy. Sizes are bytes or strings such as "512m"; timeouts are seconds."""
-
-    pids: int | None = None
-    scratch: str | int | None = None
-    exec_timeout: float | None = _alias("execTimeout", "exec_timeout")
-    idle_timeout: float | None = _alias("idleTimeout", "idle_timeout")
-    max_lifetime: float | None = _alias("maxLifetime", "max_lifetime")
-    output: str | int | None = None
-
-
 class SessionConfig(_Lenient):
-    limits: SessionLimitsRequest | None = None
+    #: our extension: per-session limits within the keypair's resource policy
+    limits: SessionLimits | None = None
     resources: dict[str, Any] | None = None
     resource_opts: dict[str, Any] | None = _alias("resource_opts", "resourceOpts")
     environ: dict[str, str] | None = _alias("environ", "envs")
@@ -97,19 +87,6 @@ class CreateSessionResponse(BaseModel):
     status: str
     servicePorts: list[Any] = Field(default_factory=list)
     created: bool
-
-
-class SessionLimits(BaseModel):
-    """A session's effective limits (``GET /session/{id}``'s ``limits``); null: none, or the
-    agent's default."""
-
-    resourcePolicy: str
-    pids: int | None = None
-    scratchBytes: int | None = None
-    execTimeout: float | None = None
-    idleTimeout: float | None = None
-    maxLifetime: float | None = None
-    outputBytes: int | None = None
 
 
 class SessionInfo(BaseModel):

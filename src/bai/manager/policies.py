@@ -13,27 +13,26 @@ keypairs, so creating a session reads no row; every change goes to the database 
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, select
 
 from bai.common.errors import InvalidRequest, NotFound, QuotaExceeded
-from bai.common.resources import Slots, format_slots, parse_size, parse_slots
-from bai.common.wire import ResourcePolicyFields, SessionLimitsRequest
+from bai.common.limits import LIMIT_FIELDS, REQUEST_NAMES, Pids, Seconds, SessionLimits, Size, format_limit
+from bai.common.resources import Slots, format_amount, format_slots, parse_slots
+from bai.common.wire import ResourcePolicyFields
 from bai.manager.store.db import Database
 from bai.manager.store.tables import ResourcePolicyRow
 
 DEFAULT_POLICY = "default"
 POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", re.ASCII)
-#: the agent refuses fewer (its MIN_PIDS): a Python REPL needs a few processes
-MIN_PIDS = 8
-#: nor less memory than this (its MIN_MEM)
+#: the agent refuses less memory than this (its MIN_MEM)
 MIN_MEM = 16 * 2**20
 
 
@@ -50,119 +49,46 @@ class ResourcePolicy:
     max_output_bytes: int | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-
-@dataclass(frozen=True)
-class RequestedLimits:
-    """``config.limits`` of a create request, parsed and checked for sense (not against a policy)."""
-
-    pids: int | None = None
-    scratch_bytes: int | None = None
-    exec_timeout_s: float | None = None
-    idle_timeout_s: float | None = None
-    max_lifetime_s: float | None = None
-    output_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """The limits a session runs under: fixed at creation, kept with the session."""
-
-    policy: str
-    pids: int | None = None
-    scratch_bytes: int | None = None
-    exec_timeout_s: float | None = None
-    idle_timeout_s: float | None = None
-    max_lifetime_s: float | None = None
-    output_bytes: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SessionLimits:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    @property
+    def caps(self) -> SessionLimits:
+        """The policy's per-session limits, in the one limits model."""
+        return SessionLimits.model_validate({
+            "policy": self.name,
+            "pids": self.max_pids,
+            "scratch_bytes": self.max_scratch_bytes,
+            "exec_timeout_s": self.exec_timeout_s,
+            "idle_timeout_s": self.idle_timeout_s,
+            "max_lifetime_s": self.max_session_lifetime_s,
+            "output_bytes": self.max_output_bytes,
+        })
 
 
 # -- a create request against a policy ---------------------------------------------
 
-#: (RequestedLimits / SessionLimits field, its wire name, the ResourcePolicy field capping it)
-_LIMITS = (
-    ("pids", "pids", "max_pids"),
-    ("scratch_bytes", "scratch", "max_scratch_bytes"),
-    ("exec_timeout_s", "execTimeout", "exec_timeout_s"),
-    ("idle_timeout_s", "idleTimeout", "idle_timeout_s"),
-    ("max_lifetime_s", "maxLifetime", "max_session_lifetime_s"),
-    ("output_bytes", "output", "max_output_bytes"),
-)
 
-
-def _number(value: float | int | Decimal) -> str:
-    return format(Decimal(str(value)).normalize(), "f")
-
-
-Number = float | int | Decimal
-
-
-def _over(where: str, value: Number, policy: ResourcePolicy, cap: Number) -> InvalidRequest:
+def _over(where: str, value: str, policy: ResourcePolicy, cap: str) -> InvalidRequest:
     return InvalidRequest(
-        f'{where}: {_number(value)} exceeds the keypair\'s resource policy "{policy.name}" (max {_number(cap)})',
-        field=where,
-    )
-
-
-def _positive_seconds(value: float | None, where: str) -> float | None:
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise InvalidRequest(f"{where}: must be a positive number of seconds", field=where)
-    return value
-
-
-def _positive_size(value: str | int | None, where: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        size = parse_size(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"{where}: {exc}", field=where) from None
-    if size <= 0:
-        raise InvalidRequest(f"{where}: must be more than 0 bytes", field=where)
-    return size
-
-
-def _pids(value: int | None, where: str) -> int | None:
-    if value is not None and value < MIN_PIDS:
-        raise InvalidRequest(f"{where}: must be at least {MIN_PIDS}", field=where)
-    return value
-
-
-def requested_limits(req: SessionLimitsRequest | None) -> RequestedLimits:
-    if req is None:
-        return RequestedLimits()
-    at = "config.limits."
-    return RequestedLimits(
-        pids=_pids(req.pids, at + "pids"),
-        scratch_bytes=_positive_size(req.scratch, at + "scratch"),
-        exec_timeout_s=_positive_seconds(req.exec_timeout, at + "execTimeout"),
-        idle_timeout_s=_positive_seconds(req.idle_timeout, at + "idleTimeout"),
-        max_lifetime_s=_positive_seconds(req.max_lifetime, at + "maxLifetime"),
-        output_bytes=_positive_size(req.output, at + "output"),
+        f'{where}: {value} exceeds the keypair\'s resource policy "{policy.name}" (max {cap})', field=where
     )
 
 
 def session_limits(
-    requested: RequestedLimits, policy: ResourcePolicy, default_exec_timeout_s: float | None = None
+    requested: SessionLimits, policy: ResourcePolicy, default_exec_timeout_s: float | None = None
 ) -> SessionLimits:
-    """Each limit: the request's, else the policy's; a request above the policy is refused.
+    """Each limit: the request's, else the policy's; a request above the policy is refused
+    (naming ``config.limits.<its wire name>``, in bytes or seconds as people write them).
     ``default_exec_timeout_s`` (the manager's setting) applies where both are silent."""
+    caps = policy.caps
     chosen: dict[str, Any] = {}
-    for name, wire, cap_name in _LIMITS:
-        value, cap = getattr(requested, name), getattr(policy, cap_name)
+    for name in LIMIT_FIELDS:
+        value, cap = getattr(requested, name), getattr(caps, name)
         if value is not None and cap is not None and value > cap:
-            raise _over(f"config.limits.{wire}", value, policy, cap)
+            where = f"config.limits.{REQUEST_NAMES[name]}"
+            raise _over(where, format_limit(name, value), policy, format_limit(name, cap))
         chosen[name] = value if value is not None else cap
     if chosen["exec_timeout_s"] is None:
         chosen["exec_timeout_s"] = default_exec_timeout_s
-    return SessionLimits(policy=policy.name, **chosen)
+    return SessionLimits.model_validate({"policy": policy.name, **chosen})
 
 
 def session_slots(explicit: Slots, defaults: Slots, policy: ResourcePolicy) -> Slots:
@@ -173,7 +99,7 @@ def session_slots(explicit: Slots, defaults: Slots, policy: ResourcePolicy) -> S
     for name, amount in explicit.items():
         cap = caps.get(name)
         if cap is not None and amount > cap:
-            raise _over(f"config.resources.{name}", amount, policy, cap)
+            raise _over(f"config.resources.{name}", format_amount(name, amount), policy, format_amount(name, cap))
         slots[name] = amount
     return slots
 
@@ -186,8 +112,8 @@ def check_total(policy: ResourcePolicy, held: Iterable[Slots], wanted: Slots) ->
         total = sum((slots.get(name, Decimal(0)) for slots in held), wanted.get(name, Decimal(0)))
         if total > cap:
             raise QuotaExceeded(
-                f"config.resources.{name}: the keypair's sessions would hold {_number(total)} in total; "
-                f'its resource policy "{policy.name}" allows {_number(cap)}'
+                f"config.resources.{name}: the keypair's sessions would hold {format_amount(name, total)} in total; "
+                f'its resource policy "{policy.name}" allows {format_amount(name, cap)}'
             )
 
 
@@ -204,15 +130,30 @@ def _slots(raw: dict[str, str | int | float] | None, where: str) -> Slots:
     return slots
 
 
-_PARSERS: dict[str, Any] = {
+def _checked(kind: Any) -> Callable[[Any, str], Any]:
+    """A policy field's parser: the same check as the limit it caps (bai.common.limits)."""
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+
+    def parse(value: Any, where: str) -> Any:
+        if value is None:
+            return None
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidRequest(f"{where}: {exc.errors()[0]['msg']}", field=where) from None
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "total_resource_slots": _slots,
     "max_session_slots": _slots,
-    "max_pids": _pids,
-    "max_scratch_bytes": _positive_size,
-    "exec_timeout_s": _positive_seconds,
-    "idle_timeout_s": _positive_seconds,
-    "max_session_lifetime_s": _positive_seconds,
-    "max_output_bytes": _positive_size,
+    "max_pids": _checked(Pids),
+    "max_scratch_bytes": _checked(Size),
+    "exec_timeout_s": _checked(Seconds),
+    "idle_timeout_s": _checked(Seconds),
+    "max_session_lifetime_s": _checked(Seconds),
+    "max_output_bytes": _checked(Size),
 }
 
 

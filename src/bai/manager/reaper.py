@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bai.manager.policies import SessionLimits
+from bai.common.limits import SessionLimits
 
 IDLE_TIMEOUT = "idle-timeout"
 MAX_LIFETIME = "max-lifetime-reached"

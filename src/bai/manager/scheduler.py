@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from bai.common.errors import InvalidRequest
-from bai.common.resources import KNOWN_SLOTS, Slots, fits, format_amount, subtract, suggest_slot
+from bai.common.resources import KNOWN_SLOTS, Slots, fits, format_amount, subtract, unknown_slot
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,11 @@ def check_schedulable(image: str, requested: Mapping[str, Decimal], environments
     if not serves(environments, image):
         known = ", ".join(sorted(environments)) or "none: no agent is connected"
         raise InvalidRequest(f"image: unknown environment {image!r} (available: {known})", field="image")
-    slots = sorted(set(KNOWN_SLOTS) | set(largest), key=lambda name: (name not in KNOWN_SLOTS, name))
+    slots = [*KNOWN_SLOTS, *sorted(set(largest) - set(KNOWN_SLOTS))]
     for slot, amount in requested.items():
         where = f"config.resources.{slot}"
         if slot not in slots:
-            guess = suggest_slot(slot, slots)
-            hint = f"did you mean {guess!r}? " if guess else ""
-            raise InvalidRequest(
-                f"{where}: unknown resource slot {slot!r} ({hint}known slots: {', '.join(slots)})", field=where
-            )
+            raise InvalidRequest(f"{where}: {unknown_slot(slot, slots)}", field=where)
         most = largest.get(slot, Decimal(0))
         if amount > most:
             raise InvalidRequest(

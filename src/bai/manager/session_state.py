@@ -36,19 +36,13 @@ from bai.common.errors import (
     SessionNotFound,
     TooManySessionsMatched,
 )
+from bai.common.limits import SessionLimits
 from bai.common.resources import Slots, format_slots
 from bai.common.status import SessionStatus
 from bai.common.wire import SESSION_NAME_RE
 from bai.manager import lifecycle
 from bai.manager.events import SessionEvent
-from bai.manager.policies import (
-    RequestedLimits,
-    ResourcePolicy,
-    SessionLimits,
-    check_total,
-    session_limits,
-    session_slots,
-)
+from bai.manager.policies import ResourcePolicy, check_total, session_limits, session_slots
 from bai.manager.reaper import Activity
 from bai.manager.scheduler import AgentCapacity, PendingSession, check_schedulable, schedule_fifo
 from bai.manager.usage import stats_payload
@@ -83,7 +77,8 @@ class CreateParams:
     resources: Slots
     environ: dict[str, str]
     reuse: bool
-    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    #: what ``config.limits`` asks for (``policy`` unset)
+    limits: SessionLimits = field(default_factory=SessionLimits)
 
 
 @dataclass

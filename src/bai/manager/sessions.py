@@ -39,6 +39,7 @@ from bai.common.agent_rpc import (
     SessionStats,
 )
 from bai.common.errors import BaiError, SessionNotFound, SessionRestartFailed
+from bai.common.limits import SessionLimits
 from bai.common.resources import Slots, format_bytes, format_slots
 from bai.common.status import SessionStatus
 from bai.manager import lifecycle
@@ -47,7 +48,7 @@ from bai.manager.agents import AgentRegistry
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus, SessionEvent
 from bai.manager.keypairs import Keypair
-from bai.manager.policies import ResourcePolicy, SessionLimits
+from bai.manager.policies import ResourcePolicy
 from bai.manager.reaper import Reaper
 from bai.manager.session_state import (
     Action,

@@ -188,6 +188,12 @@ class Backend(ABC):
     def environments(self) -> list[str]:
         """Names of the environments it can start. Called by Agent.info and create_session."""
 
+    def unavailable_environments(self) -> dict[str, str]:
+        """The environments it knows but cannot start (``environments``' keys), each with
+        why not and how to make it startable. Called by Agent.info: the manager lists them
+        (``GET /environments``) and names the reason when a session asks for one."""
+        return {}
+
     def environment_problem(self, environment: str) -> str | None:
         """Why ``environment`` cannot be started here, or None when it can. Called by
         Agent.create_session."""

@@ -10,13 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bai.common.errors import InvalidRequest, NotImplementedFeature, SessionCreationFailed
+from bai.common.limits import SessionLimits
 from bai.common.resources import Slots, parse_amount, parse_size, parse_slots
 from bai.common.status import SessionStatus
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
-from bai.common.wire import SessionLimits as SessionLimitsInfo
 from bai.manager import lifecycle as st
 from bai.manager.api.deps import api_version, body_as, caller, json_body, live_session, manager_of, owner_key
-from bai.manager.policies import SessionLimits, requested_limits
 from bai.manager.sessions import CreateParams, LiveSession
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -68,7 +67,7 @@ def _create_params(req: CreateSessionRequest) -> CreateParams:
         resources=_requested_slots(req.config),
         environ=_environ(req.config),
         reuse=True if req.reuse_if_exists is None else req.reuse_if_exists,
-        limits=requested_limits(req.config.limits if req.config else None),
+        limits=(req.config.limits if req.config else None) or SessionLimits(),
     )
 
 
@@ -125,19 +124,7 @@ def session_info(session: LiveSession, last_stat: dict[str, Any] | None) -> Sess
         environ=session.environ,
         numQueriesExecuted=session.num_queries,
         lastStat=last_stat,
-        limits=limits_info(session.limits),
-    )
-
-
-def limits_info(limits: SessionLimits) -> SessionLimitsInfo:
-    return SessionLimitsInfo(
-        resourcePolicy=limits.policy,
-        pids=limits.pids,
-        scratchBytes=limits.scratch_bytes,
-        execTimeout=limits.exec_timeout_s,
-        idleTimeout=limits.idle_timeout_s,
-        maxLifetime=limits.max_lifetime_s,
-        outputBytes=limits.output_bytes,
+        limits=session.limits,
     )
 
 
