@@ -185,7 +185,7 @@ def test_bai_env_list_through_the_entry_point(tmp_path: Path) -> None:
     catalog.write_text(CATALOG.replace("PYTHON", sys.executable))
     env = {**os.environ, "BAI_AGENT_ENVIRONMENT_CATALOG": str(catalog)}
     result = subprocess.run(
-        [str(bai), "env", "list", "--json", "--base", str(tmp_path)],
+        [str(bai), "env", "list", "--local", "--json", "--base", str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -198,7 +198,7 @@ def test_bai_env_list_through_the_entry_point(tmp_path: Path) -> None:
     assert rows["ml"]["available"] is False and rows["ml"]["venv"] == ["numpy==2.*"]
     assert rows["julia"]["query_mode"] == "run-each" and rows["julia"]["default"] is True
     table = subprocess.run(
-        [str(bai), "env", "list", "--base", str(tmp_path)],
+        [str(bai), "env", "list", "--local", "--base", str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,10 @@
     backends/         the Backend / Sandbox interface (base.py) and its registry;
                       local.py + local_sandbox.py (bubblewrap), bwrap.py (its command
                       line), child.py (processes started off the event loop)
-    rpc.py            the agent RPC server (POST /rpc/<method>, cluster secret)
+    rpc.py            the agent RPC server: the routes of bai.common.agent_calls, one
+                      cluster-secret check in front of them all
+    rpc_handlers.py   each declared call bound to its Agent method (routes and in-process)
+    rpc_terminal.py   the terminal call's WebSocket frames
     heartbeat.py      heartbeats and "session gone" reports to the manager
     main.py           the cluster agent: all of the above wired together
     cli.py            ``bai agent``, which runs main.py

@@ -147,13 +147,13 @@ class Agent:
             backend=self.backend.name,
             capacity=format_slots(self.schedulable_capacity()),
             environments=self.backend.environments(),
+            unavailable=self.backend.unavailable_environments(),
             version=VERSION,
             sessions=sorted(self.sessions),
             pool=self.pool.counts() if self.pool is not None else {},
             scratch_type=self.backend.scratch_type(),
             boot_id=self.boot_id,
         )
-            unavailable=self.backend.unavailable_environments(),
 
     def schedulable_capacity(self) -> dict[str, Decimal]:
         """The hardware times the configured overcommit ratios, per slot."""

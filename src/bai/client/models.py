@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
+from bai.common.status import RunStatus
 from bai.common.wire import (
     KeypairInfo,
     ResourcePolicyInfo,
     RunResult,
-    RunStatus,
     SessionEventData,
     SessionInfo,
     StatMetric,

@@ -33,7 +33,7 @@ from bai.client.compute import ComputeSessionFactory
 from bai.client.config import APIConfig
 from bai.client.errors import ConnectionFailed, ProtocolError, error_from_problem
 from bai.client.models import AuthTestResult, ServerVersion, SessionEvent, SessionList
-from bai.common.wire import SessionEventData, SessionInfo
+from bai.common.wire import EnvironmentList, EnvironmentOffer, SessionEventData, SessionInfo
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -97,6 +97,12 @@ class AsyncSession(AsyncAPI):
     async def auth_test(self, echo: str) -> AuthTestResult:
         """``POST /auth/test``: checks the keypair; the server echoes ``echo`` back."""
         return await self.request_model(AuthTestResult, "POST", "/auth/test", json={"echo": echo})
+
+    async def list_environments(self) -> list[EnvironmentOffer]:
+        """``GET /environments``: the environments the server's live agents offer, each with
+        the agents that can start it and, on the others that know it, why not."""
+        answer = await self.request_model(EnvironmentList, "GET", "/environments")
+        return answer.items
 
     async def list_sessions(self, *, all_: bool = False) -> list[SessionInfo]:
         """``GET /session``: this keypair's sessions (every keypair's with ``all_``, admins only)."""

@@ -54,6 +54,7 @@ from bai.client.stream import ExecutionStream as AsyncExecutionStream
 from bai.client.stream import TerminalStream as AsyncTerminalStream
 from bai.common.wire import (
     AgentStatus,
+    EnvironmentOffer,
     ExecMode,
     KeypairCreated,
     KeypairInfo,
@@ -441,6 +442,9 @@ class Session(BlockingAPI[AsyncSession]):
 
     def auth_test(self, echo: str) -> AuthTestResult:
         return self._portal.run(self._target.auth_test(echo))
+
+    def list_environments(self) -> list[EnvironmentOffer]:
+        return self._portal.run(self._target.list_environments())
 
     def list_sessions(self, *, all_: bool = False) -> list[SessionInfo]:
         return self._portal.run(self._target.list_sessions(all_=all_))

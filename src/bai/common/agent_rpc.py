@@ -23,7 +23,7 @@ class AgentInfo(BaseModel):
     rpc_url: str  # "inproc://<id>" in embedded mode, else http://host:port
     backend: str  # "local" | "docker"
     capacity: dict[str, str]  # slot name → decimal string (cpu cores, mem bytes, cuda.device count)
-    environments: list[str]
+    environments: list[str]  # the ones it can start: "name:tag", and "name" for a default tag
     version: str
     sessions: list[str] = Field(default_factory=list)  # ids of the sessions it runs now
     pool: dict[str, int] = Field(default_factory=dict)  # ready pooled sandboxes per environment
@@ -33,6 +33,9 @@ class AgentInfo(BaseModel):
     #: a random id of this run of the agent: a new one tells the manager that the agent
     #: restarted, and that sessions it ran and no longer lists are gone
     boot_id: str = ""
+    #: environments it knows (its catalog's) but cannot start, keyed as ``environments`` is:
+    #: why not, with the remedy ("not built: run `bai env build python-pytorch:2.5`")
+    unavailable: dict[str, str] = Field(default_factory=dict)
 
 
 class SandboxSpec(BaseModel):

@@ -295,3 +295,18 @@ class AgentStatus(BaseModel):
 
 class AgentList(BaseModel):
     items: list[AgentStatus]
+
+
+class EnvironmentOffer(BaseModel):
+    """One environment as ``GET /environments`` lists it: the live agents that can start
+    it and, for the others that know it, why they cannot."""
+
+    name: str
+    tag: str | None  # None: agents that name it without a tag
+    available: bool  # some live agent can start it
+    agents: list[str]  # the live agents that can start it
+    unavailable: dict[str, str] = Field(default_factory=dict)  # agent id → why not, and the remedy
+
+
+class EnvironmentList(BaseModel):
+    items: list[EnvironmentOffer]

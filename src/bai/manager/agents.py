@@ -18,6 +18,7 @@ from bai.common.agent_rpc import AgentInfo
 from bai.common.errors import ServiceUnavailable
 from bai.common.resources import Slots
 from bai.manager.agent_client import AgentClient
+from bai.manager.environments import EnvironmentOffers
 from bai.manager.scheduler import AgentCapacity
 
 ClientFactory = Callable[[AgentInfo], AgentClient]
@@ -103,8 +104,9 @@ class AgentRegistry:
                 best[name] = max(best.get(name, Decimal(0)), total)
         return best
 
-    def environments(self) -> set[str]:
-        return {env for agent in self.alive() for env in agent.info.environments}
+    def environments(self) -> EnvironmentOffers:
+        """What the live agents can start, and what they know but cannot (with why not)."""
+        return EnvironmentOffers.of(agent.info for agent in self.alive())
 
     async def close(self) -> None:
         for agent in self._agents.values():

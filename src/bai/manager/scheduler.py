@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from bai.common.errors import InvalidRequest
 from bai.common.resources import KNOWN_SLOTS, Slots, fits, format_amount, subtract, unknown_slot
+from bai.manager.environments import EnvironmentOffers
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,21 @@ def serves(environments: Collection[str], image: str) -> bool:
     return name in environments and not any(env.startswith(name + ":") for env in environments)
 
 
-def check_schedulable(image: str, requested: Mapping[str, Decimal], environments: Collection[str],
+def check_schedulable(image: str, requested: Mapping[str, Decimal], environments: EnvironmentOffers,
                       largest: Mapping[str, Decimal]) -> None:
     """InvalidRequest naming the field when no agent could ever run the request: an
-    environment none offers, a slot nobody knows (with the slot it likely means), more of a
-    slot than the largest agent has (``largest``: ``AgentRegistry.max_capacity``)."""
-    if not serves(environments, image):
-        known = ", ".join(sorted(environments)) or "none: no agent is connected"
+    environment none can start (known to an agent but not startable there: its reason, such
+    as "not built: run `bai env build ...`"; else unknown), a slot nobody knows (with the
+    slot it likely means), more of a slot than the largest agent has (``environments``:
+    ``AgentRegistry.environments``, ``largest``: ``AgentRegistry.max_capacity``)."""
+    available = environments.available()
+    if not serves(available, image):
+        why = sorted(environments.why_not(image).items())
+        if why:
+            agent, reason = why[0]
+            where = f"agent {agent}" + (f" and {len(why) - 1} other(s)" if len(why) > 1 else "")
+            raise InvalidRequest(f"image: {image!r} is not available ({where}): {reason}", field="image")
+        known = ", ".join(sorted(available)) or "none: no agent is connected"
         raise InvalidRequest(f"image: unknown environment {image!r} (available: {known})", field="image")
     slots = [*KNOWN_SLOTS, *sorted(set(largest) - set(KNOWN_SLOTS))]
     for slot, amount in requested.items():

@@ -1,5 +1,7 @@
-"""``bai env``: the environment catalog on this host (list with availability, build).
-Registered on the CLI through the ``bai.cli`` entry-point group."""
+"""The operator's ``bai env`` commands on an agent host: ``build`` and the host's own
+listing (``bai env list --local``: the catalog with availability here). Registered through
+the ``bai.cli`` entry-point group as ``env``; the client's ``bai env`` group, whose ``list``
+asks the server (bai.client.cli.environments), borrows these commands from it."""
 
 from __future__ import annotations
 
@@ -80,7 +82,8 @@ def _row(catalog: Catalog, status: Status) -> dict[str, object]:
 @CATALOG_OPTION
 @_DATA_DIR
 def list_(as_json: bool, catalog_path: Path | None, data_dir: Path | None) -> None:
-    """Every catalog entry with its runtime, query mode and availability here."""
+    """Every catalog entry with its runtime, query mode and availability on this host
+    (``bai env list --local``; without ``--local`` the client asks the server)."""
     catalog = open_catalog(catalog_path)
     statuses = host_status(catalog, _data_dir(data_dir))
     if as_json:

@@ -13,21 +13,21 @@ the traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import EntryPoint, entry_points
+from collections.abc import Sequence
+from importlib.metadata import EntryPoint
 from typing import Any
 
 import click
 
-from bai.client.cli import admin, agents, connection, events, files, policies, run, sessions, shell
+from bai.client.cli import admin, agents, connection, environments, events, files, policies, run, sessions, shell
 from bai.client.cli.context import CliState
-from bai.client.cli.output import print_error, print_warning
+from bai.client.cli.output import print_error
+from bai.client.cli.plugins import EntryPointSource, installed_entry_points, load_command
 from bai.common.errors import BaiError
 
 admin.admin.add_command(agents.agent)
 admin.admin.add_command(policies.policy)
 
-ENTRY_POINT_GROUP = "bai.cli"
 BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     run.run,
     *sessions.COMMANDS,
@@ -38,13 +38,6 @@ BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     events.events,
     shell.shell,
 )
-
-EntryPointSource = Callable[[], Iterable[EntryPoint]]
-
-
-def installed_entry_points() -> Iterable[EntryPoint]:
-    return entry_points(group=ENTRY_POINT_GROUP)
-
 
 def debug_enabled() -> bool:
     return os.environ.get("BAI_DEBUG", "").lower() in ("1", "true", "yes")
@@ -107,20 +100,8 @@ class RootGroup(click.Group):
 
     def _load(self, point: EntryPoint) -> click.Command | None:
         if point.name not in self._loaded:
-            self._loaded[point.name] = _load_command(point)
+            self._loaded[point.name] = load_command(point)
         return self._loaded[point.name]
-
-
-def _load_command(point: EntryPoint) -> click.Command | None:
-    try:
-        command = point.load()
-    except Exception as exc:
-        print_warning(f"skipping the command {point.name!r} ({point.value}): {type(exc).__name__}: {exc}")
-        return None
-    if not isinstance(command, click.Command):
-        print_warning(f"skipping the command {point.name!r} ({point.value}): not a click command")
-        return None
-    return command
 
 
 def build_cli(entry_point_source: EntryPointSource = installed_entry_points) -> RootGroup:
@@ -141,6 +122,7 @@ def build_cli(entry_point_source: EntryPointSource = installed_entry_points) -> 
 
     for command in BUILTIN_COMMANDS:
         cli.add_command(command)
+    cli.add_command(environments.env_group(entry_point_source))
     return cli
 
 

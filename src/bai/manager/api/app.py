@@ -20,6 +20,7 @@ from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
 from bai.manager.api import (
     agents,
     auth,
+    environments,
     events,
     execute,
     files,
@@ -75,6 +76,7 @@ def _routes() -> list[Route | WebSocketRoute]:
         WebSocketRoute("/stream/kernel/{id}/execute", stream.stream_execute),
         WebSocketRoute("/stream/session/{id}/pty", terminal.stream_pty),
         WebSocketRoute("/stream/kernel/{id}/pty", terminal.stream_pty),
+        Route("/environments", environments.list_environments, methods=["GET"]),
         Route("/admin/agents", agents.list_agents, methods=["GET"]),
         Route("/admin/keypairs", keypairs.list_keypairs, methods=["GET"]),
         Route("/admin/keypairs", keypairs.create_keypair, methods=["POST"]),

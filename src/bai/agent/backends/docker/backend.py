@@ -400,6 +400,20 @@ class DockerBackend(Backend):
     def environments(self) -> list[str]:
         return sorted(name for name in self.images if ":" not in name)
 
+    def unavailable_environments(self) -> dict[str, str]:
+        """The catalog's entries with no kernel image here (once the catalog was read)."""
+        if self.catalog is None:
+            return {}
+        out: dict[str, str] = {}
+        for entry in self.catalog:
+            if entry.key in self.images:
+                continue
+            reason = f"no kernel image: run `bai image build {entry.key}`"
+            out[entry.key] = reason
+            if self.catalog.default_tag(entry.name) == entry.tag and entry.name not in self.images:
+                out[entry.name] = reason
+        return out
+
     def pooled_environments(self) -> list[str]:
         """Python only, as on the local backend: its runner forks the REPL once the session's
         variables have come (another engine's REPL, Lua's or R's, starts with the container,

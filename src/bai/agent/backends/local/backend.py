@@ -157,7 +157,7 @@ class LocalBackend(Backend):
         self.scratch_kind: str | None = None  # the scratch disks' kind, once started
         self.catalog: Catalog | None = None
         self.launches: dict[str, Launch] = {}  # the available environments, "name" and "name:tag"
-        self.unavailable: dict[str, str] = {}  # the others: why not
+        self.unavailable: dict[str, str] = {}  # the others, keyed alike: why not, and the remedy
         self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES)
         self._etc_task: asyncio.Task[None] | None = None
 
@@ -260,7 +260,7 @@ class LocalBackend(Backend):
             reason = status.reason if not status.available else self._unreachable(status)
             for name in names:
                 if reason:
-                    self.unavailable[name] = f"environment {env.key} is not available on this agent: {reason}"
+                    self.unavailable[name] = reason
                 else:
                     self.launches[name] = Launch(env, status.venv_dir)
 
@@ -387,15 +387,17 @@ class LocalBackend(Backend):
     def environment_problem(self, environment: str) -> str | None:
         if environment in self.launches:
             return None
-        if environment in self.unavailable:
-            return self.unavailable[environment]
         if self.catalog is not None:
             try:
                 entry = self.catalog.resolve(environment)
             except UnknownEnvironment as exc:
                 return str(exc)
-            return self.unavailable.get(entry.key, f"environment {entry.key} is not available on this agent")
+            reason = self.unavailable.get(entry.key, "")
+            return f"environment {entry.key} is not available on this agent" + (f": {reason}" if reason else "")
         return f"unknown environment {environment!r}"
+
+    def unavailable_environments(self) -> dict[str, str]:
+        return dict(self.unavailable)
 
     def pooled_environments(self) -> list[str]:
         """Python only: its runner forks a REPL in a millisecond, and a pooled sandbox takes
