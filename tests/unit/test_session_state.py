@@ -15,6 +15,7 @@ from bai.common.errors import InvalidRequest, QuotaExceeded, SessionAlreadyExist
 from bai.common.limits import SessionLimits
 from bai.common.resources import Slots
 from bai.common.status import SessionStatus as S
+from bai.manager.environments import EnvironmentOffers
 from bai.manager.policies import ResourcePolicy
 from bai.manager.scheduler import AgentCapacity
 from bai.manager.session_state import (
@@ -68,8 +69,8 @@ class Agents:
     def __post_init__(self) -> None:
         self.capacity = {"cpu": D(self.cpu), "mem": D(4 * GiB)}
 
-    def environments(self) -> set[str]:
-        return set(self.envs)
+    def environments(self) -> EnvironmentOffers:
+        return EnvironmentOffers(startable={env: {"a1"} for env in self.envs})
 
     def max_capacity(self) -> Slots:
         return dict(self.capacity)

@@ -41,6 +41,7 @@ from bai.common.resources import Slots, format_slots
 from bai.common.status import SessionStatus
 from bai.common.wire import SESSION_NAME_RE
 from bai.manager import lifecycle
+from bai.manager.environments import EnvironmentOffers
 from bai.manager.events import SessionEvent
 from bai.manager.policies import ResourcePolicy, check_total, session_limits, session_slots
 from bai.manager.reaper import Activity
@@ -108,7 +109,7 @@ class LiveSession:
 class AgentView(Protocol):
     """What the state machine reads of the agents (``AgentRegistry``, in memory)."""
 
-    def environments(self) -> set[str]: ...
+    def environments(self) -> EnvironmentOffers: ...
 
     def max_capacity(self) -> Slots: ...
 
