@@ -1,8 +1,10 @@
 """The agent: runs sessions on this node for the manager.
 
-The manager calls these methods in process (embedded mode) or through the agent
-RPC (bai.agent.rpc); the agent calls the manager back only through
-``on_session_gone`` (a sandbox died without being asked).
+The manager calls these methods through the agent RPC's handlers
+(bai.agent.rpc_handlers): each is a call declared in bai.common.agent_calls, reached
+in process (embedded mode) or over HTTP (bai.agent.rpc). A new method the manager calls
+is a new declaration there, not a new route. The agent calls the manager back only
+through ``on_session_gone`` (a sandbox died without being asked).
 
 Errors (bai.common.errors): SessionNotFound for an unknown id; InvalidRequest
 with ``field`` for a bad spec or run id; SessionCreationFailed /
