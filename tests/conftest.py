@@ -16,8 +16,15 @@ import pytest
 
 from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
+from tests.capabilities import (
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_setup,
+    require_or_skip,
+)
 
-__all__ = ["sandbox_unavailable"]  # the one check, shared with the agent's tests
+# the one check, shared with the agent's tests; the capability hooks (BAI_TEST_REQUIRE)
+__all__ = ["pytest_collection_modifyitems", "pytest_configure", "pytest_runtest_setup", "sandbox_unavailable"]
 
 if TYPE_CHECKING:
     from bai.server.embedded import EmbeddedServer
@@ -68,7 +75,7 @@ class ServerThread:
 def _serve(data_dir: Path, **options: float) -> Iterator[RunningServer]:
     reason = sandbox_unavailable()
     if reason:
-        pytest.skip(f"needs real sandboxes: {reason}")
+        require_or_skip("sandbox", f"needs real sandboxes: {reason}")
     thread = ServerThread(data_dir, **options)
     running = thread.start()
     try:
@@ -90,7 +97,7 @@ def serve_docker(data_dir: Path, **options: float) -> Iterator[RunningServer]:
 
     reason = docker_unavailable()
     if reason:
-        pytest.skip(f"needs the docker backend: {reason}")
+        require_or_skip("docker", f"needs the docker backend: {reason}")
     thread = ServerThread(data_dir, backend="docker", **options)  # type: ignore[arg-type]
     running = thread.start()
     try:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.capabilities import needs
+
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = Path(os.environ.get("BAI_OFFICIAL_CLIENT", ROOT / ".venv-official" / "bin" / "backend.ai"))
 
 pytestmark = [
     pytest.mark.official_client,
     pytest.mark.sandbox,
-    pytest.mark.skipif(not OFFICIAL.exists(),
-                       reason=f"the official client is not installed at {OFFICIAL} (./dev test installs it)"),
+    needs("official_client", None if OFFICIAL.exists() else f"not installed at {OFFICIAL} (./dev test installs it)"),
 ]
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
+from tests.capabilities import require_or_skip
 
 pytestmark = pytest.mark.sandbox
 
@@ -42,7 +43,7 @@ def line_matching(stream: object, pattern: str, seen: list[str]) -> re.Match[str
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
     if reason := sandbox_unavailable():
-        pytest.skip(reason)
+        require_or_skip("sandbox", reason)
     data = tmp_path / "data"
     with subprocess.Popen([BAI, "server", "--data-dir", str(data), "--port", "0"], stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.apiclient import SignedClient, stderr_of, stdout_of
+from tests.capabilities import require_or_skip
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -78,7 +79,7 @@ def tensorflow(api: SignedClient) -> str:
     agents = api.get("/admin/agents").json()["items"]
     offered = {env for agent in agents for env in agent["environments"]}
     if ENVIRONMENT not in offered:
-        pytest.skip(f"no agent offers {ENVIRONMENT} (build it: bai env build {ENVIRONMENT})")
+        require_or_skip("tensorflow", f"no agent offers {ENVIRONMENT} (build it: bai env build {ENVIRONMENT})")
     return ENVIRONMENT
 
 

@@ -13,9 +13,10 @@ from bai.agent.environments import load_catalog
 from bai.agent.environments.build import build_environment
 from bai.common.errors import InvalidRequest
 from tests.agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stdout_of
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 CATALOG = """
 [[environment]]

@@ -27,9 +27,10 @@ from bai.agent.agent import Agent
 from bai.agent.backends.local.backend import LocalBackend
 from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, FileUpload
 from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotFound
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from bai.agent.backends.base import BackendUnavailable
 from bai.agent.backends.local import backend as local
 from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.cgroups import Limits, detect_driver
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 
 async def test_one_agent_per_data_dir() -> None:

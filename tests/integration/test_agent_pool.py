@@ -21,9 +21,10 @@ from bai.agent.cgroups import Limits
 from bai.agent.pool import NAME_PREFIX
 from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 
 async def pool_count(agent: Agent, at_least: int, timeout_s: float = 15.0) -> int:

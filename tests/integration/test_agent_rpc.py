@@ -26,6 +26,7 @@ from bai.agent.main import serve
 from bai.agent.rpc import AgentRpcServer
 from bai.common.agent_calls import CALLS, INFO, SECRET_HEADER, Kind
 from bai.common.agent_rpc import AgentInfo, ExecResult, RpcError, SessionGone, SessionStats
+from tests.capabilities import needs
 
 SECRET = "s3cret-for-tests"
 REASON = sandbox_unavailable()
@@ -98,7 +99,7 @@ async def test_info_and_errors(idle_agent: Agent) -> None:
 
 
 @pytest.mark.sandbox
-@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@needs("sandbox", REASON)
 async def test_a_session_over_rpc() -> None:
     async with running_agent() as agent, rpc_server(agent) as client:
         one = spec()
@@ -233,7 +234,7 @@ async def test_heartbeat_survives_an_unreachable_manager(
 
 
 @pytest.mark.sandbox
-@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@needs("sandbox", REASON)
 async def test_the_daemon_registers_with_its_real_port(manager: tuple[FakeManager, str]) -> None:
     fake, url = manager
     config = make_config(manager_url=url, cluster_secret=SECRET, rpc_port=0, heartbeat_interval_s=0.05)

@@ -22,6 +22,7 @@ from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
+from tests.capabilities import require_or_skip
 from tests.conftest import sandbox_unavailable
 
 pytestmark = pytest.mark.sandbox
@@ -86,7 +87,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     and ``keep_sessions`` for the manager, ``agent_args`` for ``bai agent`` (``indirect=True``
     parametrization)."""
     if reason := sandbox_unavailable():
-        pytest.skip(reason)
+        require_or_skip("sandbox", reason)
     options = getattr(request, "param", {})
     secret = secrets.token_hex(16)
     mgr = ManagerThread(

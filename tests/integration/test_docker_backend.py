@@ -24,9 +24,10 @@ from bai.agent.backends.docker.container import LABEL_AGENT, LABEL_DATA_DIR, LAB
 from bai.common.agent_rpc import ExecRequest
 from bai.common.errors import InvalidRequest, SessionCreationFailed
 from tests.apiclient import SignedClient
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 
 @pytest.fixture

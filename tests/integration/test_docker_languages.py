@@ -4,34 +4,23 @@ its REPL and batch steps, as on the local backend (a Lua image, where one is bui
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
-import aiodocker
 import pytest
 from agent_sandbox import new_session, stderr_of, stdout_of
-from docker_sandbox import docker_agent, docker_unavailable
+from docker_sandbox import docker_agent, docker_unavailable, image_missing
 
 from bai.agent.agent import Agent
 from bai.common.agent_rpc import BatchSteps, ExecRequest
 from bai.common.errors import SessionCreationFailed
+from tests.capabilities import needs
 
 LUA = "bai/lua:5.4"
 
 
-async def _image_missing(ref: str, name: str) -> str | None:
-    docker = aiodocker.Docker()
-    try:
-        await docker.images.inspect(ref)
-    except aiodocker.DockerError:
-        return f"the {ref} image is missing (bai image build {name})"
-    finally:
-        await docker.close()
-    return None
-
-
-REASON = docker_unavailable() or (asyncio.run(_image_missing(LUA, "lua")) if os.geteuid() == 0 else None)
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+REASON = docker_unavailable()
+LUA_REASON = None if REASON is not None else asyncio.run(image_missing(LUA, "lua"))
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON), needs("environments", LUA_REASON)]
 
 
 @pytest.fixture
@@ -86,10 +75,13 @@ async def test_a_container_sees_only_its_own_gpus() -> None:
 PYTORCH = "bai/python-pytorch:2.13"
 
 
-@pytest.mark.skipif(
-    REASON is None and asyncio.run(_image_missing(PYTORCH, "python-pytorch")) is not None,
-    reason=f"the {PYTORCH} image is missing (bai image build python-pytorch; its torch wheel comes from the "
-    "host's local wheels, BAI_IMAGE_WHEELS or pip's find-links)",
+PYTORCH_REASON = None if REASON is not None else asyncio.run(image_missing(PYTORCH, "python-pytorch"))
+
+
+@needs(
+    "environments",
+    PYTORCH_REASON and f"{PYTORCH_REASON}; its torch wheel comes from the host's local wheels, BAI_IMAGE_WHEELS or "
+    "pip's find-links",
 )
 async def test_pytorch_in_a_container_keeps_its_tensors(agent: Agent) -> None:
     """The venv entry's interpreter runs the session (its label's runner python and engine)."""

@@ -29,10 +29,11 @@ from bai.agent.backends.docker.container import LABEL_AGENT
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import ExecRequest
 from tests.apiclient import SignedClient
+from tests.capabilities import needs
 from tests.integration.test_cluster import Cluster, cluster, start_agent, wait_for
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 __all__ = ["cluster"]  # the fixture, from test_cluster
 
 

@@ -17,9 +17,10 @@ import pytest
 from docker_sandbox import docker_agent, docker_unavailable
 
 from bai.agent.agent import Agent
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 LOCAL_ONLY = {
     "test_a_run_whose_sandbox_dies_still_reports_its_usage",  # kills the bwrap child's pid

@@ -16,8 +16,10 @@ import pytest
 from conftest import RunningServer
 from docker_sandbox import docker_unavailable, share
 
+from tests.capabilities import needs
+
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 MANAGER_ONLY = {
     "test_requests_beyond_the_policy_are_refused_naming_the_field": "refused by the manager: no sandbox is made",

@@ -14,8 +14,10 @@ import pytest
 from conftest import RunningServer, serve_docker
 from docker_sandbox import docker_unavailable, share
 
+from tests.capabilities import needs
+
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 share(Path(__file__).with_name("test_session_files.py"), globals(), fixtures={"session", "small_scratch"})
 

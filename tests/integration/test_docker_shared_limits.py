@@ -28,9 +28,10 @@ from bai.agent.agent import Agent
 from bai.agent.backends.docker.backend import DockerBackend
 from bai.common.agent_rpc import ExecRequest, SessionGone
 from bai.common.errors import ExecutionFailed
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 # each has a variant below, "..._in_a_container", that checks the same on the container's parts
 LOCAL_ONLY_LIMITS = {

@@ -27,9 +27,10 @@ from bai.agent.backends.docker.backend import DockerBackend
 from bai.agent.backends.docker.kernel_images import KernelImage
 from bai.agent.backends.docker.sandbox import DockerSandbox
 from bai.common.errors import SessionCreationFailed
+from tests.capabilities import needs, require_or_skip
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 LOCAL_ONLY = {
     "test_an_idle_pooled_sandbox_that_dies_is_replaced": "kills bwrap's child pid; a variant kills the runner",
@@ -98,7 +99,7 @@ async def test_only_python_is_pooled_and_a_repl_engines_session_gets_its_variabl
         others = [name for name in agent.backend.environments() if agent.backend.images[name].engine != "python"]
         assert set(agent.info().pool) == {"python"}
         if "lua" not in others:
-            pytest.skip("the lua image is not built (bai image build lua)")
+            require_or_skip("environments", "the lua image is not built (bai image build lua)")
         session = await new_session(agent, environment="lua", environ={"GREETING": "cold"})
         assert agent.backend.sandboxes[session].name == session  # not a pooled one
         assert stdout_of(await run(agent, session, 'print(os.getenv("GREETING"))')) == "cold\n"

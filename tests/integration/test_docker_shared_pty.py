@@ -14,9 +14,10 @@ from conftest import RunningServer
 from docker_sandbox import docker_unavailable, share
 
 from tests.apiclient import SignedClient
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 LOCAL_ONLY = {
     # the image has no ps: there, the local test would pass without looking; a variant below reads /proc

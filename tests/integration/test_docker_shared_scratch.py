@@ -22,9 +22,10 @@ from bai.agent import mounts
 from bai.agent.agent import Agent
 from bai.agent.backends.docker.backend import DockerBackend
 from bai.agent.scratch import ScratchDisks
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 LOCAL_ONLY = {
     "test_a_restarted_agent_releases_the_disks_a_killed_one_left": "the local layout; a docker variant is below",

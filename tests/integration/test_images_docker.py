@@ -23,6 +23,7 @@ from bai.images.cli import host_mirror
 from bai.images.cli import image as image_cli
 from bai.images.docker import Docker, DockerError, find_docker
 from bai.images.recipe import L_BASE_HASH, BaseRecipe, image_recipe
+from tests.capabilities import needs
 
 BASE = BaseRecipe(mirror=host_mirror())
 
@@ -39,7 +40,7 @@ def _docker() -> tuple[Docker | None, str | None]:
 
 
 DOCKER, REASON = _docker()
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), needs("docker", REASON)]
 
 
 class Recorder:

@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 from bai.agent.environments import host_status, load_catalog
 from bai.agent.environments.catalog import Runtime
 from tests.apiclient import SignedClient, stderr_of, stdout_of
+from tests.capabilities import needs
 from tests.conftest import RunningServer
 
 CATALOG = load_catalog()
@@ -82,7 +83,8 @@ LANGS = [
 def _param(lang: Lang) -> Any:
     status = STATUS[lang.name]
     reason = f"{status.env.key} is not available here: {status.reason}"
-    return pytest.param(lang, id=lang.name, marks=() if status.available else pytest.mark.skip(reason=reason))
+    capability = "toolchains" if status.env.host.unavailable is None else "platform"  # no install route: Julia
+    return pytest.param(lang, id=lang.name, marks=needs(capability, None if status.available else reason))
 
 
 def test_every_language_of_the_catalog_is_covered() -> None:
@@ -268,7 +270,7 @@ def test_an_unknown_or_unavailable_image_is_refused_naming_image(api: SignedClie
         assert "image" in r.text and image in r.text
 
 
-@pytest.mark.skipif(not STATUS["c"].available, reason=f"c is not available here: {STATUS['c'].reason}")
+@needs("toolchains", None if STATUS["c"].available else f"c is not available here: {STATUS['c'].reason}")
 def test_bai_run_compiles_and_runs_a_c_file(bai_server: RunningServer, tmp_path: Path) -> None:
     source = tmp_path / "hello.c"
     source.write_text('#include <stdio.h>\nint main(void) { puts("hello from C"); return 5; }\n')

@@ -23,9 +23,10 @@ from agent_sandbox import (
 from bai.agent.agent import Agent
 from bai.agent.backends.local.backend import LocalBackend
 from bai.common.errors import InvalidRequest
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 
 @pytest.fixture

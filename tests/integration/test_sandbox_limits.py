@@ -24,9 +24,10 @@ from agent_sandbox import (
 from bai.agent.agent import Agent
 from bai.common.agent_rpc import ExecRequest, SessionGone
 from bai.common.errors import ExecutionFailed
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
 
 
 @pytest.fixture

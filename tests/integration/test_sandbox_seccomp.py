@@ -14,9 +14,11 @@ from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, 
 
 from bai.agent.agent import Agent
 from bai.agent.backends.base import BackendUnavailable
+from tests.capabilities import needs
 
-REASON = sandbox_unavailable() or (None if platform.machine() == "x86_64" else "syscall numbers are x86-64's")
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+REASON = sandbox_unavailable()
+X86_64_REASON = None if platform.machine() == "x86_64" else "syscall numbers are x86-64's"
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), needs("platform", X86_64_REASON)]
 
 # Each probe: a denied call with arguments that would otherwise be valid enough to
 # get past the kernel's argument checks (so EPERM comes from the filter, not EFAULT).

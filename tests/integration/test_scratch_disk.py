@@ -23,11 +23,12 @@ from bai.agent.backends.local import backend as local
 from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from bai.agent.scratch import ScratchDisks
 from bai.common.errors import InvalidRequest
+from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
 HOSTFILE_REASON = scratch.hostfile_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
-needs_hostfile = pytest.mark.skipif(HOSTFILE_REASON is not None, reason=f"hostfile scratch: {HOSTFILE_REASON}")
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
+needs_hostfile = needs("sandbox", HOSTFILE_REASON and f"hostfile scratch: {HOSTFILE_REASON}")
 MiB = 2**20
 CAP = 64 * MiB
 

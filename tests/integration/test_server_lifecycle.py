@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.apiclient import SignedClient, stdout_of
+from tests.capabilities import require_or_skip
 from tests.conftest import RunningServer, ServerThread, sandbox_unavailable
 
 pytestmark = pytest.mark.sandbox
@@ -43,7 +44,7 @@ def test_the_manager_notices_an_agent_that_stops(fresh_server: RunningServer) ->
 
 def test_a_second_start_reuses_the_data_dir_and_keypair(tmp_path) -> None:  # type: ignore[no-untyped-def]
     if reason := sandbox_unavailable():
-        pytest.skip(reason)
+        require_or_skip("sandbox", reason)
     first = ServerThread(tmp_path)
     running = first.start()
     env_file = tmp_path / "client.env"

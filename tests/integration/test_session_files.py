@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
+from tests.capabilities import require_or_skip
 
 pytestmark = pytest.mark.sandbox
 MiB = 2**20
@@ -207,7 +208,7 @@ def small_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     from bai.agent import scratch
 
     if (reason := scratch.hostfile_unavailable()) is not None:
-        pytest.skip(f"hostfile scratch: {reason}")
+        require_or_skip("sandbox", f"hostfile scratch: {reason}")
     monkeypatch.setenv("BAI_AGENT_SCRATCH_SIZE", str(scratch.MIN_SCRATCH_BYTES))  # read by the embedded agent
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.apiclient import SignedClient
+from tests.capabilities import require_or_skip
 from tests.conftest import ServerThread, sandbox_unavailable
 from tests.integration.test_cluster import Cluster, ManagerThread, cluster, start_agent, wait_for
 
@@ -35,7 +36,7 @@ def _left_running(data_dir: Path, name: str) -> str:
 
 def test_a_session_whose_sandbox_died_with_the_server_ends_at_the_next_start(tmp_path: Path) -> None:
     if reason := sandbox_unavailable():
-        pytest.skip(reason)
+        require_or_skip("sandbox", reason)
     session_id = _left_running(tmp_path, "crashed")
     row = sqlite3.connect(tmp_path / "bai.sqlite3").execute(
         "select status from sessions where id = ?", (session_id,)
@@ -55,7 +56,7 @@ def test_a_session_whose_sandbox_died_with_the_server_ends_at_the_next_start(tmp
 
 def test_a_session_whose_agent_never_returns_is_lost(tmp_path: Path) -> None:
     if reason := sandbox_unavailable():
-        pytest.skip(reason)
+        require_or_skip("sandbox", reason)
     session_id = _left_running(tmp_path, "stranded")
     with sqlite3.connect(tmp_path / "bai.sqlite3") as db:  # as if it ran on an agent that is gone for good
         db.execute("update sessions set agent_id = 'gone-for-good' where id = ?", (session_id,))

@@ -19,9 +19,10 @@ from docker_sandbox import container_of, docker_unavailable, running_docker_agen
 
 from bai.agent.agent import Agent
 from bai.agent.backends.docker.backend import DockerBackend
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 SCRATCH = share(
     Path(__file__).with_name("test_scratch_attacks.py"),

@@ -17,9 +17,10 @@ from conftest import RunningServer
 from docker_sandbox import docker_unavailable
 
 from tests.apiclient import SignedClient
+from tests.capabilities import needs
 
 REASON = docker_unavailable()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
 
 LOCAL_ONLY = {
     # the image's own root holds /root (empty, mode 0700), where the local sandbox shows none of the host's

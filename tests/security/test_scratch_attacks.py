@@ -31,12 +31,13 @@ from bai.agent.agent import Agent
 from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from tests.apiclient import SignedClient
 from tests.apiclient import stdout_of as api_stdout
+from tests.capabilities import needs, require_or_skip
 
 pytestmark = pytest.mark.sandbox
 REASON = sandbox_unavailable()
 HOSTFILE_REASON = scratch.hostfile_unavailable()
-needs_sandbox = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-needs_hostfile = pytest.mark.skipif(HOSTFILE_REASON is not None, reason=f"hostfile scratch: {HOSTFILE_REASON}")
+needs_sandbox = needs("sandbox", REASON)
+needs_hostfile = needs("sandbox", HOSTFILE_REASON and f"hostfile scratch: {HOSTFILE_REASON}")
 MiB = 2**20
 CAP = 64 * MiB
 AGENT_STEP_S = 15.0  # stats, restart and destroy each take milliseconds; a hang takes forever
@@ -99,7 +100,7 @@ def check_plant_output(out: str) -> None:
 @pytest.fixture
 def small_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     if HOSTFILE_REASON is not None:
-        pytest.skip(f"hostfile scratch: {HOSTFILE_REASON}")
+        require_or_skip("sandbox", f"hostfile scratch: {HOSTFILE_REASON}")
     monkeypatch.setenv("BAI_AGENT_SCRATCH_SIZE", str(CAP))  # read by the embedded agent's settings
 
 
@@ -193,7 +194,7 @@ def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, b
 @pytest.fixture(params=[pytest.param("hostfile", marks=needs_hostfile), "memory", "hostdir"])
 async def kind_agent(request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
     if REASON is not None:
-        pytest.skip(REASON)
+        require_or_skip("sandbox", REASON)
     async with running_agent(scratch_type=request.param, scratch_size=CAP, pool_size=0) as started:
         yield started
 

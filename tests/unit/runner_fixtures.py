@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from runner_client import RunnerClient, interpreters
 
+from tests.capabilities import needs
+
 #: seconds an interrupted run gets before the runner kills its REPL (2 s in production)
 GRACE = 0.5
 
 INTERPRETERS = [
-    pytest.param(path, id=name, marks=() if path else pytest.mark.skip(reason=f"no {name} interpreter here"))
+    pytest.param(path, id=name, marks=needs("interpreters", None if path else f"no {name} interpreter here"))
     for name, path in interpreters()
 ]
 

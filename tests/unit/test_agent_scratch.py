@@ -21,13 +21,14 @@ from bai.agent import mounts, scratch
 from bai.agent.backends.local import backend as local
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, ScratchType, open_disks, reconcile
 from bai.common.agent_rpc import SandboxSpec
+from tests.capabilities import needs
 
 MiB = 2**20
 HOSTFILE_REASON = scratch.hostfile_unavailable()
 MEMORY_REASON = None if os.geteuid() == 0 else "mounting a tmpfs needs root"
 UID = 1_234_567 if os.geteuid() == 0 else os.geteuid()  # as root: a uid no one has, as a sandbox's
-needs_hostfile = pytest.mark.skipif(HOSTFILE_REASON is not None, reason=f"hostfile scratch: {HOSTFILE_REASON}")
-needs_memory = pytest.mark.skipif(MEMORY_REASON is not None, reason=MEMORY_REASON or "")
+needs_hostfile = needs("sandbox", HOSTFILE_REASON and f"hostfile scratch: {HOSTFILE_REASON}")
+needs_memory = needs("sandbox", MEMORY_REASON)
 KINDS = [
     pytest.param("hostfile", marks=needs_hostfile),
     pytest.param("memory", marks=needs_memory),

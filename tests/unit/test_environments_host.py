@@ -10,11 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from bai.agent.environments.build import AptStatus, PipProgress, apt_status
 from bai.agent.environments.catalog import Environment, load_catalog, parse_catalog
 from bai.agent.environments.host import MARKER, HostProbe, host_status, venv_build_dir, venv_link
+from tests.capabilities import require_or_skip
 
 CATALOG = """
 [[environment]]
@@ -135,7 +134,7 @@ def test_a_missing_base_interpreter_is_named(tmp_path: Path) -> None:
 
 def test_the_real_dpkg_answers_for_this_host(tmp_path: Path) -> None:
     if not Path("/usr/bin/dpkg-query").exists():
-        pytest.skip("no dpkg on this host")
+        require_or_skip("platform", "no dpkg on this host")
     probe = HostProbe()
     missing = probe.missing_packages(["dpkg", "bai-no-such-package"])
     assert missing == {"bai-no-such-package"}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bai.agent.environments.catalog import Environment, batch_plan, load_catalog, query_plan
+from tests.capabilities import require_or_skip
 
 CATALOG = load_catalog()
 MARKER = "bai-sentinel-7f3a"
@@ -65,7 +66,8 @@ def _dpkg_missing(packages: tuple[str, ...]) -> bool:
 def _env(name: str) -> Environment:
     env = CATALOG.resolve(name)
     if not _usable(env):
-        pytest.skip(f"{env.key} is not installed here")
+        capability = "toolchains" if env.host.unavailable is None else "platform"  # no install route: Julia
+        require_or_skip(capability, f"{env.key} is not installed here")
     return env
 
 

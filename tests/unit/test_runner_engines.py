@@ -18,6 +18,7 @@ from runner_fixtures import GRACE, python, runner
 
 from bai.runner.engines.language_repl import LineFilter
 from bai.runner.protocol import Execute, Failure, Finished, Interrupt, StepFinished
+from tests.capabilities import needs
 
 __all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
@@ -124,7 +125,7 @@ def test_the_repl_engine_needs_its_settings(tmp_path: Path) -> None:
 # -- the command engine ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
+@needs("toolchains", None if shutil.which("cc") else "no C compiler here")
 def test_each_query_is_written_compiled_and_run(command: RunnerClient, tmp_path: Path) -> None:
     steps = [["compile", "cc -o main main.c"], ["run", "./main"]]
     code = '#include <stdio.h>\nint main(void) { puts("compiled"); return 3; }'

@@ -29,6 +29,7 @@ from bai.runner.protocol import (
     WaitingInput,
     encode,
 )
+from tests.capabilities import require_or_skip
 
 __all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
@@ -171,7 +172,7 @@ def test_the_runner_is_not_dumpable_but_the_repl_is(python: str, tmp_path: Path)
     the runner runs as nobody here)."""
     user = 65534 if os.geteuid() == 0 else None
     if user is not None and os.path.realpath(python).startswith("/root/"):
-        pytest.skip("nobody cannot run an interpreter under /root")
+        require_or_skip("platform", "nobody cannot run an interpreter under /root")
     # a copy of the runner nobody can read, wherever the checkout lives (CI clones into 0700 dirs)
     src = Path(tempfile.mkdtemp(prefix="bai-runner-"))
     src.chmod(0o755)
@@ -207,7 +208,7 @@ def test_a_restarted_repl_gets_the_runners_first_oom_score(runner: RunnerClient)
         with open(f"/proc/{runner.proc.pid}/oom_score_adj", "w") as f:
             f.write("500")
     except PermissionError:
-        pytest.skip("cannot change the runner's oom_score_adj here")
+        require_or_skip("platform", "cannot change the runner's oom_score_adj here")
     assert runner.run("import os\nos._exit(1)").finished.engine_restarted
     assert runner.run("open('/proc/self/oom_score_adj').read()").stdout == "'0\\n'\n"
 
