@@ -10,13 +10,14 @@ from starlette.responses import JSONResponse, Response
 
 from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult
 from bai.common.errors import InvalidRequest
+from bai.common.status import RunStatus
 from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, RunResult
 from bai.manager.api.deps import body_as, live_session, manager_of, validate
 from bai.manager.sessions import LiveSession
 
 
 def run_result(result: ExecResult, *, with_run_id: bool = True) -> dict[str, Any]:
-    options: dict[str, Any] = {"is_password": result.is_password} if result.status == "waiting-input" else {}
+    options: dict[str, Any] = {"is_password": result.is_password} if result.status == RunStatus.WAITING_INPUT else {}
     if result.stats is not None:  # an ended run's usage (an extension of ours; API.md section 6)
         options["stats"] = result.stats.model_dump()
     body = RunResult(

@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bai.common.agent_rpc import ExecRequest, ExecResult
 from bai.common.errors import BaiError, InvalidRequest
+from bai.common.status import RunStatus
 from bai.common.wire import ExecuteRequest
 from bai.manager.api.deps import live_session, manager_of, validate
 from bai.manager.api.execute import exec_request, run_result
@@ -79,13 +80,13 @@ async def _relay(ws: WebSocket, inbox: _Inbox, manager: Manager, session: LiveSe
         result: ExecResult = await manager.sessions.execute(session, request)
         if inbox.gone:
             raise WebSocketDisconnect(1001)
-        if result.console or result.status != "continued":
+        if result.console or result.status != RunStatus.CONTINUED:
             await ws.send_text(json.dumps(run_result(result, with_run_id=False)))
-        if result.status == "waiting-input":
+        if result.status == RunStatus.WAITING_INPUT:
             text = await inbox.next_text()
             request = ExecRequest(session_id=session.id, mode="input", run_id=result.run_id, code=text,
                                   flush_timeout_s=first.flush_timeout_s)
-        elif result.status in ("continued", "clean-finished", "build-finished"):
+        elif result.status.goes_on:
             request = ExecRequest(session_id=session.id, mode="continue", run_id=result.run_id,
                                   flush_timeout_s=first.flush_timeout_s)
         else:
