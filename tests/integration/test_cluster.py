@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from bai.common.agent_calls import REPORTS, SECRET_HEADER, Report
 from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer
@@ -140,10 +142,16 @@ def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster: Cluste
     assert api.get("/session/remote").json()["statusInfo"] == "agent-lost"
 
 
-def test_a_wrong_cluster_secret_is_refused(cluster: Cluster) -> None:
-    api = cluster.api
-    r = api.http.post("/internal/agents/heartbeat", json={}, headers={"X-BAI-Cluster-Secret": "nope"})
-    assert r.status_code == 401
+@pytest.mark.parametrize("report", REPORTS, ids=lambda report: report.name)
+@pytest.mark.parametrize("secret", ["nope", None])
+def test_every_agent_report_wants_the_cluster_secret(cluster: Cluster, report: Report[BaseModel],
+                                                     secret: str | None) -> None:
+    headers = {SECRET_HEADER: secret} if secret is not None else {}
+    r = cluster.api.http.post(report.path, json={}, headers=headers)
+    assert r.status_code == 401 and SECRET_HEADER in r.json()["msg"]
+    # with the secret, the same empty body reaches the route's parsing: the route exists
+    r = cluster.api.http.post(report.path, json={}, headers={SECRET_HEADER: cluster.secret})
+    assert r.status_code == 400
 
 
 def test_sandboxes_the_manager_does_not_know_are_destroyed(cluster: Cluster) -> None:

@@ -1,9 +1,8 @@
 """The agent → manager direction: registration heartbeats and "session gone" reports.
 
-``ManagerClient`` posts, with the ``X-BAI-Cluster-Secret`` header:
-``AgentInfo`` to ``{manager}/internal/agents/heartbeat`` (the first one
-registers the agent; the manager marks it lost when they stop) and
-``SessionGone`` to ``{manager}/internal/sessions/gone``.
+``ManagerClient`` posts the reports declared in bai.common.agent_calls, with the
+cluster secret header: ``AgentInfo`` (``HEARTBEAT``: the first one registers the
+agent; the manager marks it lost when they stop) and ``SessionGone`` (``SESSION_GONE``).
 ``Heartbeat`` sends the former every ``heartbeat_interval_s``, first at once.
 Network errors are logged and retried, never raised into the agent.
 """
@@ -18,6 +17,7 @@ from collections.abc import Callable
 import httpx
 from pydantic import BaseModel
 
+from bai.common.agent_calls import HEARTBEAT, SECRET_HEADER, SESSION_GONE, Report
 from bai.common.agent_rpc import AgentInfo, SessionGone
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,12 @@ class ManagerUnreachable(Exception):
 class ManagerClient:
     def __init__(self, manager_url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
         self.base = manager_url.rstrip("/")
-        self._headers = {"X-BAI-Cluster-Secret": secret}
+        self._headers = {SECRET_HEADER: secret}
         self._client = client or httpx.AsyncClient(timeout=10.0)
         self._owns_client = client is None
 
-    async def _post(self, path: str, body: BaseModel) -> None:
+    async def _post(self, report: Report[BaseModel], body: BaseModel) -> None:
+        path = report.path
         try:
             response = await self._client.post(
                 self.base + path,
@@ -49,13 +50,13 @@ class ManagerClient:
             raise ManagerUnreachable(f"{path}: {response.status_code} {response.text[:200]}")
 
     async def heartbeat(self, info: AgentInfo) -> None:
-        await self._post("/internal/agents/heartbeat", info)
+        await self._post(HEARTBEAT, info)
 
     async def session_gone(self, gone: SessionGone) -> None:
         """Report a dead session, retrying a few times; gives up with a log line."""
         for pause in (*GONE_RETRIES, None):
             try:
-                await self._post("/internal/sessions/gone", gone)
+                await self._post(SESSION_GONE, gone)
                 return
             except ManagerUnreachable as exc:
                 if pause is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TypeVar
@@ -50,6 +49,7 @@ from bai.common.agent_calls import (
     Upload,
     WebSocketCall,
     rpc_error,
+    secret_matches,
 )
 from bai.common.agent_rpc import ByteStream
 from bai.common.errors import AuthFailed, BaiError, InvalidRequest
@@ -79,7 +79,7 @@ class ClusterSecretCheck:
         if not secret:
             raise ValueError("the agent RPC needs a cluster secret")
         self.app = app
-        self._secret = secret.encode()
+        self._secret = secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self._admits(Headers(scope=scope)):
@@ -92,7 +92,7 @@ class ClusterSecretCheck:
             await WebSocket(scope, receive, send).send_denial_response(refusal)
 
     def _admits(self, headers: Headers) -> bool:
-        return hmac.compare_digest(self._secret, headers.get(SECRET_HEADER, "").encode())
+        return secret_matches(self._secret, headers.get(SECRET_HEADER, ""))
 
 
 def _parse(model: type[M], raw: bytes | Mapping[str, str]) -> M:

@@ -32,6 +32,12 @@ How each kind travels over HTTP, at ``<rpc_url>/rpc/<name>``, the cluster secret
 A failure answers ``RpcError`` (``error`` names the bai.common.errors class) with the
 HTTP status of bai.common.problems.
 
+The other direction, agent → manager, is declared here too (``REPORTS``): two reports an
+agent posts to ``<manager>/internal/<name>``, each a model answered 204, with the same
+secret header. ``bai.agent.heartbeat.ManagerClient`` sends them; the manager's routes
+(bai.manager.api.agent_reports) are made from the same table. Both ends check the secret
+with ``secret_matches``.
+
 Errors: a call raises what it declares (any subclass included) and ``TRANSPORT_ERRORS``,
 which any call may meet on its way. Anything else that comes back, in process or over
 HTTP, is turned into an OperationFailed that names it (``AgentCall.admit``): the manager
@@ -40,6 +46,7 @@ never meets an agent error it was not told to expect.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Generic, TypeVar
@@ -59,6 +66,7 @@ from bai.common.agent_rpc import (
     NoArguments,
     RpcError,
     SandboxSpec,
+    SessionGone,
     SessionRef,
     SessionStats,
     TerminalRequest,
@@ -216,3 +224,27 @@ CALLS: tuple[AgentCall[BaseModel], ...] = (
     INFO, CREATE_SESSION, DESTROY_SESSION, RESTART_SESSION, EXECUTE, INTERRUPT, COMPLETE,
     SESSION_STATS, LIST_FILES, UPLOAD_FILE, DOWNLOAD, OPEN_TERMINAL,
 )  # fmt: skip
+
+
+def secret_matches(expected: str, given: str) -> bool:
+    """Whether ``given`` is the cluster secret, in constant time; never for an empty secret."""
+    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report(Generic[Req_co]):
+    """One agent → manager report: ``request`` posted as JSON, answered 204."""
+
+    name: str
+    request: type[Req_co]
+
+    @property
+    def path(self) -> str:
+        return f"/internal/{self.name}"
+
+
+#: the first heartbeat registers the agent; the manager marks it lost when they stop
+HEARTBEAT = Report(name="agents/heartbeat", request=AgentInfo)
+#: a session's sandbox ended without being asked to (its runner died, the OOM killer)
+SESSION_GONE = Report(name="sessions/gone", request=SessionGone)
+REPORTS: tuple[Report[BaseModel], ...] = (HEARTBEAT, SESSION_GONE)

@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from bai.common.errors import BaiError, MethodNotAllowed, UrlNotFound
 from bai.manager.api import (
+    agent_reports,
     agents,
     auth,
     environments,
@@ -25,7 +26,6 @@ from bai.manager.api import (
     execute,
     files,
     keypairs,
-    misc,
     policies,
     root,
     session,
@@ -87,8 +87,7 @@ def _routes() -> list[Route | WebSocketRoute]:
         Route("/admin/resource-policies", policies.create_policy, methods=["POST"]),
         Route("/admin/resource-policies/{name}", policies.update_policy, methods=["PATCH"]),
         Route("/admin/resource-policies/{name}", policies.delete_policy, methods=["DELETE"]),
-        Route("/internal/agents/heartbeat", misc.agent_heartbeat, methods=["POST"]),
-        Route("/internal/sessions/gone", misc.session_gone, methods=["POST"]),
+        *agent_reports.routes(),
     ]
 
 
