@@ -127,3 +127,18 @@ def stdout_of(result: dict[str, Any]) -> str:
 
 def stderr_of(result: dict[str, Any]) -> str:
     return "".join(data for kind, data in result["console"] if kind == "stderr")
+
+
+def following(api: SignedClient, session: str, first: dict[str, Any], until: str | None = None) -> list[dict[str, Any]]:
+    """``first`` and the answers that continue its run: until the run has printed
+    ``until`` on stdout (each answer before it still "continued": evidence that the user's
+    code is running, on a host however busy), or with ``until`` None to the run's end."""
+    answers = [first]
+    while True:
+        if until is not None and until in "".join(stdout_of(answer) for answer in answers):
+            return answers
+        if answers[-1]["status"] != "continued":
+            assert until is None, (f"the run ended before it printed {until!r}", answers)
+            return answers
+        body = {"mode": "continue", "runId": first["runId"], "code": ""}
+        answers.append(api.post(f"/session/{session}", body).json()["result"])

@@ -1,7 +1,8 @@
 """Session files through the API on a real server with real sandboxes: upload,
 download (multipart/mixed of tars) and listing; the path rules, the limits, a
-transfer while a run is busy, another keypair's session. The attacks with planted
-links are in tests/security/test_file_attacks.py."""
+transfer while a run is busy, another keypair's session; each on both backends
+(``[local]``, ``[docker]``: the docker agent reads and writes the container's scratch dir
+from the host). The attacks with planted links are in tests/security/test_file_attacks.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
+from tests.apiclient import SignedClient, download, following, stdout_of, tars_of, upload
 from tests.capabilities import require_or_skip
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 MiB = 2**20
 
 
@@ -179,14 +180,18 @@ def test_limits_on_count_file_size_and_request_size(fresh_server: Any, monkeypat
 
 
 def test_transfers_work_while_a_run_is_busy(api: SignedClient, session: str) -> None:
-    busy = api.post(f"/session/{session}", {"mode": "query", "code": "import time\ntime.sleep(3)\nprint('done')"})
-    result = busy.json()["result"]
-    assert result["status"] == "continued"
+    """The run says it is busy and stays so until the test uploads ``release``."""
+    code = "import os, time\nprint('busy', flush=True)\nwhile not os.path.exists('release'):\n    time.sleep(0.01)\n"
+    busy = api.post(f"/session/{session}", {"mode": "query", "code": code + "print('done')"})
+    answers = following(api, session, busy.json()["result"], until="busy")
     assert upload(api, session, [("during.txt", b"busy")]).status_code == 204
     assert "during.txt" in listing(api, session)
     tar = tars_of(download(api, session, ["during.txt"]))[0]
     member = tar.extractfile("during.txt")
     assert member is not None and member.read() == b"busy"
+    assert upload(api, session, [("release", b"")]).status_code == 204
+    answers += following(api, session, answers[-1])[1:]
+    assert "".join(stdout_of(answer) for answer in answers) == "busy\ndone\n"
 
 
 def test_another_keypairs_session_is_404(api: SignedClient, session: str) -> None:

@@ -1,5 +1,6 @@
 """Resource policies and per-session limits through the real API: ``config.limits``,
-the admin routes, and the idle timeout and lifetime the manager enforces."""
+the admin routes, and the idle timeout and lifetime the manager enforces. On both backends
+(``[local]``, ``[docker]``) but for the tests of the manager alone (``local_only``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.conftest import RunningServer
 from tests.integration.test_events import Listener
 from tests.integration.test_stream import open_ws
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
 
 def _name(prefix: str) -> str:
@@ -123,6 +124,7 @@ def test_each_limit_takes_effect_through_the_api(user: SignedClient) -> None:
     assert stdout_of(user.run(name, "print('still here')")) == "still here\n"
 
 
+@pytest.mark.local_only(reason="refused by the manager: no sandbox is made")
 def test_requests_beyond_the_policy_are_refused_naming_the_field(user: SignedClient) -> None:
     policy = user.policy  # type: ignore[attr-defined]
     msg = _problem(_create(user, _name("lim"), limits={"idleTimeout": 7200}), 400, "invalid-api-params")
@@ -151,6 +153,7 @@ def test_resource_errors_are_in_human_units_and_name_the_slot_meant(user: Signed
     assert user.get("/session").json()["items"] == []
 
 
+@pytest.mark.local_only(reason="the manager's quota: no run in the sandbox")
 def test_the_total_of_a_keypairs_sessions_is_a_quota(user: SignedClient) -> None:
     assert _create(user, _name("lim")).status_code == 201
     assert _create(user, _name("lim")).status_code == 201
@@ -185,6 +188,7 @@ def test_an_idle_session_ends_with_the_reason_in_events_and_info(api: SignedClie
     assert 1.0 <= took < 10
 
 
+@pytest.mark.local_only(reason="the manager's idle clock; the backend's part is the idle test's destroy")
 def test_a_running_session_is_not_idle(api: SignedClient) -> None:
     name = _name("busy")
     assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
@@ -201,6 +205,7 @@ def test_a_running_session_is_not_idle(api: SignedClient) -> None:
     assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
 
 
+@pytest.mark.local_only(reason="the manager's idle clock")
 def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedClient) -> None:
     name = _name("ws")
     assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
@@ -219,6 +224,7 @@ def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedCl
     assert info["statusInfo"] == "idle-timeout"
 
 
+@pytest.mark.local_only(reason="the manager's lifetime clock")
 def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient) -> None:
     name = _name("life")
     listener = Listener(api, f"/events/session?sessionName={name}")
@@ -236,6 +242,7 @@ def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient) -> None:
 # -- administration ---------------------------------------------------------------------
 
 
+@pytest.mark.local_only(reason="administration: no sandbox")
 def test_policies_are_administered(api: SignedClient) -> None:
     name = _name("pol")
     made = api.post("/admin/resource-policies", {"name": name, "idleTimeout": 300, "maxScratchBytes": "1g"})
@@ -256,6 +263,7 @@ def test_policies_are_administered(api: SignedClient) -> None:
     assert api.delete(f"/admin/resource-policies/{name}").status_code == 404
 
 
+@pytest.mark.local_only(reason="administration: no sandbox")
 def test_a_policy_in_use_or_the_default_cannot_be_deleted(api: SignedClient) -> None:
     name = _name("pol")
     assert api.post("/admin/resource-policies", {"name": name}).status_code == 201
@@ -274,6 +282,7 @@ def test_a_policy_in_use_or_the_default_cannot_be_deleted(api: SignedClient) -> 
     assert api.delete(f"/admin/resource-policies/{name}").status_code == 204
 
 
+@pytest.mark.local_only(reason="administration: no sandbox")
 def test_only_admins_administer_policies(api: SignedClient) -> None:
     created = api.post("/admin/keypairs", {"user_id": "plain"}).json()
     with SignedClient(api.endpoint, created["access_key"], created["secret_key"]) as plain:
