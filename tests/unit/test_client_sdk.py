@@ -148,7 +148,8 @@ async def test_create_sends_the_limits(manager: FakeManager) -> None:
         await api.ComputeSession.get_or_create("python", name="demo", limits={"idle_timeout": 60, "scratch": "1g"})
         with pytest.raises(domain.InvalidRequest, match=r"^pids: "):
             await api.ComputeSession.get_or_create("python", name="demo", limits={"pids": "many"})
-    assert manager.body_of("POST", "/session")["config"] == {"limits": {"scratch": "1g", "idle_timeout": 60.0}}
+    # one limits model both ways: the SDK writes the names the server shows (sizes in bytes)
+    assert manager.body_of("POST", "/session")["config"] == {"limits": {"scratchBytes": 2**30, "idleTimeout": 60.0}}
 
 
 async def test_a_bad_name_is_refused_before_anything_is_sent(manager: FakeManager) -> None:
