@@ -11,6 +11,7 @@ import pytest
 from bai.client import APIConfig, AsyncSession, ConnectionFailed, ProtocolError, ServerError
 from bai.client.errors import PROBLEM_CLASSES, PROBLEM_TYPE_PREFIX, error_from_problem
 from bai.common import errors as domain
+from bai.common.problems import PROBLEMS
 
 CONFIG = APIConfig(
     endpoint="http://127.0.0.1:8091",
@@ -60,6 +61,13 @@ def test_each_slug_raises_its_domain_class(slug: str, expected: tuple[type[Excep
 
 def test_every_slug_of_the_api_is_in_the_table() -> None:
     assert set(EXPECTED) <= set(PROBLEM_CLASSES)
+
+
+@pytest.mark.parametrize("server_class", list(PROBLEMS), ids=lambda cls: cls.__name__)
+def test_what_the_server_raises_the_sdk_raises_again(server_class: type[domain.BaiError]) -> None:
+    """The SDK reads the server's own table backwards: whatever domain error a server
+    answers with, a caller of the SDK catches it under the same class."""
+    assert issubclass(PROBLEM_CLASSES[PROBLEMS[server_class].slug], server_class)
 
 
 def test_the_domain_attributes_come_from_the_problem_data() -> None:

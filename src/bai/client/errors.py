@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from bai.common import errors as domain
 from bai.common.errors import BaiError
+from bai.common.problems import PROBLEMS
 
 PROBLEM_TYPE_PREFIX = "https://api.backend.ai/probs/"
 
@@ -67,34 +68,28 @@ class ProtocolError(ClientError):
     pass
 
 
-#: problem+json slug (API.md section 3) → the domain class raised for it.
-_SLUG_TO_DOMAIN: dict[str, type[BaiError]] = {
-    "generic-bad-request": domain.BadRequest,
-    "invalid-api-params": domain.InvalidRequest,
-    "request-too-large": domain.RequestTooLarge,
-    "insufficient-storage": domain.StorageFull,
-    "invalid-auth-params": domain.InvalidAuthParams,
-    "session-already-exists": domain.SessionAlreadyExists,
+def _most_specific(classes: list[type[BaiError]]) -> type[BaiError]:
+    """Of the classes that share a slug, the one below all the others (SessionNotFound of
+    NotFound's "object-not-found"): catching either of them then works."""
+    return next((c for c in classes if all(issubclass(c, other) for other in classes)), classes[0])
+
+
+def _slug_classes() -> dict[str, type[BaiError]]:
+    by_slug: dict[str, list[type[BaiError]]] = {}
+    for cls, problem in PROBLEMS.items():
+        by_slug.setdefault(problem.slug, []).append(cls)
+    return {slug: _most_specific(classes) for slug, classes in by_slug.items()} | FOREIGN_SLUGS
+
+
+#: slugs that Backend.AI's servers send and ours never does
+FOREIGN_SLUGS: dict[str, type[BaiError]] = {
     "vfolder-already-exists": domain.BadRequest,
     "graphql-error": domain.BadRequest,
-    "not-implemented": domain.NotImplementedFeature,
-    "auth-failed": domain.AuthFailed,
-    "generic-forbidden": domain.Forbidden,
-    "insufficient-privilege": domain.InsufficientPrivilege,
-    "url-not-found": domain.UrlNotFound,
-    "object-not-found": domain.SessionNotFound,
-    "too-many-sessions-matched": domain.TooManySessionsMatched,
-    "method-not-allowed": domain.MethodNotAllowed,
-    "quota-exceeded": domain.QuotaExceeded,
-    "rate-limit-exceeded": domain.RateLimitExceeded,
-    "internal-server-error": domain.OperationFailed,
-    "kernel-creation-failed": domain.SessionCreationFailed,
-    "kernel-destruction-failed": domain.SessionDestructionFailed,
-    "kernel-restart-failed": domain.SessionRestartFailed,
-    "kernel-execution-failed": domain.ExecutionFailed,
     "service-unavailable": domain.ServiceUnavailable,
-    "instance-not-available": domain.ServiceUnavailable,
 }
+#: problem+json slug (API.md section 3) → the domain class raised for it: the server's
+#: own table (bai.common.problems) read backwards, and FOREIGN_SLUGS
+_SLUG_TO_DOMAIN: dict[str, type[BaiError]] = _slug_classes()
 
 
 def _server_error_class(base: type[BaiError]) -> type[ServerError]:
