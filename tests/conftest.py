@@ -5,6 +5,7 @@ async tests and subprocesses can all talk to it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import Coroutine, Iterator
@@ -17,14 +18,21 @@ import pytest
 from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
 from tests.capabilities import (
+    needs,
     pytest_collection_modifyitems,
-    pytest_configure,
     pytest_runtest_setup,
     require_or_skip,
 )
+from tests.capabilities import pytest_configure as configure_capabilities
 
 # the one check, shared with the agent's tests; the capability hooks (BAI_TEST_REQUIRE)
-__all__ = ["pytest_collection_modifyitems", "pytest_configure", "pytest_runtest_setup", "sandbox_unavailable"]
+__all__ = ["pytest_collection_modifyitems", "pytest_runtest_setup", "sandbox_unavailable"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_capabilities(config)
+    config.addinivalue_line("markers", "backends: the module's server tests run on each backend, [local] and [docker]")
+    config.addinivalue_line("markers", "local_only(reason): in a backends module, runs on the local backend only")
 
 if TYPE_CHECKING:
     from bai.server.embedded import EmbeddedServer
@@ -72,53 +80,85 @@ class ServerThread:
         self.loop.close()
 
 
-def _serve(data_dir: Path, **options: float) -> Iterator[RunningServer]:
+#: the backends a module marked ``backends`` runs its tests on, each as a test id
+BACKENDS = ("local", "docker")
+
+
+def _serve(data_dir: Path, backend: str = "local", **options: float) -> Iterator[RunningServer]:
+    """An embedded server on ``backend`` for as long as the generator is held; skipped (or
+    failed, where demanded: tests/capabilities.py) with the reason where it cannot run."""
     reason = sandbox_unavailable()
     if reason:
         require_or_skip("sandbox", f"needs real sandboxes: {reason}")
-    thread = ServerThread(data_dir, **options)
+    if backend == "docker" and (reason := docker_reason()):
+        require_or_skip("docker", f"needs the docker backend: {reason}")
+    thread = ServerThread(data_dir, backend=backend, **options)  # type: ignore[arg-type]
     running = thread.start()
     try:
         yield running
     finally:
         thread.stop()
+
+
+@functools.cache
+def docker_reason() -> str | None:
+    """tests/docker_sandbox.py's probe, asked once per run and only by a run that has a
+    docker param: why the docker backend cannot be tested here, or None."""
+    from tests.docker_sandbox import docker_unavailable
+
+    return docker_unavailable()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Backend parity by parametrisation: a test of a module (or class) marked ``backends``
+    that uses the ``backend`` fixture (``bai_server``, ``fresh_server`` and ``api`` do) runs
+    once per backend, ``[local]`` and ``[docker]``; ``local_only(reason=...)`` keeps a test
+    to ``[local]`` (it looks at the local sandbox's own parts, or at the manager alone)."""
+    if "backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("backends") is None:
+        return
+    params = [pytest.param("local", id="local")]
+    if metafunc.definition.get_closest_marker("local_only") is None:
+        params.append(pytest.param("docker", id="docker", marks=needs("docker", docker_reason())))
+    metafunc.parametrize("backend", params)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The backend the test's servers run on: "local", unless its module is marked
+    ``backends`` (then ``pytest_generate_tests`` gives each of ``BACKENDS``)."""
+    return "local"
 
 
 @pytest.fixture(scope="session")
-def bai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One embedded server for the whole run; tests isolate by session names and keypairs."""
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One embedded server on the local backend for the whole run."""
     yield from _serve(tmp_path_factory.mktemp("bai-data"))
-
-
-def serve_docker(data_dir: Path, **options: float) -> Iterator[RunningServer]:
-    """What ``bai_server`` and ``fresh_server`` do, on the docker backend: the modules that
-    run the local backend's API tests on docker make their fixtures of it."""
-    from tests.docker_sandbox import docker_unavailable
-
-    reason = docker_unavailable()
-    if reason:
-        require_or_skip("docker", f"needs the docker backend: {reason}")
-    thread = ServerThread(data_dir, backend="docker", **options)  # type: ignore[arg-type]
-    running = thread.start()
-    try:
-        yield running
-    finally:
-        thread.stop()
 
 
 @pytest.fixture(scope="session")
 def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One embedded server on the docker backend for the whole run: the modules that run
-    the local backend's API tests on docker give it as their ``bai_server``."""
-    yield from serve_docker(tmp_path_factory.mktemp("bai-docker"))
+    """One embedded server on the docker backend for the whole run."""
+    yield from _serve(tmp_path_factory.mktemp("bai-docker"), backend="docker")
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    """A server of the test's own, for tests that change global state (agents, restarts).
-    Options for EmbeddedServer come from ``@pytest.mark.parametrize("fresh_server", [{...}],
-    indirect=True)``."""
-    yield from _serve(tmp_path / "data", **getattr(request, "param", {}))
+def bai_server(backend: str, request: pytest.FixtureRequest) -> RunningServer:
+    """The run's embedded server on the test's backend (``local_server`` or
+    ``docker_server``, each one for the whole run); tests isolate by session names and
+    keypairs."""
+    server: RunningServer = request.getfixturevalue(f"{backend}_server")
+    assert server.server.agent.backend.name == backend
+    return server
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """A server of the test's own on the test's backend, for tests that change global
+    state (agents, restarts). Options for EmbeddedServer come from
+    ``@pytest.mark.parametrize("fresh_server", [{...}], indirect=True)`` (a ``backend`` there
+    wins over the test's)."""
+    options = dict(getattr(request, "param", {}))
+    yield from _serve(tmp_path / "data", options.pop("backend", backend), **options)
 
 
 @pytest.fixture

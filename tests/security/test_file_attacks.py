@@ -6,7 +6,9 @@ any sandbox, another session's file), a link as a parent directory, a fifo, a li
 loop, and hard links; swaps a directory for a link in a loop while we upload. Each
 upload, download and listing through such a path is refused with a 400 naming the
 path (or a 404), nothing hangs, and the host target is unchanged (type, mode, owner,
-content; a directory gains no entry)."""
+content; a directory gains no entry). Each on both backends (``[local]``, ``[docker]``):
+the docker agent reads and writes the container's scratch dir from the host as the local
+one does."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from bai.agent import files
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.conftest import RunningServer
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
 
 @pytest.fixture(autouse=True, params=["openat2", "walk"])
