@@ -45,19 +45,19 @@ async def bench(creates: int, executes: int) -> None:
         one = spec()
         await agent.create_session(one)
         marks: dict[str, float] = {}
-        original_send = session_module.RunnerLink.send
+        original_send = session_module.RunnerConnection.send
         original_dispatch = session_module.Session.dispatch
 
         def send(self: Any, message: protocol.Message) -> None:
             marks["sent"] = time.perf_counter()
             original_send(self, message)
 
-        def dispatch(self: Any, link: Any, message: protocol.Message) -> None:
+        def dispatch(self: Any, connection: Any, message: protocol.Message) -> None:
             if isinstance(message, protocol.Finished):
                 marks["finished"] = time.perf_counter()
-            original_dispatch(self, link, message)
+            original_dispatch(self, connection, message)
 
-        session_module.RunnerLink.send = send  # type: ignore[method-assign]
+        session_module.RunnerConnection.send = send  # type: ignore[method-assign]
         session_module.Session.dispatch = dispatch  # type: ignore[method-assign]
         request = ExecRequest(session_id=one.session_id, mode="query", code="1+1")
         totals, added = [], []

@@ -300,13 +300,13 @@ async def test_interrupt_reaches_a_runner_blocked_by_backpressure(agent: Agent, 
     first = await agent.execute(query(session, "while True:\n    print('x' * 10000)\n", flush=0.5))
     assert first.status == "continued"
     # nobody continues: the agent stops reading, the runner blocks on its socket
-    link = agent.sessions[session].link
-    assert link is not None
+    connection = agent.sessions[session].runner
+    assert connection is not None
     for _ in range(1000):
-        if link.paused:
+        if connection.paused:
             break
         await asyncio.sleep(0.01)
-    assert link.paused
+    assert connection.paused
     await agent.interrupt(session)
     result = first
     for _ in range(200):

@@ -2,7 +2,7 @@
 
     config.py         AgentConfig (BAI_AGENT_*), parsed once by the caller
     agent.py          Agent: the methods the manager calls (in process, or through rpc.py)
-    session.py        one session's async shell: runner link, timers, backpressure
+    session.py        one session's async shell: runner connection, timers, backpressure
     runs.py           the I/O-free run core: statuses, console merging, per-response caps
     cgroups.py        per-session cgroups, v1 and v2 drivers: limits, stats, join, kill
     scratch.py        scratch disks (/home/work): hostfile (ext4 image), memory (tmpfs) or

@@ -124,7 +124,9 @@ class Agent:
     async def stop(self) -> None:
         """Destroy the pool and every session (or, with ``keep_sessions`` on a backend
         whose sandboxes outlive the agent, leave the sessions running for the next agent
-        to re-attach), then release the backend."""
+        to re-attach), then release the backend. A destroy that fails does not stop the
+        others; each failure is logged with its session and error, since what it could
+        not release (a cgroup, a mount, a container) outlives the agent."""
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
@@ -137,7 +139,11 @@ class Agent:
             log.info("left %d session(s) running for the next agent", len(self.sessions))
             self.sessions.clear()
         ids = list(self.sessions)
-        await asyncio.gather(*(self.destroy_session(i) for i in ids), return_exceptions=True)
+        results = await asyncio.gather(*(self.destroy_session(i) for i in ids), return_exceptions=True)
+        for session_id, result in zip(ids, results, strict=True):
+            if isinstance(result, BaseException):  # what it failed to release may be left behind
+                log.error("session %s: not destroyed at shutdown (its cgroup, mounts or container may be "
+                          "left behind): %r", session_id, result, exc_info=result)
         if self._started:
             await self.backend.stop()
             self._started = False
@@ -272,9 +278,9 @@ class Agent:
         session = self._session(session_id)
         del self.sessions[session_id]  # a second destroy finds nothing to do
         session.closing = True
-        if session.link is not None and session.gone_reason is None:
+        if session.runner is not None and session.gone_reason is None:
             with contextlib.suppress(BaiError):
-                session.link.send(Shutdown())
+                session.runner.send(Shutdown())
         session.detach()
         session.unwatch_oom()
         return await session.sandbox.destroy(self.config.shutdown_grace_s)

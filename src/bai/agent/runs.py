@@ -33,18 +33,17 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
 
 from bai.agent.cgroups import RunUsage
 from bai.common.agent_rpc import ConsoleEntry, RunStats
 from bai.common.errors import InvalidRequest
+from bai.common.status import RunStatus
 
 STREAM_CAP = 512 * 1024
 OUTPUT_LIMIT = 8 * 2**20  # the default of AgentConfig.output_limit
 TEXT_STREAMS = ("stdout", "stderr")
 
-Status = Literal["continued", "waiting-input", "finished", "exec-timeout", "clean-finished", "build-finished"]
-STEP_STATUSES: dict[str, Status] = {"clean": "clean-finished", "build": "build-finished"}
+STEP_STATUSES: dict[str, RunStatus] = {"clean": RunStatus.CLEAN_FINISHED, "build": RunStatus.BUILD_FINISHED}
 
 
 class RunPhase(Enum):
@@ -56,7 +55,7 @@ class RunPhase(Enum):
 @dataclass
 class Response:
     run_id: str
-    status: Status
+    status: RunStatus
     exit_code: int | None
     console: list[ConsoleEntry]
     is_password: bool = False
@@ -326,12 +325,12 @@ class RunBook:
             step = run.pending.popleft()
             return Response(run.run_id, STEP_STATUSES[step.text], step.exit_code, console)
         if complete and run.phase is RunPhase.FINISHED:
-            status: Status = "exec-timeout" if run.timed_out else "finished"
+            status = RunStatus.EXEC_TIMEOUT if run.timed_out else RunStatus.FINISHED
             return Response(run.run_id, status, run.exit_code, console, stats=run.stats)
         if complete and run.phase is RunPhase.WAITING_INPUT:
             run.input_reported = True
-            return Response(run.run_id, "waiting-input", None, console, is_password=run.is_password)
-        return Response(run.run_id, "continued", None, console)
+            return Response(run.run_id, RunStatus.WAITING_INPUT, None, console, is_password=run.is_password)
+        return Response(run.run_id, RunStatus.CONTINUED, None, console)
 
     def _cut(self, run: Run) -> tuple[list[ConsoleEntry], bool]:
         """Take chunks in order until a stream's cap is reached; True when nothing is left."""

@@ -1,9 +1,20 @@
-"""One session's async shell: the runner link, the run core, timers.
+"""One session's async shell: the runner connection, the run core, timers.
 
-``RunnerLink`` is an asyncio protocol on the sandbox's runner socket: it splits
+``RunnerConnection`` is an asyncio protocol on the sandbox's runner socket: it splits
 frames and hands each message to ``Session.dispatch``, synchronously, in the
 loop's reader callback; so an execute is woken the moment its answer arrives,
 with no queue, task switch, disk or cgroup access in between.
+
+What the runner sends is not trusted: the sandbox may be compromised, or its runner
+of another version (a docker container re-attached after an upgrade, decision 0010).
+``protocol.decode`` checks each frame's type, field names and field types, and a
+``Ready`` of another protocol version. A frame that fails is never dispatched: the
+agent cuts the connection (``Session.refuse``) and the session ends with the reason,
+as when its sandbox dies: a start or restart waiting for ``Ready`` fails with it
+(SessionCreationFailed), a live session is reported gone with it and its current run
+ends with it on stderr. The frames before the bad one are dispatched: they were valid.
+A valid message that makes no sense now (a ``Finished`` of another run, a message
+meant for the runner) is dropped, logged when it is of a kind the agent never takes.
 
 ``Session`` owns a ``RunBook`` (bai.agent.runs) and does the I/O it decides:
 sends frames, arms the flush and exec timers, pauses the socket while too much
@@ -40,8 +51,10 @@ EXEC_TIMEOUT_GRACE_S = 5.0  # after interrupting a timed-out run, wait this long
 COMPLETE_TIMEOUT_S = 5.0
 
 
-class RunnerLink(asyncio.Protocol):
-    """Frames to and from one runner; one per sandbox start."""
+class RunnerConnection(asyncio.Protocol):
+    """The agent's end of one runner's socket (the runner's end is
+    bai.runner.agent_connection.AgentConnection): frames to and from it, one per
+    sandbox start, made by ``Session.connect``."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -55,18 +68,14 @@ class RunnerLink(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.frames.feed(data)
-        except p.ProtocolError as exc:
-            log.warning("session %s: bad frame from the runner: %s", self.session.session_id, exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
+        messages, error = self.frames.feed(data)
         for message in messages:
             self.session.dispatch(self, message)
+        if error is not None:
+            self.session.refuse(self, error)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.link_lost(self)
+        self.session.runner_lost(self)
 
     def send(self, message: p.Message) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -88,6 +97,11 @@ class RunnerLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, unsent frames included; ``connection_lost`` follows."""
+        if self.transport is not None:
+            self.transport.abort()
+
 
 GoneCallback = Callable[["Session", str], Awaitable[None]]
 
@@ -104,8 +118,9 @@ class Session:
         self.runs = RunBook(output_limit=output_limit)  # the agent's default, unless the spec has one
         self.max_backlog = max_backlog
         self.on_gone = on_gone
-        self.link: RunnerLink | None = None
+        self.runner: RunnerConnection | None = None
         self.gone_reason: str | None = None
+        self.refused: str | None = None  # why the current runner was cut off (``refuse``)
         self.closing = False
         self.oom_kills = 0  # as last read from the cgroup (on OOM events and abnormal ends only)
         self.oom_events = 0  # OOM notifications seen
@@ -144,8 +159,11 @@ class Session:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self.gone_reason = None
-        _, link = await loop.create_unix_connection(lambda: RunnerLink(self), sock=self.sandbox.runner_socket)
-        self.link = link
+        self.refused = None
+        _, connection = await loop.create_unix_connection(
+            lambda: RunnerConnection(self), sock=self.sandbox.runner_socket
+        )
+        self.runner = connection
         try:
             async with asyncio.timeout(timeout_s):
                 ready = await self._ready
@@ -154,6 +172,8 @@ class Session:
                 f"the runner did not start within {timeout_s:g} s" + self._diagnostics_suffix()
             ) from None
         except ConnectionError:
+            if self.refused is not None:
+                raise SessionCreationFailed(self.refused) from None
             await _settle(self.sandbox)
             raise SessionCreationFailed(
                 "the sandbox exited before its runner was ready" + self._diagnostics_suffix()
@@ -171,17 +191,17 @@ class Session:
     def runner_connected(self) -> bool:
         """The runner's socket is open and no death was reported (a pooled session
         may have died while its report is still on the way)."""
-        transport = self.link.transport if self.link is not None else None
+        transport = self.runner.transport if self.runner is not None else None
         return self.gone_reason is None and transport is not None and not transport.is_closing()
 
     async def configure(self, environ: dict[str, str], timeout_s: float) -> None:
         """Set environment variables in the runner and its REPL before the first run
         (a claimed pooled sandbox). Raises SessionCreationFailed."""
-        if self.link is None or self.gone_reason is not None:
+        if self.runner is None or self.gone_reason is not None:
             raise SessionCreationFailed("the pooled sandbox is gone")
         self._configured = asyncio.get_running_loop().create_future()
         try:
-            self.link.send(p.Configure(environ=dict(environ)))
+            self.runner.send(p.Configure(environ=dict(environ)))
             async with asyncio.timeout(timeout_s):
                 await self._configured
         except (TimeoutError, ExecutionFailed, ConnectionError) as exc:
@@ -205,8 +225,8 @@ class Session:
 
     # -- runner messages -----------------------------------------------------
 
-    def dispatch(self, link: RunnerLink, message: p.Message) -> None:
-        if link is not self.link:
+    def dispatch(self, connection: RunnerConnection, message: p.Message) -> None:
+        if connection is not self.runner:
             return  # a replaced sandbox's last words
         handler = self._handlers.get(type(message))
         if handler is None:
@@ -214,6 +234,18 @@ class Session:
             return
         handler(message)
         self._after_event()
+
+    def refuse(self, connection: RunnerConnection, error: p.ProtocolError) -> None:
+        """The runner sent a frame that is not a message of this protocol: cut it off
+        (see the module docstring). Called by RunnerConnection only."""
+        if connection is not self.runner or self.refused is not None:
+            return
+        if isinstance(error, p.VersionMismatch):
+            self.refused = str(error)
+        else:
+            self.refused = f"the runner broke the protocol: {error}"
+        log.warning("session %s: %s; the runner is cut off", self.session_id, self.refused)
+        connection.abort()
 
     def _on_ready(self, message: p.Ready) -> None:
         if self._ready is not None and not self._ready.done():
@@ -280,8 +312,8 @@ class Session:
     def _after_event(self) -> None:
         if self._wake is not None and not self._wake.done() and self.runs.deliverable:
             self._wake.set_result(None)
-        if self.link is not None and self.runs.over_backlog(self.max_backlog):
-            self.link.pause()
+        if self.runner is not None and self.runs.over_backlog(self.max_backlog):
+            self.runner.pause()
 
     # -- OOM -------------------------------------------------------------------
 
@@ -309,20 +341,20 @@ class Session:
         """Start / continue / feed a run and answer within ``request.flush_timeout_s``."""
         async with self._lock:
             self._check_alive(request.mode)
-            link = self.link
-            assert link is not None
+            connection = self.runner
+            assert connection is not None
             if request.mode in ("query", "batch"):
-                self._start_run(link, request)
+                self._start_run(connection, request)
             elif request.mode == "continue":
                 self.runs.check_continue(request.run_id)
             else:
                 run = self.runs.check_input(request.run_id)
-                link.send(p.Input(run_id=run.run_id, text=request.code))
+                connection.send(p.Input(run_id=run.run_id, text=request.code))
             if not self.runs.deliverable:
                 await self._wait(request.flush_timeout_s)
             response = self.runs.take_response()
-            if link.paused and self.runs.backlog_bytes <= self.max_backlog // 2:
-                link.resume()
+            if connection.paused and self.runs.backlog_bytes <= self.max_backlog // 2:
+                connection.resume()
         return ExecResult(
             run_id=response.run_id,
             status=response.status,
@@ -332,7 +364,7 @@ class Session:
             stats=response.stats,
         )
 
-    def _start_run(self, link: RunnerLink, request: ExecRequest) -> None:
+    def _start_run(self, connection: RunnerConnection, request: ExecRequest) -> None:
         """A query or a batch run: the runner is sent the commands the sandbox renders."""
         if request.mode == "batch":
             message = self.sandbox.batch_message("", request.batch or BatchSteps())
@@ -342,7 +374,7 @@ class Session:
         message.run_id = run.run_id
         self._oom_baseline = (self.oom_kills, self.oom_events)
         self._run_begins()
-        link.send(message)
+        connection.send(message)
         self._arm_exec_timer(run.run_id)
 
     def _run_begins(self) -> None:
@@ -380,25 +412,25 @@ class Session:
             raise ExecutionFailed("the session is being destroyed")
         if self.gone_reason is not None and mode != "continue":
             raise ExecutionFailed(f"the session's sandbox is gone: {self.gone_reason}")
-        if self.link is None:
+        if self.runner is None:
             raise ExecutionFailed("the session's runner is not connected")
 
     def interrupt(self) -> None:
         """SIGINT to the user's code (through the runner). A paused socket is resumed,
         with excess output dropped: a runner blocked on sending must hear this."""
-        if self.link is not None and self.gone_reason is None:
+        if self.runner is not None and self.gone_reason is None:
             with contextlib.suppress(ExecutionFailed):
-                self.link.send(p.Interrupt())
+                self.runner.send(p.Interrupt())
             self.runs.discard_excess(self.max_backlog)
-            self.link.resume()
+            self.runner.resume()
 
     async def complete(self, request: CompleteRequest) -> list[str]:
         async with self._complete_lock:
             self._check_alive("complete")
-            assert self.link is not None
+            assert self.runner is not None
             loop = asyncio.get_running_loop()
             self._completion = loop.create_future()
-            self.link.send(p.Complete(code=request.code, line=request.line, row=request.row, col=request.col))
+            self.runner.send(p.Complete(code=request.code, line=request.line, row=request.row, col=request.col))
             try:
                 async with asyncio.timeout(COMPLETE_TIMEOUT_S):
                     return await self._completion
@@ -414,11 +446,11 @@ class Session:
         follows through ``read``. Raises ExecutionFailed when the runner is gone."""
         check_size(rows, cols)
         self._check_alive("terminal")
-        assert self.link is not None
-        terminal = SessionTerminal(uuid.uuid4().hex[:12], self.link.send, self._forget_terminal)
+        assert self.runner is not None
+        terminal = SessionTerminal(uuid.uuid4().hex[:12], self.runner.send, self._forget_terminal)
         self.terminals[terminal.pty_id] = terminal
         try:
-            self.link.send(p.PtyOpen(pty_id=terminal.pty_id, rows=rows, cols=cols))
+            self.runner.send(p.PtyOpen(pty_id=terminal.pty_id, rows=rows, cols=cols))
         except ExecutionFailed:
             self.terminals.pop(terminal.pty_id, None)
             raise
@@ -462,15 +494,15 @@ class Session:
 
     # -- the end -------------------------------------------------------------------
 
-    def link_lost(self, link: RunnerLink) -> None:
-        if link is not self.link:
+    def runner_lost(self, connection: RunnerConnection) -> None:
+        if connection is not self.runner:
             return
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ConnectionError("runner socket closed"))
         if self._configured is not None and not self._configured.done():
             self._configured.set_exception(ConnectionError("runner socket closed"))
         self._end_terminals("the session's sandbox is gone")
-        if link.closing or self.closing:
+        if connection.closing or self.closing:
             return
         task = asyncio.get_running_loop().create_task(self._report_gone(time.monotonic()))
         self._tasks.add(task)
@@ -479,16 +511,7 @@ class Session:
     async def _report_gone(self, lost_at: float) -> None:
         status = await _settle(self.sandbox)
         self._refresh_oom_kills()
-        if self.oom_kills > self._oom_baseline[0]:
-            mib = self.sandbox.limits.mem // 2**20
-            reason = f"the sandbox was killed for exceeding its memory limit of {mib} MiB"
-        elif status is None:
-            reason = "the runner closed its socket"
-        else:
-            reason = f"the sandbox exited with status {status}"
-        diagnostics = self.sandbox.diagnostics()
-        if diagnostics:
-            reason += f" ({diagnostics.splitlines()[-1][:200]})"
+        reason = self.refused if self.refused is not None else self._death_reason(status)
         self.gone_reason = reason
         self._cancel_exec_timer()
         ended = self.runs.on_runner_gone(f"[bai] {reason}")
@@ -499,12 +522,27 @@ class Session:
             self._completion.set_result([])
         await self.on_gone(self, reason)
 
+    def _death_reason(self, status: int | None) -> str:
+        """Why the runner's socket closed on its own: the OOM killer, or the sandbox's
+        exit status (None: still running), with the last line of its diagnostics."""
+        if self.oom_kills > self._oom_baseline[0]:
+            mib = self.sandbox.limits.mem // 2**20
+            reason = f"the sandbox was killed for exceeding its memory limit of {mib} MiB"
+        elif status is None:
+            reason = "the runner closed its socket"
+        else:
+            reason = f"the sandbox exited with status {status}"
+        diagnostics = self.sandbox.diagnostics()
+        if diagnostics:
+            reason += f" ({diagnostics.splitlines()[-1][:200]})"
+        return reason
+
     def detach(self) -> None:
         """Stop listening to the current runner (before a restart or destroy)."""
         self._cancel_exec_timer()
         self._end_terminals("the session is restarting or ending")
-        if self.link is not None:
-            self.link.close()
+        if self.runner is not None:
+            self.runner.close()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 

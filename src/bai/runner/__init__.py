@@ -3,7 +3,7 @@ whatever interpreter the sandbox offers, not the agent's.
 
     protocol.py        agent ↔ runner messages (shared with the agent)
     main.py            entry point; Runner: agent messages → engine handlers
-    link.py            the agent socket: frames in, messages out
+    agent_connection.py  the runner's end of the agent socket: frames in, messages out
     loop.py            selector loop, timers, reaping (the runner is PID 1)
     frames.py          length-prefixed framing, split apart from decoding
     process.py         dumpable flag, OOM score, wait statuses

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
     from bai.runner.loop import Loop
 
 
-class AgentLink:
+class AgentConnection:
+    """The runner's one connection to its agent (the agent's end is
+    bai.agent.session.RunnerConnection). Made by Runner; ``reattach`` swaps in a
+    restarted agent's socket."""
+
     def __init__(
         self,
         sock: socket,

@@ -23,9 +23,9 @@ import os
 import sys
 import time
 
+from bai.runner.agent_connection import AgentConnection
 from bai.runner.engines import ENGINES, load_engine
 from bai.runner.engines.base import Busy, EngineContext, RunnerError
-from bai.runner.link import AgentLink
 from bai.runner.loop import Loop
 from bai.runner.process import read_oom_score_adj, set_dumpable, write_oom_score_adj
 from bai.runner.protocol import (
@@ -120,7 +120,7 @@ def parse_args(argv: List[str]) -> Options:
 
 
 class Runner:
-    """Wires the agent link to the engine: one handler per message type."""
+    """Wires the agent connection to the engine: one handler per message type."""
 
     def __init__(self, sock: _socket.socket, options: Options) -> None:
         # The agent protects the runner from the OOM killer once it is Ready; the
@@ -128,13 +128,13 @@ class Runner:
         self._oom_score_adj = read_oom_score_adj()
         self.loop = Loop()
         self.options = options
-        self.link = AgentLink(sock, self.loop, self._on_message, self._link_closed)
+        self.agent = AgentConnection(sock, self.loop, self._on_message, self._agent_gone)
         self._ready: Optional[Ready] = None  # what start() said: said again to a new agent
         self._shutting_down = False
         self._reconnect_until = 0.0
         context = EngineContext(
             loop=self.loop,
-            emit=self.link.send,
+            emit=self.agent.send,
             after_fork=self._reset_in_child,
             interrupt_grace=options.interrupt_grace,
             config=options.config,
@@ -144,7 +144,7 @@ class Runner:
         if options.engine != "python":  # python runs shell steps in batch mode only
             context.steps = self.steps
         self.engine = load_engine(options.engine)(context)
-        self.terminals = Terminals(self.loop, self.link.send, self._reset_in_child)
+        self.terminals = Terminals(self.loop, self.agent.send, self._reset_in_child)
         self._handlers: Dict[type, Callable[[Any], None]] = {
             Execute: self._execute,
             Input: self.engine.provide_input,
@@ -163,7 +163,7 @@ class Runner:
         self.loop.watch_children(self._child_exited)
         try:
             self._ready = self.engine.start()
-            self.link.send(self._ready)
+            self.agent.send(self._ready)
             self.loop.run()
         finally:
             self.terminals.close_all()
@@ -207,17 +207,17 @@ class Runner:
     def _on_message(self, message: Message) -> None:
         handler = self._handlers.get(type(message))
         if handler is None:
-            self.link.send(Failure(message="the runner does not take %r messages" % message.TYPE))
+            self.agent.send(Failure(message="the runner does not take %r messages" % message.TYPE))
             return
         try:
             handler(message)
         except RunnerError as exc:
-            self.link.send(Failure(message=exc.message, run_id=exc.run_id))
+            self.agent.send(Failure(message=exc.message, run_id=exc.run_id))
 
     def _configure(self, message: Configure) -> None:
         os.environ.update(message.environ)
         self.engine.configure(message.environ)
-        self.link.send(Configured())
+        self.agent.send(Configured())
 
     def _shutdown(self, message: Shutdown) -> None:
         self._shutting_down = True
@@ -225,7 +225,7 @@ class Runner:
 
     # -- the agent goes away and comes back (a container's runner: --reconnect) ----------
 
-    def _link_closed(self) -> None:
+    def _agent_gone(self) -> None:
         """The agent's socket closed. Without a Shutdown before it and with --reconnect,
         the agent crashed or restarted: the session lives on (its REPL, its processes, its
         files) and the runner connects again until the window passes. A run in progress is
@@ -251,14 +251,14 @@ class Runner:
             else:
                 self.loop.call_later(RECONNECT_INTERVAL_S, self._try_reconnect)
             return
-        self.link.reattach(sock)
+        self.agent.reattach(sock)
         if self._ready is not None:
-            self.link.send(self._ready)
+            self.agent.send(self._ready)
 
     def _reset_in_child(self) -> None:
         """Undo in a forked child what the runner set up for itself alone."""
         self.loop.forget_in_child()
-        self.link.forget_in_child()
+        self.agent.forget_in_child()
         set_dumpable(True)  # first: a non-dumpable process cannot write its own /proc files
         current = read_oom_score_adj()
         if self._oom_score_adj is not None and current != self._oom_score_adj:

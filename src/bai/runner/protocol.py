@@ -43,6 +43,10 @@ class ProtocolError(Exception):
     """A frame that is not a message of this protocol."""
 
 
+class VersionMismatch(ProtocolError):
+    """A runner's ``Ready`` announces another protocol version than this module's."""
+
+
 class _Factory:
     __slots__ = ("make",)
 
@@ -70,11 +74,14 @@ class _RecordType(type):
     def __new__(mcs, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any]) -> _RecordType:
         fields: List[str] = []
         defaults: Dict[str, Any] = {}
+        kinds: Dict[str, str] = {}
         for base in bases:
             fields.extend(getattr(base, "_FIELDS", ()))
             defaults.update(getattr(base, "_DEFAULTS", {}))
+            kinds.update(getattr(base, "_ANNOTATIONS", {}))
         annotations = namespace.get("__annotations__", {})
         own = [key for key, kind in annotations.items() if not _is_class_var(kind)]
+        kinds.update((key, annotations[key]) for key in own)
         for key in own:
             if key in namespace:
                 defaults[key] = namespace.pop(key)
@@ -83,6 +90,7 @@ class _RecordType(type):
         namespace["__slots__"] = tuple(own)
         namespace["_FIELDS"] = tuple(fields + own)
         namespace["_DEFAULTS"] = defaults
+        namespace["_ANNOTATIONS"] = kinds
         return super().__new__(mcs, name, bases, namespace)
 
 
@@ -92,6 +100,7 @@ class Record(metaclass=_RecordType):
 
     _FIELDS: ClassVar[Tuple[str, ...]] = ()
     _DEFAULTS: ClassVar[Dict[str, Any]] = {}
+    _ANNOTATIONS: ClassVar[Dict[str, str]] = {}  # each field's annotation, as written
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: as a dataclass
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -356,6 +365,9 @@ _TO_RUNNER = (Execute, Input, Interrupt, Complete, Configure, Shutdown)
 _TO_AGENT = (Ready, Output, Media, WaitingInput, Finished, StepFinished, Completions, Configured, Failure)
 _TERMINALS = (PtyOpen, PtyInput, PtyResize, PtyAck, PtyClose, PtyOutput, PtyClosed)
 MESSAGE_TYPES: Dict[str, Type[Message]] = {cls.TYPE: cls for cls in _TO_RUNNER + _TO_AGENT + _TERMINALS}
+# What a runner sends must be text UTF-8 can carry: the agent passes it on in JSON. What
+# the agent sends may carry what a user typed, lone surrogates included: the runner copes.
+_FROM_RUNNER = frozenset((*_TO_AGENT, PtyOutput, PtyClosed))
 
 
 def encode(message: Message) -> bytes:
@@ -367,10 +379,15 @@ def encode(message: Message) -> bytes:
 
 
 def decode(payload: bytes) -> Message:
-    """Decode one frame's payload (without its length header)."""
+    """Decode one frame's payload (without its length header) into its message, its
+    fields checked against their annotations (``check_fields``; the strings of a runner's
+    message must also encode as UTF-8). A ``Ready`` of another
+    protocol version raises ``VersionMismatch`` before anything else of it is read: a
+    runner of another version may announce itself with fields this one does not know.
+    Raises ProtocolError, never anything else."""
     try:
         body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("frame is not UTF-8 JSON: %s" % exc) from None
     if not isinstance(body, dict):
         raise ProtocolError("frame is not a JSON object")
@@ -378,9 +395,9 @@ def decode(payload: bytes) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError("unknown message type")
-    unknown = set(body).difference(cls._FIELDS)
-    if unknown:
-        raise ProtocolError("unknown fields for %s: %s" % (cls.TYPE, sorted(unknown)))
+    if cls is Ready:
+        _check_version(body)
+    check_fields(cls, body, text=cls in _FROM_RUNNER)
     try:
         message: Message = cls(**body)
     except TypeError as exc:
@@ -388,26 +405,183 @@ def decode(payload: bytes) -> Message:
     return message
 
 
+def _check_version(body: Dict[str, Any]) -> None:
+    version = body.get("protocol")
+    if type(version) is int and version == PROTOCOL_VERSION:
+        return
+    if type(version) is int and INT_MIN <= version <= INT_MAX:
+        said = "speaks protocol version %d" % version
+    else:
+        said = "announces no protocol version we can read (%s)" % _shorten(version)
+    raise VersionMismatch("the runner %s; this agent speaks version %d" % (said, PROTOCOL_VERSION))
+
+
+# -- field types ----------------------------------------------------------------
+#
+# A frame may come from a compromised sandbox: each field's value must be of its
+# annotated type, so no handler meets a list where it reads a str, a bool for an int
+# or a number no 64-bit column holds. The annotations are the strings ``from
+# __future__ import annotations`` leaves (never evaluated: the runner imports no
+# typing); each class's checks are made on its first decode and kept.
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+if TYPE_CHECKING:
+    Check = Callable[[object, bool], bool]
+
+
+def _is_str(value: object, text: bool) -> bool:
+    # text: the value must encode as UTF-8 (a JSON "\ud800" escape makes a lone surrogate)
+    return type(value) is str and (not text or value.isascii() or _encodes(value))
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_int(value: object, text: bool) -> bool:
+    return type(value) is int and INT_MIN <= value <= INT_MAX
+
+
+def _is_float(value: object, text: bool) -> bool:
+    # an int is a float here, as JSON writes 0.0 as 0 in some encoders; never a bool, inf or nan
+    return (type(value) is float and value - value == 0.0) or _is_int(value, text)
+
+
+def _is_bool(value: object, text: bool) -> bool:
+    return type(value) is bool
+
+
+def _is_anything(value: object, text: bool) -> bool:
+    return True
+
+
+_SIMPLE: Dict[str, Check] = {"str": _is_str, "int": _is_int, "float": _is_float, "bool": _is_bool, "Any": _is_anything}
+
+
+def _list_of(item: Check) -> Check:
+    def check(value: object, text: bool) -> bool:
+        return type(value) is list and all(item(element, text) for element in value)
+
+    return check
+
+
+def _dict_of(key: Check, item: Check) -> Check:
+    def check(value: object, text: bool) -> bool:
+        return type(value) is dict and all(key(k, text) and item(v, text) for k, v in value.items())
+
+    return check
+
+
+def _optional(item: Check) -> Check:
+    def check(value: object, text: bool) -> bool:
+        return value is None or item(value, text)
+
+    return check
+
+
+def _type_check(annotation: str) -> Check:
+    """The check of an annotation among str, int, float, bool, Any, List[X],
+    Dict[K, V], Optional[X]; TypeError for any other (a new field needs a new check)."""
+    annotation = annotation.strip()
+    if annotation in _SIMPLE:
+        return _SIMPLE[annotation]
+    head, bracket, rest = annotation.partition("[")
+    if not bracket or not rest.endswith("]"):
+        raise TypeError("no check for the annotation %r" % annotation)
+    args = [_type_check(arg) for arg in _split_arguments(rest[:-1])]
+    if head == "List" and len(args) == 1:
+        return _list_of(args[0])
+    if head == "Dict" and len(args) == 2:
+        return _dict_of(args[0], args[1])
+    if head == "Optional" and len(args) == 1:
+        return _optional(args[0])
+    raise TypeError("no check for the annotation %r" % annotation)
+
+
+def _split_arguments(text: str) -> List[str]:
+    """``"str, List[str]"`` → ``["str", "List[str]"]``: commas at the top level only."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
+_CHECKS: Dict[type, Tuple[Tuple[str, str, Check], ...]] = {}
+
+
+def field_checks(cls: Type[Record]) -> Tuple[Tuple[str, str, Check], ...]:
+    """``(name, annotation, check)`` for each field of ``cls``, made once and kept."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        kinds = cls._ANNOTATIONS
+        checks = tuple((name, kinds[name], _type_check(kinds[name])) for name in cls._FIELDS)
+        _CHECKS[cls] = checks
+    return checks
+
+
+def check_fields(cls: Type[Record], body: Dict[str, Any], text: bool = False) -> None:
+    """Raise ProtocolError unless ``body`` holds only fields of ``cls``, each of its
+    annotated type (``text``: every str also encodes as UTF-8). A missing field is
+    left to the constructor: it has a default or the constructor says it is missing."""
+    unknown = set(body).difference(cls._FIELDS)
+    if unknown:
+        raise ProtocolError("unknown fields for %s: %s" % (getattr(cls, "TYPE", cls.__name__), sorted(unknown)[:8]))
+    for name, annotation, check in field_checks(cls):
+        if name in body and not check(body[name], text):
+            raise ProtocolError(
+                "field %r of %s is not %s: %s"
+                % (name, getattr(cls, "TYPE", cls.__name__), annotation, _shorten(body[name]))
+            )
+
+
+def _shorten(value: object) -> str:
+    """A value for an error message: its type and at most 40 characters of its repr
+    (a repr of a huge int is refused past 4300 digits; a huge list is long)."""
+    if type(value) is int and not INT_MIN <= value <= INT_MAX:
+        return "an int of %d bits" % value.bit_length()
+    text = repr(value)
+    return "%s %s" % (type(value).__name__, text if len(text) <= 40 else text[:37] + "...")
+
+
 class FrameBuffer:
-    """Splits a byte stream into frames; feed it what ``recv`` returns."""
+    """Splits a byte stream into messages; feed it what ``recv`` returns (the agent's
+    end of a runner socket)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> List[Message]:
+    def feed(self, data: bytes) -> Tuple[List[Message], Optional[ProtocolError]]:
+        """The messages completed by ``data``, in order, up to the first frame that is
+        not one; then that frame's error (the stream after it is not to be trusted:
+        the buffer is not read further)."""
         self._buf += data
         out: List[Message] = []
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
             if size > MAX_FRAME:
-                raise ProtocolError("frame of %d bytes is over the limit" % size)
+                return out, ProtocolError("frame of %d bytes is over the limit" % size)
             end = HEADER.size + size
             if len(self._buf) < end:
                 break
             payload = bytes(self._buf[HEADER.size : end])
-            del self._buf[:end]  # a frame that fails to decode is dropped, not retried forever
-            out.append(decode(payload))
-        return out
+            del self._buf[:end]
+            try:
+                out.append(decode(payload))
+            except ProtocolError as exc:
+                return out, exc
+        return out, None
 
 
 def describe(message: Any) -> str:

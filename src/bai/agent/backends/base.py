@@ -43,7 +43,7 @@ class Sandbox(ABC):
     @abstractmethod
     def runner_socket(self) -> socket.socket:
         """The agent's end of the runner's socket; a fresh one after each ``restart``.
-        Agent.create_session / restart_session wrap it into a RunnerLink."""
+        Agent.create_session / restart_session wrap it into a RunnerConnection."""
 
     @abstractmethod
     def runner_started(self) -> None:
