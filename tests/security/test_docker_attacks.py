@@ -1,20 +1,19 @@
 """The attacks on the host through /home/work of ``test_scratch_attacks`` (a disk fill
 past the scratch cap; planted links, fifos, a deep tree and hard links against stats,
 restart and destroy, through the API and at the agent for each kind of scratch disk),
-run again on the docker backend (those of ``test_file_attacks`` are in
-``test_docker_file_attacks``). ``bai_server`` is the run's docker server,
-``fresh_server`` a docker server of the test's own, ``kind_agent`` a docker agent; the
+run again on the docker backend (``test_file_attacks`` runs on both by parametrisation).
+``backend`` is "docker" here, so that ``bai_server`` is the run's docker server and
+``fresh_server`` a docker server of the test's own; ``kind_agent`` is a docker agent; the
 loaded copy sees the docker backend's layout (``LocalBackend`` is ``DockerBackend``
 there, the hostfile images are under ``docker/scratch-images``). Skipped with the reason
 where Docker or the image is missing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, serve_docker
 from docker_sandbox import container_of, docker_unavailable, running_docker_agent, share
 
 from bai.agent.agent import Agent
@@ -42,14 +41,9 @@ _kinds.pytestmark = [mark for mark in _kinds.pytestmark if mark != SCRATCH.needs
 
 
 @pytest.fixture
-def bai_server(docker_server: RunningServer) -> RunningServer:
-    assert docker_server.server.agent.backend.name == "docker"
-    return docker_server
-
-
-@pytest.fixture
-def fresh_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    yield from serve_docker(tmp_path / "data", **getattr(request, "param", {}))
+def backend() -> str:
+    """The servers of tests/conftest.py (``bai_server``, ``fresh_server``) on docker."""
+    return "docker"
 
 
 @pytest.fixture(params=[pytest.param("hostfile", marks=SCRATCH.needs_hostfile), "memory", "hostdir"])
