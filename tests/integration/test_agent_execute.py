@@ -1,6 +1,8 @@
 """``Agent.execute`` and friends against real sandboxes and the real runner:
 state, flush timeouts and continue, input, interrupt, exec timeout, completion,
-restart, errors, output floods, create failures, and the hot path's cost."""
+restart, errors, output floods, create failures, and the hot path's cost; on both
+backends (``[local]``, ``[docker]``) but where a test looks at the local sandbox's own
+parts (``local_only``)."""
 
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotF
 from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
-    async with running_agent() as started:
+async def agent(backend: str) -> AsyncIterator[Agent]:
+    """A started agent on the test's backend (a docker one with no pool: each pooled
+    container is a second start)."""
+    async with running_agent(backend=backend, **({"pool_size": 0} if backend == "docker" else {})) as started:
         yield started
 
 
@@ -165,6 +169,7 @@ async def test_exec_timeout(agent: Agent) -> None:
     assert result.stats.wall_ms >= 500 and result.stats.cpu_ms > 0
 
 
+@pytest.mark.local_only(reason="kills the bwrap child's pid")
 async def test_a_run_whose_sandbox_dies_still_reports_its_usage(agent: Agent, session: str) -> None:
     code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass\n"
     first = await agent.execute(query(session, code + "print('spun', flush=True)\ntime.sleep(60)\n", flush=0.3))
@@ -274,6 +279,7 @@ async def test_create_failure_reports_the_reason_and_leaves_nothing() -> None:
         assert list(agent.backend.scratch_root.iterdir()) == []
 
 
+@pytest.mark.local_only(reason="asserts the backend's name, \"local\"")
 async def test_info(agent: Agent, session: str) -> None:
     info = agent.info()
     assert info.agent_id == agent.config.agent_id

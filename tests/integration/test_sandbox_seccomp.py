@@ -1,6 +1,8 @@
 """The syscall filter in real sandboxes: each denied call fails with EPERM, the
 32-bit ABI is covered too, and ordinary programs (subprocesses, threads, file
-work, gcc, multiprocessing) keep working."""
+work, gcc, multiprocessing) keep working; on both backends (``[local]``, ``[docker]``) but
+for gcc (not in the python image) and the policy overlays, whose tests start local
+agents of their own."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
 X86_64_REASON = None if platform.machine() == "x86_64" else "syscall numbers are x86-64's"
-pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), needs("platform", X86_64_REASON)]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), needs("platform", X86_64_REASON), pytest.mark.backends]
 
 # Each probe: a denied call with arguments that would otherwise be valid enough to
 # get past the kernel's argument checks (so EPERM comes from the filter, not EFAULT).
@@ -88,8 +90,10 @@ int main(void) {
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
-    async with running_agent() as started:
+async def agent(backend: str) -> AsyncIterator[Agent]:
+    """A started agent on the test's backend (a docker one with no pool: each pooled
+    container is a second start)."""
+    async with running_agent(backend=backend, **({"pool_size": 0} if backend == "docker" else {})) as started:
         yield started
 
 
@@ -127,11 +131,13 @@ async def test_the_filter_is_what_denies() -> None:
     assert int(int80[0]) > 0  # a keyring id
 
 
+@pytest.mark.local_only(reason="compiles C with gcc, which the python image does not have")
 async def test_the_32_bit_abi_is_filtered_too(agent: Agent) -> None:
     session = await new_session(agent)
     assert (await inside(agent, session, INT80_RUN)).split() == ["-1", "-1", "-1"]  # -EPERM, three times
 
 
+@pytest.mark.local_only(reason="compiles C with gcc, which the python image does not have")
 async def test_ordinary_programs_keep_working(agent: Agent) -> None:
     session = await new_session(agent)
     code = r"""
