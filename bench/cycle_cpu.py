@@ -15,6 +15,12 @@ between two quiet points (the pool full before and after, so each cycle started 
   child; mkfs): for each process, its own time and what it reaped (cutime + cstime), over
   the living tree below the server (/proc/<pid>/task/*/children), so that a process
   reaped between the two points is counted once, in its parent;
+- ``in_cgroups``: the part of ``children`` that ran in the sessions' cgroups (bwrap, the
+  runner and its REPL child: they join before exec), from the CPU accounting of the
+  agent's cgroup parent (v1 ``cpuacct.usage``, v2 ``cpu.stat``), which keeps what its
+  removed children used; the rest of ``children`` is the spawn helper, its forks before
+  they joined, and the server's other helpers (mkfs...). Other embedded servers
+  running at the same time (agent id ``embedded``, tests) would be counted too;
 - ``orphans``: sandbox processes whose parent died first (a runner whose bwrap was
   killed before it reaped it): this process is the server's child subreaper and reaps them;
 - ``clients``: this process (the W client threads);
@@ -46,7 +52,11 @@ PR_SET_CHILD_SUBREAPER = 36
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 SERVER_BOOT = "import sys; sys.path.insert(0, %r); from bai.client.cli.main import main; main()"
-PARTS = ("server_user", "server_sys", "children", "orphans", "clients", "machine")
+PARTS = ("server_user", "server_sys", "children", "in_cgroups", "orphans", "clients", "machine")
+AGENT_CGROUPS = (  # the embedded agent's cgroup parent (agent id "embedded"): v1, v2
+    Path("/sys/fs/cgroup/cpuacct/bai/embedded/cpuacct.usage"),
+    Path("/sys/fs/cgroup/bai/embedded/cpu.stat"),
+)
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Snapshot:
     server_user: float = 0.0
     server_sys: float = 0.0
     children: float = 0.0
+    in_cgroups: float = 0.0
     clients: float = 0.0
     machine: float = 0.0
 
@@ -93,11 +104,23 @@ def machine_busy_ms() -> float:
     return (sum(values[:8]) - idle) * TICK_MS
 
 
+def sessions_cgroup_ms() -> float:
+    """CPU of every session of the embedded agents, living or removed, ms (0: no cgroups)."""
+    v1, v2 = AGENT_CGROUPS
+    if v1.exists():
+        return int(v1.read_text()) / 1e6
+    if v2.exists():
+        usage = next(line for line in v2.read_text().splitlines() if line.startswith("usage_usec"))
+        return int(usage.split()[1]) / 1e3
+    return 0.0
+
+
 def snapshot(server_pid: int) -> Snapshot:
     user, system, reaped = proc_times(server_pid)
     children = reaped + subtree_ms(server_pid)
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return Snapshot(user, system, children, (own.ru_utime + own.ru_stime) * 1000, machine_busy_ms())
+    clients = (own.ru_utime + own.ru_stime) * 1000
+    return Snapshot(user, system, children, sessions_cgroup_ms(), clients, machine_busy_ms())
 
 
 class Orphans:
@@ -182,17 +205,35 @@ def _pool_ready(agent: object) -> bool:
     return isinstance(pool, dict) and bool(pool) and all(count >= 2 for count in pool.values())
 
 
-def one_round(src: str, n: int, workers: int, reaper: Orphans) -> dict[str, float]:
+def start_perf(output: str | None) -> subprocess.Popen[bytes] | None:
+    """``perf record -a -g`` into ``output`` until stopped (None: no recording)."""
+    if output is None:
+        return None
+    perf = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "999", "-o", output],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # perf's own start, outside the window that counts
+    return perf
+
+
+def stop_perf(perf: subprocess.Popen[bytes] | None) -> None:
+    if perf is not None:
+        perf.send_signal(2)
+        perf.wait(60)
+
+
+def one_round(src: str, n: int, workers: int, reaper: Orphans, perf_output: str | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bai-cycle-") as tmp:
         proc, env = start_server(src, Path(tmp))
         try:
             cycles(env, 4, 2, "warm")
             pool_full(env)
             reaper.reap({proc.pid})
+            perf = start_perf(perf_output)
             before, orphans_before = snapshot(proc.pid), reaper.ms
             elapsed = cycles(env, n, workers, "cycle")
+            stop_perf(perf)
             pool_full(env)
-            reaper.reap({proc.pid})
+            reaper.reap({proc.pid, *([perf.pid] if perf else [])})
             after, orphans_after = snapshot(proc.pid), reaper.ms
         finally:
             proc.terminate()
@@ -210,13 +251,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--src", action="append", help="a source tree holding bai/ (repeatable)")
+    parser.add_argument("--perf", metavar="FILE", help="perf record -a -g the cycles of the last round into FILE")
     args = parser.parse_args()
     sources = args.src or [str(REPO_SRC)]
     reaper = Orphans()
     results: dict[str, list[dict[str, float]]] = {src: [] for src in sources}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for src in sources:
-            results[src].append(one_round(src, args.cycles, args.workers, reaper))
+            perf = f"{args.perf}.{sources.index(src)}" if args.perf and round_ == args.rounds - 1 else None
+            results[src].append(one_round(src, args.cycles, args.workers, reaper, perf))
     print(f"{args.cycles} cycles x {args.rounds} rounds, {args.workers} clients, {os.cpu_count()} CPUs; "
           "ms of CPU per cycle (median of the rounds)")
     header = ["tree", *PARTS, "sandbox+server", "cycles/s"]

@@ -1,6 +1,6 @@
 """EtcView (bai.agent.backends.local.etc_view): the sandboxes' /etc is a copy of exactly the listed
-host entries (links as links, modes kept, no special files, the mount points for the synthetic
-files), made again when the host's entries change, the old copy left in place; and the
+host entries (links as links, modes kept, no special files) and the synthetic files written in,
+made again when the host's entries change, the old copy left in place; and the
 sandbox's command line binds it once at /etc."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 from bai.agent.backends.local import bwrap
 from bai.agent.backends.local.etc_view import EtcView
 
-ENTRIES = ("ld.so.cache", "ssl/certs", "localtime", "fonts", "absent", "secret-dir-not-listed")
+ENTRIES = ("ld.so.cache", "ssl/certs", "localtime", "fonts", "absent", "secret-dir-not-listed", "hosts")
+FILES = bwrap.etc_files()
 
 
 def _host_etc(root: Path) -> Path:
@@ -29,6 +30,7 @@ def _host_etc(root: Path) -> Path:
     (etc / "fonts" / "conf.d" / "10.conf").write_text("<fontconfig/>")
     os.mkfifo(etc / "fonts" / "a-fifo")
     (etc / "shadow").write_text("root:x")
+    (etc / "hosts").symlink_to("/etc/shadow")  # listed, and one of the synthetic files: theirs wins
     return etc
 
 
@@ -45,7 +47,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 def test_the_copy_holds_exactly_the_listed_entries(tmp_path: Path) -> None:
     etc = _host_etc(tmp_path)
-    view = EtcView(tmp_path / "views", ENTRIES, source=etc).refresh()
+    view = EtcView(tmp_path / "views", ENTRIES, FILES, source=etc).refresh()
     assert view is not None
     assert _tree(view) == {
         "ld.so.cache": "0o640",
@@ -62,13 +64,13 @@ def test_the_copy_holds_exactly_the_listed_entries(tmp_path: Path) -> None:
         "hosts": "0o644",
     }  # no shadow, no ssl/private, no fifo
     assert (view / "ld.so.cache").read_bytes() == b"cache"
-    assert (view / "passwd").read_bytes() == b""
+    assert {name: (view / name).read_bytes() for name in FILES} == FILES
     assert stat.S_IMODE(view.stat().st_mode) == 0o755
 
 
 def test_a_change_on_the_host_makes_a_new_copy_and_keeps_the_old(tmp_path: Path) -> None:
     etc = _host_etc(tmp_path)
-    views = EtcView(tmp_path / "views", ENTRIES, source=etc)
+    views = EtcView(tmp_path / "views", ENTRIES, FILES, source=etc)
     first = views.refresh()
     assert first is not None
     assert views.refresh() is None  # nothing changed
@@ -90,3 +92,22 @@ def test_the_view_is_bound_once_at_etc(tmp_path: Path) -> None:
     layout = bwrap.host_layout(tmp_path, etc_view=tmp_path / "view")
     assert [a for a in layout if a.startswith("/etc")] == ["/etc"]
     assert layout[-3:] == ["--ro-bind", str(tmp_path / "view"), "/etc"]
+
+
+def test_with_a_view_the_synthetic_files_need_no_fds(tmp_path: Path) -> None:
+    def argv(*, etc_data: bool, seccomp: bool) -> list[str]:
+        return bwrap.SandboxCommand(
+            bwrap="/usr/bin/bwrap", layout=[], scratch=tmp_path, runner_dir=tmp_path, runner_python="/usr/bin/python3",
+            engine="python", environ={}, tmp_size=1, seccomp=seccomp, etc_data=etc_data,
+        ).argv()  # fmt: skip
+
+    def binds(args: list[str]) -> list[tuple[str, str]]:
+        return [(args[i + 1], args[i + 2]) for i, arg in enumerate(args) if arg == "--ro-bind-data"]
+
+    with_fds = argv(etc_data=True, seccomp=True)
+    assert binds(with_fds) == [("5", "/etc/passwd"), ("6", "/etc/group"), ("7", "/etc/hosts")]
+    assert with_fds[with_fds.index("--seccomp") + 1] == str(bwrap.SECCOMP_FD) == "8"
+    in_view = argv(etc_data=False, seccomp=True)
+    assert binds(in_view) == []
+    assert in_view[in_view.index("--seccomp") + 1] == "5"
+    assert binds(argv(etc_data=False, seccomp=False)) == [] and "--seccomp" not in argv(etc_data=False, seccomp=False)

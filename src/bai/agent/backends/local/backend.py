@@ -158,7 +158,7 @@ class LocalBackend(Backend):
         self.catalog: Catalog | None = None
         self.launches: dict[str, Launch] = {}  # the available environments, "name" and "name:tag"
         self.unavailable: dict[str, str] = {}  # the others, keyed alike: why not, and the remedy
-        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES)
+        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES, bwrap.etc_files())
         self._etc_task: asyncio.Task[None] | None = None
 
     @property
@@ -193,10 +193,12 @@ class LocalBackend(Backend):
             raise BackendUnavailable(f"scratch disks: {exc}") from exc
         self.scratch_kind = disks.kind
         inventory = find_gpus(config, self.share_root / "fake-gpus")  # sandboxes reach it
+        etc_view = await self._etc_view()
         self.host = LocalHost(
             config=config,
             cgroups=driver,
-            layout=bwrap.host_layout(etc_view=await self._etc_view()),
+            layout=bwrap.host_layout(etc_view=etc_view),
+            etc_data=etc_view is None,
             seccomp=seccomp,
             runner_dir=runner_dir,
             spawner=Spawner(),
@@ -212,7 +214,7 @@ class LocalBackend(Backend):
     async def _etc_view(self) -> Path | None:
         """The first copy of the host's /etc entries for sandboxes (None: the entries are
         bound one by one, as when the copy cannot be made), followed by ``_follow_etc``."""
-        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES)
+        self.etc = EtcView(self.share_root / "etc", bwrap.ETC_ENTRIES, bwrap.etc_files())
         try:
             await asyncio.to_thread(self.etc.remove_all)  # a crashed predecessor's
             view = await asyncio.to_thread(self.etc.refresh)

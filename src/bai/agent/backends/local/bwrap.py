@@ -1,10 +1,11 @@
 """The bubblewrap command line of a local sandbox (pure: builds arguments, runs nothing).
 
 File descriptors the sandbox's first process receives (set up by
-``LocalSandbox`` before exec): 3 the runner's socket, 4 bwrap's --info-fd,
-5/6/7 the synthetic /etc/passwd, /etc/group and /etc/hosts, 8 the seccomp
-program (bai.agent.seccomp; absent when the agent runs without a filter).
-Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
+``LocalSandbox`` before exec): 3 the runner's socket, 4 bwrap's --info-fd, then
+``SandboxCommand.data_fds``: where no /etc view holds them (``etc_data``), the
+synthetic /etc/passwd, /etc/group and /etc/hosts on 5/6/7; then the seccomp program
+(bai.agent.seccomp; absent when the agent runs without a filter), on 8, or on 5 with
+an /etc view. Inside, the runner keeps only fd 3: bwrap consumes and closes the others.
 
 What the sandbox sees: /usr read-only with the /bin /lib /lib64 /sbin links as
 the host has them, a trimmed /etc (one bind of the agent's copy of ETC_ENTRIES,
@@ -24,11 +25,9 @@ from pathlib import Path
 
 SOCKET_FD = 3
 INFO_FD = 4
-PASSWD_FD = 5
-GROUP_FD = 6
-HOSTS_FD = 7
-SECCOMP_FD = 8
-CHILD_FDS = (SOCKET_FD, INFO_FD, PASSWD_FD, GROUP_FD, HOSTS_FD, SECCOMP_FD)
+FIRST_DATA_FD = 5
+SECCOMP_FD = 8  # after the three synthetic /etc files (FIRST_DATA_FD with an /etc view)
+ETC_FILES = ("passwd", "group", "hosts")  # synthetic, the same in every sandbox: etc_files()
 
 SANDBOX_UID = 1000
 SANDBOX_USER = "work"
@@ -124,6 +123,12 @@ def hosts_data() -> bytes:
     return f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n".encode()
 
 
+def etc_files() -> dict[str, bytes]:
+    """The synthetic files of every sandbox's /etc, by name: written into the /etc view
+    (bai.agent.backends.local.etc_view), or bound from pipes without one."""
+    return dict(zip(ETC_FILES, (passwd_data(), group_data(), hosts_data()), strict=True))
+
+
 @dataclass(frozen=True)
 class SandboxCommand:
     """Inputs of one sandbox's command line."""
@@ -141,6 +146,18 @@ class SandboxCommand:
     devices: tuple[str, ...] = ()  # host device nodes (its GPUs'), each bound at /dev/<its name>
     config: str = ""  # the engine's settings, JSON (the runner's --config)
     binds: tuple[Path, ...] = ()  # host paths bound read-only at the same path, if they exist (a venv)
+    etc_data: bool = True  # the synthetic /etc files come on fds (False: the layout's /etc view holds them)
+
+    @property
+    def data_fds(self) -> dict[str, int]:
+        """What goes on the fds after INFO_FD, in order: the names of ``etc_files()``
+        where ``etc_data``, then "seccomp" where ``seccomp``."""
+        names = [*(ETC_FILES if self.etc_data else ()), *(("seccomp",) if self.seccomp else ())]
+        return {name: FIRST_DATA_FD + index for index, name in enumerate(names)}
+
+    def _etc_data_binds(self) -> list[str]:
+        fds = self.data_fds
+        return [arg for name in ETC_FILES if name in fds for arg in ("--ro-bind-data", str(fds[name]), f"/etc/{name}")]
 
     def _device_binds(self) -> list[str]:
         args = []
@@ -155,9 +172,7 @@ class SandboxCommand:
             "--die-with-parent", "--new-session", "--as-pid-1",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", HOSTNAME,
             *self.layout,
-            "--ro-bind-data", str(PASSWD_FD), "/etc/passwd",
-            "--ro-bind-data", str(GROUP_FD), "/etc/group",
-            "--ro-bind-data", str(HOSTS_FD), "/etc/hosts",
+            *self._etc_data_binds(),
             "--proc", "/proc", "--dev", "/dev",
             *self._device_binds(),
             "--size", str(self.tmp_size), "--tmpfs", "/dev/shm",
@@ -172,7 +187,7 @@ class SandboxCommand:
             "--clearenv",
         ]  # fmt: skip
         if self.seccomp:
-            args += ["--seccomp", str(SECCOMP_FD)]
+            args += ["--seccomp", str(self.data_fds["seccomp"])]
         for name, value in {**BASE_ENV, **self.environ}.items():
             args += ["--setenv", name, value]
         args += ["--", self.runner_python, "-I", "-c", RUNNER_BOOT]

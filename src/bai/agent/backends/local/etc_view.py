@@ -4,9 +4,11 @@ bwrap used to bind each entry of ``bwrap.ETC_ENTRIES`` on its own: about 28 read
 binds per sandbox, each a mount, a remount and a parse of /proc/self/mountinfo in bwrap
 (≈ 2.5–3 ms of CPU per sandbox). Instead the agent copies those entries, and nothing
 else of /etc, into a directory of its share root (root's, mode 0755: files with their
-modes, directories with their links kept as links, no special files), with empty
-``passwd``, ``group`` and ``hosts`` as mount points for the synthetic ones, and each
-sandbox binds that directory read-only at /etc.
+modes, directories with their links kept as links, no special files), with the
+synthetic ``passwd``, ``group`` and ``hosts`` written in (the same for every sandbox:
+bai.agent.backends.local.bwrap.etc_files; they used to be three ``--ro-bind-data`` per
+sandbox, each a pipe, a file bwrap writes and a bind), and each sandbox binds that
+directory read-only at /etc.
 
 The copy follows the host: ``refresh`` (the backend calls it in a worker thread every
 ``REFRESH_S``) compares a fingerprint of the entries (an lstat of everything under them)
@@ -19,25 +21,29 @@ Blocking file I/O throughout. Callers: LocalBackend only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 REFRESH_S = 10.0
-MOUNT_POINTS = ("passwd", "group", "hosts")  # bwrap --ro-bind-data targets (bai.agent.backends.local.bwrap)
 
 Fingerprint = list[tuple[str, int, int, int, int, int]]
 
 
 class EtcView:
-    """Copies of ``entries`` of ``source`` (the host's /etc) under ``base``."""
+    """Copies of ``entries`` of ``source`` (the host's /etc) under ``base``, each with
+    ``files`` (name → contents, mode 0644) written in beside them."""
 
-    def __init__(self, base: Path, entries: Iterable[str], source: Path = Path("/etc")) -> None:
+    def __init__(
+        self, base: Path, entries: Iterable[str], files: Mapping[str, bytes], source: Path = Path("/etc")
+    ) -> None:
         self.base = base
         self.entries = tuple(entries)
+        self.files = dict(files)
         self.source = source
         self.current: Path | None = None
         self._fingerprint: Fingerprint | None = None
@@ -76,8 +82,8 @@ class EtcView:
         try:
             for name in self.entries:
                 _copy_entry(self.source / name, view / name)
-            for name in MOUNT_POINTS:
-                (view / name).touch(mode=0o644)
+            for name, data in self.files.items():
+                _write_file(view / name, data)
         except BaseException:
             shutil.rmtree(view, ignore_errors=True)
             raise
@@ -87,6 +93,18 @@ class EtcView:
         """Delete every copy (no sandbox may be running)."""
         shutil.rmtree(self.base, ignore_errors=True)
         self.current, self._fingerprint = None, None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """A new file of ``data`` (mode 0644 whatever the umask), in place of a copied entry of that name."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a link or a file, never followed
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _stat_row(name: str, info: os.stat_result) -> tuple[str, int, int, int, int, int]:

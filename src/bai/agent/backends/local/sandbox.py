@@ -7,8 +7,9 @@ Start (all on the event loop, the fork in the spawn helper process; no sleeps):
    socketpair;
 2. the spawn helper (bai.agent.backends.local.spawner) forks bwrap; the child, before exec, joins the
    cgroups (``b"0"`` into each join file), drops to the session's host uid, and
-   puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4-8
-   (bai.agent.backends.local.bwrap; fd 8 is the environment's seccomp program), leaving every other fd close-on-exec;
+   puts the runner's socket on fd 3 and bwrap's info and data pipes on fds 4..
+   (bai.agent.backends.local.bwrap: the environment's seccomp program, and the synthetic
+   /etc files where no /etc view holds them), leaving every other fd close-on-exec;
 3. bwrap builds the namespaces and execs the runner as the sandbox's PID 1;
 4. after the runner's Ready, the runner (and bwrap's monitor) get
    ``oom_score_adj = -1000``, so the OOM killer takes the user's processes.
@@ -59,6 +60,7 @@ class LocalHost:
     config: AgentConfig
     cgroups: CgroupDriver | None
     layout: list[str]  # bwrap.host_layout()
+    etc_data: bool  # the synthetic /etc files go on fds (no /etc view in the layout holds them)
     seccomp: dict[str, bytes]  # environment name → BPF program, compiled once at start; absent: no filter
     launches: dict[str, Launch]  # "name" (its default tag) and "name:tag" → what the runner is told
     runner_dir: Path
@@ -146,6 +148,7 @@ class LocalSandbox(MeteredSandbox):
             seccomp=launch.env.name in self.host.seccomp,
             config=json.dumps(launch.runner_config(), separators=(",", ":")) if launch.engine != "python" else "",
             binds=launch.binds,
+            etc_data=self.host.etc_data,
         ).argv()
 
     def _environ(self) -> dict[str, str]:
@@ -165,10 +168,10 @@ class LocalSandbox(MeteredSandbox):
     async def _spawn(self) -> None:
         agent_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
-        data = [bwrap.passwd_data(), bwrap.group_data(), bwrap.hosts_data()]
+        data = list(bwrap.etc_files().values()) if self.host.etc_data else []
         program = self.host.seccomp.get(self.launch.env.name)
         if program is not None:
-            data.append(program)
+            data.append(program)  # in bwrap.SandboxCommand.data_fds' order
         data_fds = [_data_pipe(chunk) for chunk in data]
         child_fds = [runner_end.fileno(), info_w, *data_fds]
         procs_fds = self.cgroup.open_procs() if self.cgroup is not None else []
