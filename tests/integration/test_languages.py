@@ -280,3 +280,33 @@ def test_bai_run_compiles_and_runs_a_c_file(bai_server: RunningServer, tmp_path:
     source.write_text("int main(void) { return undeclared; }\n")
     done = subprocess.run(cli, env=bai_server.env, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode != 0 and "undeclared" in done.stderr and done.stdout == ""
+
+
+#: A whole program in query mode, as Backend.AI's query mode runs it (a script): one
+#: that prints, one that fails; and REPL lines around them (the REPL's state is kept).
+PROGRAMS = {
+    "php": (
+        '<?php\n$greeting = "hello program";\necho $greeting, "\\n";\n',
+        "<?php\nundefined_function();\n",
+        ("$x = 41;", 'echo $x + 1, "\\n";'),
+    ),
+    "haskell": (
+        'module Main where\n\ngreeting :: String\ngreeting = "hello program"\n\n'
+        "main :: IO ()\nmain = putStrLn greeting\n",
+        "main :: IO ()\nmain = putStrLn undefinedName\n",
+        ("let x = 41", "print (x + 1)"),
+    ),
+}
+
+
+@pytest.mark.parametrize("lang_session", [_param(lang) for lang in LANGS if lang.name in PROGRAMS], indirect=True)
+def test_a_whole_program_in_query_mode_prints_what_it_prints(api: SignedClient, lang_session: tuple[Lang, str]) -> None:
+    lang, session = lang_session
+    program, failing, (define, use) = PROGRAMS[lang.name]
+    assert api.run(session, define)["exitCode"] == 0
+    result = api.run(session, program)
+    assert result["status"] == "finished" and result["exitCode"] == 0, result
+    assert (stdout_of(result), stderr_of(result)) == ("hello program\n", ""), result
+    failed = api.run(session, failing)
+    assert failed["exitCode"] != 0 and "undefined" in stdout_of(failed) + stderr_of(failed), failed
+    assert stdout_of(api.run(session, use)).strip() == "42"  # interactive lines still go to the REPL

@@ -99,6 +99,11 @@ class Repl(_Model):
     echo: bool = False
     #: code sent once when the REPL starts, before its first query (its output is dropped)
     init: str | None = None
+    #: a regular expression (searched in a query's code) that tells a whole program from
+    #: REPL input: PHP that opens with ``<?php``, Haskell that defines ``main``. Such a query
+    #: runs as Backend.AI's query mode runs it, as a script (the entry's ``run`` on
+    #: ``main.<extension>``), and the REPL's state is left as it was
+    program: str | None = None
 
     @field_validator("sentinel")
     @classmethod
@@ -115,9 +120,9 @@ class Repl(_Model):
             raise ValueError("must contain {code} and no other placeholder")
         return value
 
-    @field_validator("prompt")
+    @field_validator("prompt", "program")
     @classmethod
-    def _prompt(cls, value: str | None) -> str | None:
+    def _pattern(cls, value: str | None) -> str | None:
         if value is not None:
             try:
                 re.compile(value)

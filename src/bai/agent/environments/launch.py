@@ -53,6 +53,9 @@ class Launch:
                 echo=repl.echo,
                 init=repl.init,
             )
+            if repl.program is not None:
+                plan = query_plan(self.env, "", self.venv)
+                config["program"] = {"match": repl.program, "source": plan.source, "run": plan.run}
         return config
 
     def runner_python(self, default: str) -> str:

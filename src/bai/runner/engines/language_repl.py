@@ -4,8 +4,14 @@ bash) driven on pipes, its state kept between queries.
 The agent sends the REPL's settings from the catalog (``--config``): ``command`` (the
 argv), ``sentinel`` (code that prints ``{marker}`` on stdout and on stderr), ``wrap``
 (how a query's code is framed, ``{code}``), ``init`` (code sent once at start), ``prompt`` (a regular expression for the
-prompts it prints at the start of a line, stripped) and ``echo`` (it echoes its input
-lines: they are dropped).
+prompts it prints at the start of a line, stripped), ``echo`` (it echoes its input
+lines: they are dropped) and ``program`` (``match``, ``source``, ``run``: see below).
+
+A query whose code ``program["match"]`` finds (a regular expression: PHP that opens
+with ``<?php``, Haskell that defines ``main``) is a whole program, not REPL input: as
+Backend.AI's query mode runs it, the code is written to ``source`` in the working dir
+and ``run`` (a shell command) runs it through the runner's StepRunner (interrupt and
+exit code as for the command engine); the REPL is not touched, so its state stays.
 
 A query is the wrapped code, a newline, the sentinel with a fresh marker and a newline,
 written to the REPL's stdin. The run is done when the marker has ended a line on both
@@ -28,9 +34,10 @@ import time
 from collections import deque
 
 from bai.runner.engines.base import Busy, Engine, NotWaiting, Unsupported
+from bai.runner.engines.command import write_source
 from bai.runner.engines.steps import DRAIN_READS, spawn
 from bai.runner.process import describe_exit
-from bai.runner.protocol import Completions, Finished, Output, Ready
+from bai.runner.protocol import Completions, Execute, Finished, Output, Ready
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
 if TYPE_CHECKING:
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
     from bai.runner.engines.python_child import OutputPipe
     from bai.runner.engines.steps import Process
     from bai.runner.loop import Timer
-    from bai.runner.protocol import Complete, Execute, Input, Interrupt
+    from bai.runner.protocol import Complete, Input, Interrupt
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
@@ -180,6 +187,10 @@ class ReplEngine(Engine):
         self.echo = bool(config.get("echo", False))
         self.init = str(config.get("init") or "")
         self.version = str(config.get("version", ""))
+        program = config.get("program") or {}
+        self.program = re.compile(program["match"]) if program.get("match") else None
+        self.program_source = str(program.get("source", ""))
+        self.program_run = str(program.get("run", ""))
         self._repl: Optional[ReplProcess] = None
         self._run: Optional[ActiveRun] = None
         self._queued: Optional[Execute] = None  # a query that came before the REPL was warm
@@ -202,6 +213,9 @@ class ReplEngine(Engine):
             raise Busy("a run is in progress", message.run_id)
         if message.mode != "query":
             raise Unsupported("the repl engine runs mode 'query' here, not %r" % message.mode, message.run_id)
+        if self.program is not None and self.program.search(message.code):
+            self._run_program(message)
+            return
         if self._repl is None:
             self._spawn()
         repl = self._repl
@@ -210,6 +224,19 @@ class ReplEngine(Engine):
             self._queued = message
             return
         self._begin(repl, message)
+
+    def _run_program(self, message: Execute) -> None:
+        """A whole program: written to its file and run as a script (module docstring)."""
+        steps = self.context.steps
+        if steps is None or not self.program_source or not self.program_run:
+            raise Unsupported("this REPL cannot run a whole program", message.run_id)
+        write_source(self.program_source, message.code, message.run_id)
+        steps.start(
+            Execute(
+                run_id=message.run_id, code=message.code, source=self.program_source, steps=[["run", self.program_run]]
+            ),
+            batch=False,
+        )
 
     def provide_input(self, message: Input) -> None:
         raise NotWaiting("the %s REPL does not take input" % (self.command[0] if self.command else "repl"))
