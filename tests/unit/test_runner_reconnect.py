@@ -78,7 +78,8 @@ def test_a_new_agent_finds_the_session_as_it_was(python: str, agent: Agent, tmp_
         client = agent.accept(proc)
         assert client.run("x = 41; import os; pid = os.getpid()").exit_code == 0
         agent.crash(client)
-        time.sleep(0.3)  # it retries while nobody listens (the old socket name refuses)
+        # it noticed, and retries while nobody listens (the old socket name refuses)
+        assert _logged(tmp_path / "log", "the agent went away")
         assert proc.poll() is None
         agent.restart()
         again = agent.accept(proc)
@@ -89,6 +90,15 @@ def test_a_new_agent_finds_the_session_as_it_was(python: str, agent: Agent, tmp_
         proc.kill()
         proc.wait()
     assert "the agent went away" in (tmp_path / "log").read_text()
+
+
+def _logged(log: Path, line: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in log.read_text():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_a_run_in_progress_when_the_agent_goes_is_interrupted(python: str, agent: Agent, tmp_path: Path) -> None:
