@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bai.agent.agent import Agent
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.sandbox import DockerSandbox
 from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.backends.local.sandbox import LocalSandbox
 from bai.agent.cgroups import CgroupError, check_writable, detect_driver
@@ -118,7 +120,9 @@ def stderr_of(result: ExecResult) -> str:
     return text_of(result, "stderr")
 
 
-def sandbox_of(agent: Agent, session_id: str) -> LocalSandbox:
-    """The local sandbox behind one of ``agent``'s sessions."""
-    assert isinstance(agent.backend, LocalBackend)
+def sandbox_of(agent: Agent, session_id: str) -> LocalSandbox | DockerSandbox:
+    """The sandbox behind one of ``agent``'s sessions, on either backend: the parts both
+    have (``cgroup``, ``runner_pid``, ``scratch_disk``, ``host``) are read through it by the
+    tests that run on both (``pytest.mark.backends``)."""
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     return agent.backend.sandboxes[session_id]

@@ -33,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_capabilities(config)
     config.addinivalue_line("markers", "backends: the module's server tests run on each backend, [local] and [docker]")
     config.addinivalue_line("markers", "local_only(reason): in a backends module, runs on the local backend only")
+    config.addinivalue_line("markers", "docker_only(reason): in a backends module, runs on the docker backend only")
 
 if TYPE_CHECKING:
     from bai.server.embedded import EmbeddedServer
@@ -113,11 +114,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Backend parity by parametrisation: a test of a module (or class) marked ``backends``
     that uses the ``backend`` fixture (``bai_server``, ``fresh_server`` and ``api`` do) runs
     once per backend, ``[local]`` and ``[docker]``; ``local_only(reason=...)`` keeps a test
-    to ``[local]`` (it looks at the local sandbox's own parts, or at the manager alone)."""
-    if "backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("backends") is None:
+    to ``[local]`` (it looks at the local sandbox's own parts, or at the manager alone),
+    ``docker_only(reason=...)`` to ``[docker]`` (the same behaviour on the container's parts)."""
+    definition = metafunc.definition
+    if "backend" not in metafunc.fixturenames or definition.get_closest_marker("backends") is None:
         return
-    params = [pytest.param("local", id="local")]
-    if metafunc.definition.get_closest_marker("local_only") is None:
+    params = []
+    if definition.get_closest_marker("docker_only") is None:
+        params.append(pytest.param("local", id="local"))
+    if definition.get_closest_marker("local_only") is None:
         params.append(pytest.param("docker", id="docker", marks=needs("docker", docker_reason())))
     metafunc.parametrize("backend", params)
 

@@ -86,6 +86,26 @@ async def docker_agent(**overrides: Any) -> AsyncIterator[Agent]:
         yield agent
 
 
+async def container_gone(container_id: str) -> bool:
+    """Whether the engine no longer has the container (removed, not left stopped)."""
+    docker = aiodocker.Docker()
+    try:
+        await docker.containers.get(container_id)
+    except aiodocker.DockerError as exc:
+        return exc.status == 404
+    finally:
+        await docker.close()
+    return False
+
+
+def processes_of(cgroup_dirs: list[Path]) -> list[int]:
+    """The pids in a cgroup (v1: of its first controller; v2: the one dir), [] once it is gone."""
+    try:
+        return [int(pid) for pid in (cgroup_dirs[0] / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 def container_of(agent: Agent, session_id: str) -> DockerSandbox:
     """The container sandbox behind one of ``agent``'s sessions."""
     assert isinstance(agent.backend, DockerBackend)

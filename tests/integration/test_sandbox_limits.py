@@ -1,5 +1,9 @@
-"""Limits, accounting and teardown of local sandboxes: memory, PIDs, CPU, stats,
-destroy, hostile links, killing from inside, and a runner that dies."""
+"""Limits, accounting and teardown of sandboxes: memory, PIDs, CPU, stats, destroy,
+hostile links, killing from inside, and a runner that dies; on both backends
+(``[local]``, ``[docker]``). The tests that look at the local sandbox's own parts (bwrap's
+child pid, the session's host uid, its cgroup and scratch attributes) are ``local_only``,
+each with a ``docker_only`` variant at the end that checks the same on the container's
+parts (the runner's pid, the container and session cgroups, the scratch disk)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from agent_sandbox import (
     stderr_of,
     stdout_of,
 )
+from docker_sandbox import container_gone, processes_of
 
 from bai.agent.agent import Agent
 from bai.common.agent_rpc import ExecRequest, SessionGone
@@ -27,12 +32,14 @@ from bai.common.errors import ExecutionFailed
 from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
-    async with running_agent() as started:
+async def agent(backend: str) -> AsyncIterator[Agent]:
+    """A started agent on the test's backend (a docker one with no pool: each pooled
+    container is a second start)."""
+    async with running_agent(backend=backend, **({"pool_size": 0} if backend == "docker" else {})) as started:
         yield started
 
 
@@ -41,6 +48,7 @@ async def assert_works(agent: Agent, session_id: str) -> None:
     assert stdout_of(result) == "42\n", result
 
 
+@pytest.mark.local_only(reason="asks bwrap's child pid whether the runner lived")
 async def test_memory_limit_kills_the_users_process_and_says_so(agent: Agent) -> None:
     neighbour = await new_session(agent)
     session = await new_session(agent, resources={"mem": str(128 * 2**20)})
@@ -70,6 +78,7 @@ async def test_oom_in_a_subprocess_is_reported_too(agent: Agent) -> None:
     await assert_works(agent, session)
 
 
+@pytest.mark.local_only(reason="looks for the bomb's processes by the session's own host uid")
 async def test_pid_limit_contains_a_fork_bomb(agent: Agent) -> None:
     neighbour = await new_session(agent)
     session = await new_session(agent, resources={"pids": "64"})
@@ -161,6 +170,7 @@ async def test_stats_grow_with_use(agent: Agent) -> None:
     assert after.mem_limit == 2**30 and after.cpu_limit == "1"
 
 
+@pytest.mark.local_only(reason="the local cgroup, uid, scratch attributes")
 async def test_destroy_removes_cgroup_and_scratch_and_returns_final_stats(agent: Agent) -> None:
     session = await new_session(agent)
     sandbox = sandbox_of(agent, session)
@@ -253,6 +263,7 @@ async def test_kill_everything_from_inside(agent: Agent) -> None:
     await agent.destroy_session(session)
 
 
+@pytest.mark.local_only(reason="kills bwrap's child pid")
 async def test_runner_death_fires_session_gone(agent: Agent) -> None:
     gone: asyncio.Queue[SessionGone] = asyncio.Queue()
 
@@ -274,6 +285,7 @@ async def test_runner_death_fires_session_gone(agent: Agent) -> None:
     assert session not in agent.sessions
 
 
+@pytest.mark.local_only(reason="kills bwrap's child pid")
 async def test_runner_death_ends_the_current_run(agent: Agent) -> None:
     session = await new_session(agent)
     sandbox = sandbox_of(agent, session)
@@ -291,6 +303,7 @@ async def test_runner_death_ends_the_current_run(agent: Agent) -> None:
     assert "[bai]" in "".join(str(data) for _, data in last.console)
 
 
+@pytest.mark.local_only(reason="the local sandbox's scratch attribute")
 async def test_stop_destroys_every_session() -> None:
     async with running_agent() as agent:
         first = await new_session(agent)
@@ -299,3 +312,134 @@ async def test_stop_destroys_every_session() -> None:
         await agent.stop()
         assert agent.sessions == {}
         assert not sandbox.scratch.exists()
+
+
+# -- the docker variants of the local_only tests -------------------------------
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_memory_limit_kills_the_users_process_and_says_so_in_a_container(agent: Agent) -> None:
+    neighbour = await new_session(agent)
+    session = await new_session(agent, resources={"mem": str(128 * 2**20)})
+    result = await run(agent, session, "x = b'x' * (256 * 2**20)  # twice the limit\n")
+    assert result.status == "finished"
+    assert result.exit_code != 0
+    assert "memory limit of 128 MiB" in stderr_of(result)
+    stats = await agent.session_stats(session)
+    assert stats.oom_kills >= 1
+    assert stats.mem_limit == 128 * 2**20
+    await assert_works(agent, session)  # the runner, PID 1 and shielded from the OOM killer, lived
+    await assert_works(agent, neighbour)
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_pid_limit_contains_a_fork_bomb_in_a_container(agent: Agent) -> None:
+    neighbour = await new_session(agent)
+    session = await new_session(agent, resources={"pids": "64"})
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.cgroup is not None and sandbox.host.cgroups is not None
+    result = await run(
+        agent,
+        session,
+        "import os, subprocess\n"
+        "bomb = subprocess.Popen(['/bin/sh', '-c', 'b() { b | b & }; b'])\n"
+        "children = 0\n"
+        "try:\n"
+        "    for _ in range(200):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            import time; time.sleep(30); os._exit(0)\n"
+        "        children += 1\n"
+        "except OSError as e:\n"
+        "    print('fork failed', e.errno)\n"
+        "print('children', children)\n",
+        flush_timeout_s=5,
+    )
+    out = stdout_of(result)
+    assert "fork failed 11" in out, (out, stderr_of(result))
+    assert len(sandbox.host.cgroups.pids(sandbox.cgroup)) <= 64
+    await assert_works(agent, neighbour)
+    other = await new_session(agent)
+    await assert_works(agent, other)
+    dirs = list(sandbox.cgroup.dirs) + (list(sandbox.parent.dirs) if sandbox.parent is not None else [])
+    await agent.destroy_session(session)
+    assert await container_gone(sandbox.container_id)
+    assert not any(path.exists() for path in dirs), "a cgroup of the bomb is left (a process survived)"
+    await assert_works(agent, neighbour)
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_destroy_removes_cgroup_and_scratch_and_returns_final_stats_in_a_container(agent: Agent) -> None:
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    await run(
+        agent,
+        session,
+        "open('/home/work/f', 'w').write('x' * 5000)\nimport subprocess\nsubprocess.Popen(['sleep', '1000'])",
+    )
+    assert sandbox.cgroup is not None
+    dirs = list(sandbox.cgroup.dirs) + (list(sandbox.parent.dirs) if sandbox.parent is not None else [])
+    assert all(path.is_dir() for path in dirs)
+    assert len(processes_of(sandbox.cgroup.dirs)) >= 2  # the runner, its REPL, the sleep
+    stats = await agent.destroy_session(session)
+    assert 5000 <= stats.io_scratch_size <= 3 * 4096  # a capped scratch disk counts whole blocks
+    assert stats.cpu_used_ms > 0 and stats.mem_max > 0
+    assert not any(path.exists() for path in dirs)
+    assert not sandbox.scratch_disk.path.exists() and not sandbox.socket_dir.exists()
+    assert session not in agent.sessions
+    assert await container_gone(sandbox.container_id), "the container (and the sleep in it) survived"
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_runner_death_fires_session_gone_in_a_container(agent: Agent) -> None:
+    gone: asyncio.Queue[SessionGone] = asyncio.Queue()
+
+    async def on_gone(event: SessionGone) -> None:
+        await gone.put(event)
+
+    agent.on_session_gone = on_gone
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    assert sandbox.runner_pid is not None
+    os.kill(sandbox.runner_pid, signal.SIGKILL)
+    event = await asyncio.wait_for(gone.get(), 10)
+    assert event.session_id == session
+    assert event.reason
+    with pytest.raises(ExecutionFailed):
+        await agent.execute(ExecRequest(session_id=session, mode="query", code="1"))
+    stats = await agent.destroy_session(session)
+    assert stats.cpu_used_ms >= 0
+    assert session not in agent.sessions
+    assert await container_gone(sandbox.container_id)
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_runner_death_ends_the_current_run_in_a_container(agent: Agent) -> None:
+    session = await new_session(agent)
+    sandbox = sandbox_of(agent, session)
+    first = await agent.execute(
+        ExecRequest(session_id=session, mode="query", code="import time; time.sleep(30)", flush_timeout_s=0.2)
+    )
+    assert first.status == "continued"
+    assert sandbox.runner_pid is not None
+    os.kill(sandbox.runner_pid, signal.SIGKILL)
+    last = await agent.execute(
+        ExecRequest(session_id=session, mode="continue", run_id=first.run_id, flush_timeout_s=10)
+    )
+    assert last.status == "finished"
+    assert last.exit_code != 0
+    assert "[bai]" in "".join(str(data) for _, data in last.console)
+
+
+@pytest.mark.docker_only(reason="the local test's check, on the container's parts")
+async def test_stop_destroys_every_session_in_a_container(backend: str) -> None:
+    async with running_agent(backend=backend, pool_size=0) as agent:
+        first = await new_session(agent)
+        await new_session(agent)
+        sandboxes = [sandbox_of(agent, session) for session in agent.sessions]
+        await agent.stop()
+        assert agent.sessions == {}
+        for sandbox in sandboxes:
+            assert not sandbox.scratch_disk.path.exists()
+            assert await container_gone(sandbox.container_id)
+        assert first not in agent.backend.sandboxes  # type: ignore[attr-defined]
