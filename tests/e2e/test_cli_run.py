@@ -62,6 +62,16 @@ def test_a_file_runs_in_query_mode(server: Any, tmp_path: Path) -> None:
     assert result.stdout == "0\n2\n4\n"
 
 
+def test_a_file_runs_as_a_script_and_only_interactive_code_echoes_its_last_value(server: Any, tmp_path: Path) -> None:
+    """``open(...).write(...)`` returns 4: a prompt shows it, a script does not."""
+    script = tmp_path / "writer.py"
+    script.write_text("open('out.txt', 'w').write('data')\n")
+    from_file = bai(server, "run", "python", str(script))
+    assert (from_file.returncode, from_file.stdout) == (0, ""), from_file.stderr
+    interactive = bai(server, "run", "python", "-c", "open('out.txt', 'w').write('data')")
+    assert (interactive.returncode, interactive.stdout) == (0, "4\n"), interactive.stderr
+
+
 def test_stdout_and_stderr_go_to_their_own_streams(server: Any) -> None:
     code = "import sys\nfor i in range(2):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n"
     result = bai(server, "run", "python", "-c", code)

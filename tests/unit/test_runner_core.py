@@ -53,6 +53,15 @@ def test_last_expression_is_displayed(runner: RunnerClient) -> None:
     assert runner.run("_").stdout == "'a'\n"  # the REPL's last value
 
 
+def test_a_script_displays_no_last_value_and_keeps_its_state(runner: RunnerClient) -> None:
+    """A file's code (Execute.script) runs as a script: its final expression is evaluated
+    (its side effects happen) but not displayed; the next interactive query displays."""
+    runner.send(Execute(run_id="file", code="import os\ncount = 1\nos.getpid() and 'not shown'\ncount", script=True))
+    result = runner.collect("file")
+    assert (result.stdout, result.stderr, result.exit_code) == ("", "", 0)
+    assert runner.run("count").stdout == "1\n"
+
+
 def test_a_fresh_main_namespace_and_the_user_sys_path(runner: RunnerClient) -> None:
     result = runner.run(
         "import sys, os\n"
@@ -221,9 +230,7 @@ def test_output_between_runs_opens_the_next_run(runner: RunnerClient, tmp_path: 
 
 
 def test_a_finished_run_leaves_no_output_behind(runner: RunnerClient) -> None:
-    result = runner.run(
-        "import sys\nfor i in range(2000):\n    print('x' * 100)\n    print('e', file=sys.stderr)"
-    )
+    result = runner.run("import sys\nfor i in range(2000):\n    print('x' * 100)\n    print('e', file=sys.stderr)")
     assert result.stdout == ("x" * 100 + "\n") * 2000
     assert result.stderr == "e\n" * 2000
     runner.send(Complete(code="pri"))

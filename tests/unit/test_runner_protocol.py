@@ -89,7 +89,8 @@ def test_json_nested_past_the_recursion_limit_is_a_protocol_error() -> None:
 @pytest.mark.parametrize(
     ("announced", "said"),
     [
-        (2, "the runner speaks protocol version 2; this agent speaks version 1"),
+        (p.PROTOCOL_VERSION + 1, f"the runner speaks protocol version {p.PROTOCOL_VERSION + 1}; this agent speaks"),
+        (p.PROTOCOL_VERSION - 1, f"the runner speaks protocol version {p.PROTOCOL_VERSION - 1}; "),
         (0, "the runner speaks protocol version 0; "),
         ("1", "the runner announces no protocol version we can read (str '1')"),
         (1.0, "the runner announces no protocol version we can read (float 1.0)"),

@@ -111,6 +111,7 @@ def test_compile_cell_displays_only_a_trailing_expression() -> None:
     assert [c.co_filename for c in compile_cell("x = 1\nx", "<t>", 0)] == ["<t>", "<t>"]
     assert len(compile_cell("x = 1", "<t>", 0)) == 1
     assert len(compile_cell("x", "<t>", 0)) == 1
+    assert len(compile_cell("x = 1\nx", "<t>", 0, script=True)) == 1  # a file's: its last value not shown
     # the runner's own `from __future__ import annotations` does not leak into the user's code
     namespace: dict[str, object] = {}
     for code in compile_cell("def f(a: int): pass\nann = f.__annotations__", "<t>", 0):
@@ -138,7 +139,7 @@ def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
     assert Execute("a", "1") == Execute(run_id="a", code="1", mode="query")
     assert Execute("a", "1") != Execute("a", "2") and Execute("a", "1") != RunCode("1")
     assert repr(Execute("a", "1")) == (
-        "Execute(run_id='a', code='1', mode='query', source='', steps=[], build_log=False)"
+        "Execute(run_id='a', code='1', mode='query', source='', steps=[], build_log=False, script=False)"
     )
     assert repr(Interrupt()) == "Interrupt()" and Interrupt() == Interrupt()
     first, second = Completions(), Completions()
@@ -152,7 +153,7 @@ def test_records_construct_compare_and_print_as_dataclasses_did() -> None:
         Execute("a", "1").extra = 1  # type: ignore[attr-defined]  # slots: no stray attributes
     makers: list[Callable[[], object]] = [
         lambda: Execute("a"),  # type: ignore[call-arg]
-        lambda: Execute("a", "1", "query", "x", [], False, "extra"),  # type: ignore[call-arg]
+        lambda: Execute("a", "1", "query", "x", [], False, False, "extra"),  # type: ignore[call-arg]
         lambda: Execute("a", run_id="b", code="1"),  # type: ignore[misc]
         lambda: Execute(run_id="a", code="1", colour="red"),  # type: ignore[call-arg]
     ]
@@ -174,7 +175,7 @@ def test_the_wire_format_is_unchanged() -> None:
     dataclasses.asdict and json.dumps made before the records were plain classes)."""
     payload = (
         b'{"run_id":"a","code":"\xc3\xa9","mode":"query","source":"","steps":[],'
-        + b'"build_log":false,"type":"execute"}'
+        + b'"build_log":false,"script":false,"type":"execute"}'
     )
     assert encode(Execute(run_id="a", code="é")) == HEADER.pack(len(payload)) + payload
     assert encode(Failure(message="m"))[HEADER.size :] == b'{"message":"m","run_id":null,"type":"failure"}'

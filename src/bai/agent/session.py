@@ -370,6 +370,7 @@ class Session:
             message = self.sandbox.batch_message("", request.batch or BatchSteps())
         else:
             message = self.sandbox.query_message("", request.code)
+            message.script = request.script
         run = self.runs.start(request.run_id, self.spec.output_limit_bytes)
         message.run_id = run.run_id
         self._oom_baseline = (self.oom_kills, self.oom_events)

@@ -71,6 +71,7 @@ class ExecRequest(BaseModel):
     code: str = ""
     flush_timeout_s: float = 2.0  # return what there is after this long
     batch: BatchSteps | None = None  # with mode "batch"
+    script: bool = False  # with mode "query": the code is a whole file, run as a script (wire.QueryOptions)
 
 
 class RunStats(BaseModel):

@@ -118,6 +118,14 @@ class ExecuteRequest(_Lenient):
     options: dict[str, Any] | None = None
 
 
+class QueryOptions(_Lenient):
+    """A query's ``options``: our extension (Backend.AI's query mode reads none). ``script``:
+    the code is a whole file (``bai run FILE``), run as a script: no value of a final
+    expression is displayed, where interactive code (``-c``) displays it as at a prompt."""
+
+    script: bool = False
+
+
 class BatchOptions(_Lenient):
     clean: str | None = None
     build: str | None = None

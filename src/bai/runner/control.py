@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 
 class RunCode(Message):
+    """Run ``code``; ``script``: as a file, no final expression's value displayed."""
+
     TYPE: ClassVar[str] = "run"
     code: str
+    script: bool = False
 
 
 class RunDone(Message):

@@ -36,7 +36,7 @@ else:
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Execute.script
 
 
 class ProtocolError(Exception):
@@ -161,7 +161,9 @@ class Execute(Message):
     a failing step ends the run with its exit code. Batch mode (any engine): steps
     "clean", "build", "exec"; each of clean and build ends with a ``StepFinished``; a
     failing build ends the run; the build's output is dropped unless ``build_log`` is
-    set or the build fails."""
+    set or the build fails. ``script``: the query's code is a whole file, run as a
+    script: the python engine displays no value of a final expression (an interactive
+    query does, as at a prompt)."""
 
     TYPE: ClassVar[str] = "execute"
     run_id: str
@@ -170,6 +172,7 @@ class Execute(Message):
     source: str = ""
     steps: List[List[str]] = field(default_factory=list)
     build_log: bool = False
+    script: bool = False
 
 
 class Input(Message):

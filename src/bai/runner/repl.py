@@ -11,7 +11,8 @@ the process has the user's sys.path, so no file of the user's (a ``token.py``, s
 ever stands in for a module the REPL uses (traceback, linecache, getpass).
 
 A run: compile the cell; if its last statement is an expression, that statement is
-compiled in 'single' mode so a non-None value is displayed. SIGINT raises
+compiled in 'single' mode so a non-None value is displayed (not in a run marked
+``script``: a file's code, run as a script). SIGINT raises
 KeyboardInterrupt only while the user's code runs, so the REPL itself never dies of
 it. Tracebacks leave out every frame of this package. Exit codes: 0 ok; 1 for an
 exception, a SyntaxError or an interrupt; ``n`` for ``SystemExit(n)``.
@@ -103,10 +104,11 @@ def display(value: object) -> None:
     builtins._ = value  # type: ignore[attr-defined]
 
 
-def compile_cell(source: str, filename: str, flags: int) -> List[types.CodeType]:
-    """The cell as code objects, the last in 'single' mode if it is an expression."""
+def compile_cell(source: str, filename: str, flags: int, script: bool = False) -> List[types.CodeType]:
+    """The cell as code objects, the last in 'single' mode if it is an expression,
+    so that its value is displayed as at a prompt; a ``script`` (a file) displays none."""
     tree: _ast.Module = compile(source, filename, "exec", _ast.PyCF_ONLY_AST | flags, dont_inherit=True)
-    if not (tree.body and isinstance(tree.body[-1], _ast.Expr)):
+    if script or not (tree.body and isinstance(tree.body[-1], _ast.Expr)):
         return [compile(tree, filename, "exec", flags, dont_inherit=True)]
     last = _ast.Interactive(body=[tree.body.pop()])
     codes = [compile(tree, filename, "exec", flags, dont_inherit=True)] if tree.body else []
@@ -187,7 +189,7 @@ class Repl:
     def _run(self, message: RunCode) -> None:
         self._switch.last = 0  # the runner drained both pipes when the last run ended
         try:
-            exit_code = self._execute(message.code)
+            exit_code = self._execute(message.code, message.script)
         except KeyboardInterrupt as exc:  # landed in our frames, on the edge of the user's code
             self._running = False
             self._report(exc)
@@ -196,12 +198,12 @@ class Repl:
             os._exit(exit_code & 0xFF)
         self._commands.send(RunDone(exit_code))
 
-    def _execute(self, source: str) -> int:
+    def _execute(self, source: str, script: bool = False) -> int:
         self._runs += 1
         filename = "<input-%d>" % self._runs
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
-            codes = compile_cell(source, filename, self._future_flags)
+            codes = compile_cell(source, filename, self._future_flags, script)
         except (SyntaxError, ValueError, OverflowError, MemoryError) as exc:
             self._report(exc)
             return 1

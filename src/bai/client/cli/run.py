@@ -1,8 +1,10 @@
 """``bai run``: run code in a (new or reused) session, streaming its output live.
 
 Query mode runs ``-c CODE`` or one FILE's contents in the session's REPL (state kept
-with ``--name``). Batch mode (API.md section 6) uploads the FILEs into /home/work and runs
-the environment's build and exec steps (``*``, the defaults: a Makefile, ``main.<ext>``)
+with ``--name``); a FILE runs as a script (the query option ``script``), so only
+``-c CODE`` echoes the value of a final expression, as a prompt does. Batch mode
+(API.md section 6) uploads the FILEs into /home/work and runs the environment's build
+and exec steps (``*``, the defaults: a Makefile, ``main.<ext>``)
 or ``--build`` / ``--exec`` commands; it is chosen by more than one FILE, by ``--build``,
 ``--exec`` or ``--clean``, or by ``--batch``.
 
@@ -67,6 +69,7 @@ class RunPlan:
     files: Sequence[Path] = ()  # batch mode: uploaded first, relative to basedir
     basedir: Path | None = None
     batch: Mapping[str, str | None] | None = None  # batch mode's clean / build / exec; None: query mode
+    script: bool = False  # query mode: the code is a FILE's, run as a script (no final value echoed)
 
 
 @click.command()
@@ -154,6 +157,7 @@ def run(
     plan = RunPlan(
         image, source, name, destroy=rm or name is None, show_stats=stats, envs=env, resources=resource,
         limits=limit, files=files if batch is not None else (), basedir=basedir, batch=batch,
+        script=code is None and batch is None,
     )  # fmt: skip
     try:
         exit_code = asyncio.run(run_once(state.config, plan, Terminal()))
@@ -172,7 +176,7 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
             if plan.files:
                 sent = await session.upload(list(plan.files), basedir=plan.basedir)
                 print_note(f"uploaded {len(sent)} file(s) to /home/work: {', '.join(sent)}")
-            exit_code = await stream_run(session, plan.code, terminal, plan.batch)
+            exit_code = await stream_run(session, plan.code, terminal, plan.batch, script=plan.script)
             if plan.show_stats and terminal.run_stats is not None:
                 print_note(format_run_stats(terminal.run_stats))
         except BaseException:
@@ -188,13 +192,21 @@ async def run_once(config: APIConfig, plan: RunPlan, terminal: Terminal) -> int:
 
 
 async def stream_run(
-    session: AsyncComputeSession, code: str, terminal: Terminal, batch: Mapping[str, str | None] | None = None
+    session: AsyncComputeSession,
+    code: str,
+    terminal: Terminal,
+    batch: Mapping[str, str | None] | None = None,
+    *,
+    script: bool = False,
 ) -> int:
     """Stream one run (query mode, or batch mode with ``batch``'s steps) to the terminal;
-    returns its exit code (130 when cancelled by Ctrl-C)."""
+    returns its exit code (130 when cancelled by Ctrl-C). ``script``: a query of a
+    file's code, run as a script (the query option ``script``): only interactive code
+    (``-c``) echoes the value of its last expression."""
     mode: Literal["query", "batch"] = "batch" if batch is not None else "query"
+    opts: Mapping[str, Any] | None = batch if batch is not None else {"script": True} if script else None
     try:
-        async with session.stream_execute(code, mode=mode, opts=batch) as stream:
+        async with session.stream_execute(code, mode=mode, opts=opts) as stream:
             async for frame in stream:
                 terminal.show(frame)
                 terminal.run_stats = frame.stats or terminal.run_stats

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult
 from bai.common.errors import InvalidRequest
 from bai.common.status import RunStatus
-from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, RunResult
+from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, QueryOptions, RunResult
 from bai.manager.api.deps import body_as, live_session, manager_of, validate
 from bai.manager.sessions import LiveSession
 
@@ -44,7 +44,19 @@ def exec_request(session: LiveSession, req: ExecuteRequest, flush_timeout_s: flo
         code=req.code,
         flush_timeout_s=flush_timeout_s,
         batch=batch_steps(req.options) if req.mode == "batch" else None,
+        script=query_options(req.options).script if req.mode == "query" else False,
     )
+
+
+def query_options(raw_options: Any) -> QueryOptions:
+    """A query's ``options`` (wire.QueryOptions: ``script``). Backend.AI reads none in
+    query mode, so what is not an object is ignored, as there; a bad ``script`` is not."""
+    if not isinstance(raw_options, dict):
+        return QueryOptions()
+    try:
+        return validate(QueryOptions, raw_options)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"options.{exc.message}", field=f"options.{exc.field}") from None
 
 
 def batch_steps(raw_options: Any) -> BatchSteps:

@@ -171,7 +171,7 @@ class PythonEngine(Engine):
         self._run = ActiveRun(message.run_id, time.monotonic())
         for stream, text in self._backlog.take():
             self._forward(stream, text)
-        self._send_command(RunCode(message.code))
+        self._send_command(RunCode(message.code, message.script))
 
     def provide_input(self, message: Input) -> None:
         run = self._run
