@@ -1,30 +1,39 @@
 """The warm pool with real sandboxes: claims are served from it and refilled, a
 claimed sandbox gets its session's limits and variables and nothing of another
-session, pool size 0 starts cold, and an idle sandbox that dies is replaced."""
+session, pool size 0 starts cold, and an idle sandbox that dies is replaced; on both
+backends (``[local]``, ``[docker]``). The two tests that reach the local sandbox's own
+parts (bwrap's child pid, the agent's runner python) are ``local_only``, with
+``docker_only`` variants at the end (the runner's pid, the image's runner python)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import aiodocker
 import pytest
 from agent_sandbox import new_session, run, running_agent, sandbox_unavailable, stderr_of, stdout_of
 from agent_sandbox import spec as spec_of
 
 from bai.agent.agent import Agent
+from bai.agent.backends.docker import backend as docker_backend
+from bai.agent.backends.docker.backend import DockerBackend
+from bai.agent.backends.docker.kernel_images import KernelImage
+from bai.agent.backends.docker.sandbox import DockerSandbox
 from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.backends.local.sandbox import LocalSandbox
 from bai.agent.cgroups import Limits
 from bai.agent.pool import NAME_PREFIX
 from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
-from tests.capabilities import needs
+from tests.capabilities import needs, require_or_skip
 
 REASON = sandbox_unavailable()
-pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
 
 
 async def pool_count(agent: Agent, at_least: int, timeout_s: float = 15.0) -> int:
@@ -36,14 +45,14 @@ async def pool_count(agent: Agent, at_least: int, timeout_s: float = 15.0) -> in
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
-    async with running_agent(pool_size=2) as started:
+async def agent(backend: str) -> AsyncIterator[Agent]:
+    async with running_agent(backend=backend, pool_size=2) as started:
         await pool_count(started, 2)
         yield started
 
 
 async def test_a_create_is_served_from_the_pool_and_refilled(agent: Agent) -> None:
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     pooled = {s.name for s in agent.backend.sandboxes.values()}
     assert len(pooled) == 2 and all(name.startswith(NAME_PREFIX) for name in pooled)
     session = await new_session(agent)
@@ -55,7 +64,7 @@ async def test_a_create_is_served_from_the_pool_and_refilled(agent: Agent) -> No
 
 async def test_a_claimed_sandbox_gets_its_sessions_limits(agent: Agent) -> None:
     session = await new_session(agent, resources={"mem": str(128 * 2**20), "cpu": "0.5", "pids": "64"})
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     assert agent.backend.sandboxes[session].name.startswith(NAME_PREFIX)
     stats = await agent.session_stats(session)
     assert stats.mem_limit == 128 * 2**20
@@ -91,17 +100,18 @@ async def test_no_state_leaks_from_one_session_to_the_next(agent: Agent) -> None
     assert seen == ["[] False False False\n"] * 3
 
 
-async def test_pool_size_zero_starts_cold() -> None:
-    async with running_agent(pool_size=0) as agent:
+async def test_pool_size_zero_starts_cold(backend: str) -> None:
+    async with running_agent(backend=backend, pool_size=0) as agent:
         assert agent.info().pool == {}
         session = await new_session(agent, environ={"A": "b"})
-        assert isinstance(agent.backend, LocalBackend)
+        assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         assert agent.backend.sandboxes[session].name == session
         assert stdout_of(await run(agent, session, "import os; print(os.environ['A'])")) == "b\n"
 
 
+@pytest.mark.local_only(reason="kills bwrap's child pid; a docker variant kills the runner")
 async def test_an_idle_pooled_sandbox_that_dies_is_replaced(agent: Agent) -> None:
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     victim = next(iter(agent.backend.sandboxes.values()))
     assert victim.child_pid is not None
     os.kill(victim.child_pid, signal.SIGKILL)
@@ -113,10 +123,10 @@ async def test_an_idle_pooled_sandbox_that_dies_is_replaced(agent: Agent) -> Non
     assert stdout_of(await run(agent, session, "print(1 + 1)")) == "2\n"
 
 
-async def test_stop_destroys_pooled_sandboxes() -> None:
-    async with running_agent(pool_size=2) as agent:
+async def test_stop_destroys_pooled_sandboxes(backend: str) -> None:
+    async with running_agent(backend=backend, pool_size=2) as agent:
         await pool_count(agent, 2)
-        assert isinstance(agent.backend, LocalBackend)
+        assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         sandboxes = list(agent.backend.sandboxes.values())
         await agent.stop()
         assert agent.backend.sandboxes == {}
@@ -124,6 +134,7 @@ async def test_stop_destroys_pooled_sandboxes() -> None:
             assert not sandbox.work_dir().path.exists()
 
 
+@pytest.mark.local_only(reason="a container's runner python is its image's label; a docker variant breaks it there")
 async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly() -> None:
     async with running_agent(runner_python="/usr/bin/no-such-python", pool_size=2) as agent:
         with pytest.raises(SessionCreationFailed) as caught:
@@ -134,7 +145,7 @@ async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly(
 
 async def test_a_session_with_startup_variables_starts_cold(agent: Agent) -> None:
     session = await new_session(agent, environ={"PYTHONPATH": "/opt/extra"})
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     assert agent.backend.sandboxes[session].name == session  # not a pooled one
     assert agent.info().pool["python"] == 2
     result = await run(agent, session, "import sys; print('/opt/extra' in sys.path)")
@@ -144,13 +155,13 @@ async def test_a_session_with_startup_variables_starts_cold(agent: Agent) -> Non
 async def test_a_pooled_sandbox_that_refuses_the_limits_is_destroyed_and_the_session_starts_cold(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     pooled = list(agent.backend.sandboxes.values())
 
-    async def refuse(self: LocalSandbox, spec: SandboxSpec, limits: Limits) -> None:
+    async def refuse(self: LocalSandbox | DockerSandbox, spec: SandboxSpec, limits: Limits) -> None:
         raise SessionCreationFailed("the pooled sandbox already uses more")
 
-    monkeypatch.setattr(LocalSandbox, "claim", refuse)
+    monkeypatch.setattr(type(pooled[0]), "claim", refuse)
     session = await new_session(agent, resources={"mem": str(64 * 2**20)})
     assert agent.backend.sandboxes[session].name == session
     assert (await agent.session_stats(session)).mem_limit == 64 * 2**20
@@ -176,22 +187,22 @@ async def test_a_memory_limit_below_the_pooled_sandboxs_usage_is_refused(agent: 
 
 async def test_a_restarted_pooled_session_keeps_its_environment(agent: Agent) -> None:
     session = await new_session(agent, environ={"GREETING": "again"})
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     assert agent.backend.sandboxes[session].name.startswith(NAME_PREFIX)
     await agent.restart_session(session)
     result = await run(agent, session, "import os; print(os.environ['GREETING'])")
     assert stdout_of(result) == "again\n"
 
 
-async def test_the_pool_empties_under_memory_pressure_and_refills_after() -> None:
-    async with running_agent(pool_size=2) as agent:
+async def test_the_pool_empties_under_memory_pressure_and_refills_after(backend: str) -> None:
+    async with running_agent(backend=backend, pool_size=2) as agent:
         pool = agent.pool
         assert pool is not None
         await pool_count(agent, 2)
         pool.min_available_mem = 2**62  # more than any host has: under pressure
         pool.check_memory()
         assert agent.info().pool == {"python": 0}
-        assert isinstance(agent.backend, LocalBackend)
+        assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         async with asyncio.timeout(15):
             while agent.backend.sandboxes:
                 await asyncio.sleep(0.02)
@@ -202,11 +213,12 @@ async def test_the_pool_empties_under_memory_pressure_and_refills_after() -> Non
         assert await pool_count(agent, 2) == 2
 
 
-async def test_a_claimed_sandbox_has_the_preloaded_modules_and_a_bad_one_does_not_stop_it() -> None:
+async def test_a_claimed_sandbox_has_the_preloaded_modules_and_a_bad_one_does_not_stop_it(backend: str) -> None:
     # colorsys and wave: standard modules nothing imports on its own
-    async with running_agent(pool_size=1, python_preload="colorsys, wave,no_such_module_here") as agent:
+    preload = "colorsys, wave,no_such_module_here"
+    async with running_agent(backend=backend, pool_size=1, python_preload=preload) as agent:
         await pool_count(agent, 1)
-        assert isinstance(agent.backend, LocalBackend)
+        assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         pooled = {s.name for s in agent.backend.sandboxes.values()}
         session = await new_session(agent)
         assert agent.backend.sandboxes[session].name in pooled
@@ -214,3 +226,60 @@ async def test_a_claimed_sandbox_has_the_preloaded_modules_and_a_bad_one_does_no
         result = await run(agent, session, code)
         assert stdout_of(result) == "['colorsys', 'wave']\n", stderr_of(result)
         assert "colorsys" not in stdout_of(await run(agent, session, "print(sorted(globals()))"))  # not bound
+
+
+# -- the docker variants of the local_only tests ---------------------------------
+
+
+@pytest.mark.docker_only(reason="the local test kills bwrap's child pid; here the runner's")
+async def test_an_idle_pooled_container_that_dies_is_replaced(agent: Agent) -> None:
+    assert isinstance(agent.backend, DockerBackend)
+    victim = next(iter(agent.backend.sandboxes.values()))
+    assert victim.runner_pid is not None
+    os.kill(victim.runner_pid, signal.SIGKILL)
+    async with asyncio.timeout(15):
+        while victim.name in {s.name for s in agent.backend.sandboxes.values()}:
+            await asyncio.sleep(0.02)
+    assert await pool_count(agent, 2) == 2
+    session = await new_session(agent)
+    assert stdout_of(await run(agent, session, "print(1 + 1)")) == "2\n"
+    docker = aiodocker.Docker()
+    try:
+        with pytest.raises(aiodocker.DockerError):
+            await docker.containers.get(victim.container_id)  # removed, not left stopped
+    finally:
+        await docker.close()
+
+
+@pytest.mark.docker_only(reason="a container's runner python is its image's label, not the agent's runner_python")
+async def test_a_pool_that_cannot_start_leaves_creates_cold_and_failing_clearly_in_docker(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ref: str, labels: dict[str, str]) -> KernelImage | None:
+        image = image_from(ref, labels)
+        return None if image is None else dataclasses.replace(image, runner_python="/usr/bin/no-such-python")
+
+    image_from = docker_backend.image_from
+    monkeypatch.setattr(docker_backend, "image_from", broken)
+    async with running_agent(backend=backend, pool_size=2) as agent:
+        with pytest.raises(SessionCreationFailed) as caught:
+            await new_session(agent)
+        assert "no-such-python" in caught.value.message
+        assert agent.info().pool == {"python": 0}
+
+
+@pytest.mark.docker_only(reason="the local backend's pooled environments are the agent's own tests'")
+async def test_only_python_is_pooled_and_a_repl_engines_session_gets_its_variables(backend: str) -> None:
+    """A Lua or R runner starts its REPL with the container, before a claim could give it
+    the session's variables: those environments start cold (as on the local backend)."""
+    async with running_agent(backend=backend, pool_size=1) as agent:
+        await pool_count(agent, 1)
+        assert isinstance(agent.backend, DockerBackend)
+        assert agent.backend.pooled_environments() == ["python"]
+        others = [name for name in agent.backend.environments() if agent.backend.images[name].engine != "python"]
+        assert set(agent.info().pool) == {"python"}
+        if "lua" not in others:
+            require_or_skip("environments", "the lua image is not built (bai image build lua)")
+        session = await new_session(agent, environment="lua", environ={"GREETING": "cold"})
+        assert agent.backend.sandboxes[session].name == session  # not a pooled one
+        assert stdout_of(await run(agent, session, 'print(os.getenv("GREETING"))')) == "cold\n"
