@@ -1,7 +1,11 @@
 """Scratch disks of real local sandboxes, at the agent: the cap on /home/work
 (ENOSPC inside, no host fill), its life across restart and destroy, per-session
 sizes against the warm pool, bad sizes, the agent's info, and a crashed agent's
-leftovers. Each capped kind (hostfile, memory) where the host allows it."""
+leftovers. Each capped kind (hostfile, memory) where the host allows it.
+
+On both backends (``[local]``, ``[docker]``). A crashed agent's leftovers are checked at
+each backend's own layout (a ``docker_only`` variant at the end); the local backend's
+fallback share root has no docker counterpart."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from agent_sandbox import make_config, new_session, run, running_agent, sandbox_
 
 from bai.agent import mounts, scratch
 from bai.agent.agent import Agent
+from bai.agent.backends.docker.backend import DockerBackend
 from bai.agent.backends.local import backend as local
 from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from bai.agent.scratch import ScratchDisks
@@ -27,7 +32,7 @@ from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
 HOSTFILE_REASON = scratch.hostfile_unavailable()
-pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON)]
+pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
 needs_hostfile = needs("sandbox", HOSTFILE_REASON and f"hostfile scratch: {HOSTFILE_REASON}")
 MiB = 2**20
 CAP = 64 * MiB
@@ -47,8 +52,8 @@ print(written // 2**20, error)
 
 
 @pytest.fixture(params=[pytest.param("hostfile", marks=needs_hostfile), "memory"])
-async def agent(request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
-    async with running_agent(scratch_type=request.param, scratch_size=CAP, pool_size=0) as started:
+async def agent(request: pytest.FixtureRequest, backend: str) -> AsyncIterator[Agent]:
+    async with running_agent(backend=backend, scratch_type=request.param, scratch_size=CAP, pool_size=0) as started:
         yield started
 
 
@@ -123,14 +128,14 @@ async def test_bad_scratch_sizes_are_refused_by_field(agent: Agent) -> None:
 
 
 @needs_hostfile
-async def test_a_session_of_another_size_starts_cold_and_the_pool_keeps_its_sandbox() -> None:
-    async with running_agent(scratch_type="hostfile", scratch_size=CAP, pool_size=1) as agent:
+async def test_a_session_of_another_size_starts_cold_and_the_pool_keeps_its_sandbox(backend: str) -> None:
+    async with running_agent(backend=backend, scratch_type="hostfile", scratch_size=CAP, pool_size=1) as agent:
         assert agent.pool is not None
         for _ in range(200):
             if agent.pool.counts()["python"] == 1:
                 break
             await asyncio.sleep(0.05)
-        assert isinstance(agent.backend, LocalBackend)
+        assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         [pooled_name] = agent.backend.sandboxes
         other = await new_session(agent, scratch_bytes=32 * MiB)
         sandbox = sandbox_of(agent, other)
@@ -147,8 +152,8 @@ async def test_a_session_of_another_size_starts_cold_and_the_pool_keeps_its_sand
         assert sandbox_of(agent, same).scratch_disk.cap == CAP
 
 
-async def test_hostdir_is_a_plain_uncapped_dir() -> None:
-    async with running_agent(scratch_type="hostdir", pool_size=0) as agent:
+async def test_hostdir_is_a_plain_uncapped_dir(backend: str) -> None:
+    async with running_agent(backend=backend, scratch_type="hostdir", pool_size=0) as agent:
         session = await new_session(agent, scratch_bytes=32 * MiB)  # accepted; no cap to give
         disk = sandbox_of(agent, session).scratch_disk
         assert (disk.kind, disk.cap, disk.image) == ("hostdir", None, None)
@@ -223,3 +228,32 @@ def test_default_cap_images_are_copies_of_one_mkfs_run(tmp_path: Path, monkeypat
         assert f"Block count:              {cap // 4096}" in header
     assert runs == [CAP, 2 * CAP]  # the template's, then the other cap's
     assert sorted(p.name for p in images.iterdir()) == ["a", "b", "c"]  # the template's file is gone
+
+
+# -- the docker variant of a local test ------------------------------------------
+
+
+@needs_hostfile
+@pytest.mark.docker_only(reason="the local test's leftovers, at the docker backend's layout (docker/scratch)")
+async def test_a_restarted_agent_releases_the_disks_a_killed_one_left_in_docker(backend: str) -> None:
+    config = make_config(scratch_type="hostfile", backend=backend, pool_size=0)
+    root = config.data_dir / "docker" / "scratch"
+    root.mkdir(parents=True)
+    images = config.data_dir / "docker" / "scratch-images"
+    makers = [ScratchDisks("hostfile", root, images, CAP), ScratchDisks("memory", root, images, CAP)]
+    makers[0].prepare()
+    disks = [maker.create(uuid.uuid4().hex, None, 1000, 1000) for maker in makers]
+    (disks[0].path / "data").write_bytes(b"d" * 100_000)
+    agent = Agent(config)
+    try:
+        await agent.start()
+        assert mounts.mounts_under(root) == []
+        assert not any(d.path.exists() for d in disks)
+        assert list(images.iterdir()) == []
+        assert str(disks[0].image) not in loop_backing_files()
+        session = await new_session(agent)
+        assert stdout_of(await run(agent, session, "print('works')")) == "works\n"
+    finally:
+        await agent.stop()
+        mounts.unmount_under(config.data_dir)
+        shutil.rmtree(config.data_dir, ignore_errors=True)
