@@ -9,7 +9,8 @@ host paths (/etc/shadow, /root, the agent's data dir, the database, another sess
 file, /), a fifo, a deep tree, and tries hard links. Then the agent does everything it
 ever does to a scratch dir (stats, restart, destroy) and the host targets must be as
 they were (content, mode, owner) and the agent must not hang on the fifo. Once through
-the API on the default scratch kind, and at the agent for each kind."""
+the API on the default scratch kind, and at the agent for each kind; each on both
+backends (``[local]``, ``[docker]``)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,25 @@ from agent_sandbox import new_session, run, running_agent, sandbox_of, sandbox_u
 
 from bai.agent import mounts, scratch
 from bai.agent.agent import Agent
+from bai.agent.backends.docker.backend import DockerBackend
 from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from tests.apiclient import SignedClient
 from tests.apiclient import stdout_of as api_stdout
 from tests.capabilities import needs, require_or_skip
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 REASON = sandbox_unavailable()
 HOSTFILE_REASON = scratch.hostfile_unavailable()
-needs_sandbox = needs("sandbox", REASON)
 needs_hostfile = needs("sandbox", HOSTFILE_REASON and f"hostfile scratch: {HOSTFILE_REASON}")
+
+
+def scratch_images(agent: Agent) -> Path:
+    """Where ``agent``'s backend keeps its hostfile images (never bound into a sandbox)."""
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
+    root = agent.config.data_dir if isinstance(agent.backend, LocalBackend) else agent.backend.root
+    return root / SCRATCH_IMAGES
+
+
 MiB = 2**20
 CAP = 64 * MiB
 AGENT_STEP_S = 15.0  # stats, restart and destroy each take milliseconds; a hang takes forever
@@ -146,7 +156,7 @@ def test_disk_fill_fails_with_enospc_and_does_not_fill_the_host(small_api: tuple
 
 def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, bai_server: Any) -> None:
     agent = bai_server.server.agent
-    assert isinstance(agent.backend, LocalBackend)
+    assert isinstance(agent.backend, (LocalBackend, DockerBackend))
     neighbour, neighbour_id = make_session(api)
     api.run(neighbour, "open('/home/work/secret.txt', 'w').write('neighbour data')")
     neighbour_file = agent.backend.sandboxes[neighbour_id].work_dir().path / "secret.txt"
@@ -156,7 +166,7 @@ def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, b
         "root": "/root",
         "data-dir": str(bai_server.data_dir),
         "agent-dir": str(agent.config.data_dir),
-        "images": str(agent.config.data_dir / SCRATCH_IMAGES),
+        "images": str(scratch_images(agent)),
         "database": str(database),
         "neighbour": str(neighbour_file),
         "neighbour-dir": str(neighbour_file.parent),
@@ -182,7 +192,7 @@ def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, b
         database_before.st_uid,
         database_before.st_gid,
     )
-    assert agent.config.data_dir.is_dir() and (agent.config.data_dir / SCRATCH_IMAGES).is_dir()
+    assert agent.config.data_dir.is_dir() and scratch_images(agent).is_dir()
     assert api_stdout(api.run(neighbour, "print(open('/home/work/secret.txt').read())")) == "neighbour data\n"
     assert api.post("/auth/test", {"echo": "ok"}).status_code == 200  # the database still serves
     api.delete(f"/session/{neighbour}")
@@ -192,14 +202,13 @@ def test_planted_links_fifos_and_hard_links_through_the_api(api: SignedClient, b
 
 
 @pytest.fixture(params=[pytest.param("hostfile", marks=needs_hostfile), "memory", "hostdir"])
-async def kind_agent(request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
-    if REASON is not None:
+async def kind_agent(request: pytest.FixtureRequest, backend: str) -> AsyncIterator[Agent]:
+    if backend == "local" and REASON is not None:  # the docker param has the docker probe's mark
         require_or_skip("sandbox", REASON)
-    async with running_agent(scratch_type=request.param, scratch_size=CAP, pool_size=0) as started:
+    async with running_agent(backend=backend, scratch_type=request.param, scratch_size=CAP, pool_size=0) as started:
         yield started
 
 
-@needs_sandbox
 async def test_planted_links_survive_every_agent_step_for_each_kind(kind_agent: Agent, tmp_path: Path) -> None:
     agent = kind_agent
     victim_dir = Path(f"/tmp/bai-victim-{uuid.uuid4().hex}")
@@ -224,7 +233,7 @@ async def _plant_and_touch(agent: Agent, victim: Path) -> None:
         "shadow": "/etc/shadow",
         "root": "/root",
         "agent-dir": str(agent.config.data_dir),
-        "images": str(agent.config.data_dir / SCRATCH_IMAGES),
+        "images": str(scratch_images(agent)),
         "neighbour": str(neighbour_file),
         "neighbour-dir": str(neighbour_file.parent),
         "slash": "/",
