@@ -4,7 +4,8 @@ and must leave the server and a neighbouring session working.
 The network, the host's state and secrets, setuid binaries, kernel tunables,
 terminal injection, and signals aimed at the runner. (Resource attacks are in
 test_hostile_sessions.py; disk and link attacks in test_scratch_attacks.py; the
-output flood in test_output_flood.py.)
+output flood in test_output_flood.py.) On both backends (``[local]``, ``[docker]``): two
+probes see an image's root differently and have ``docker_only`` variants at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.apiclient import SignedClient, stderr_of, stdout_of
 from tests.conftest import RunningServer
 from tests.security.test_hostile_sessions import assert_neighbour_fine, make_session
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
 
 @pytest.fixture
@@ -172,6 +173,7 @@ print(json.dumps({"hits": hits, "env": env_hits, "pids": sorted(int(p) for p in 
 """
 
 
+@pytest.mark.local_only(reason="/sys/fs/cgroup is absent here, an empty masked dir in a container: a docker variant")
 def test_the_servers_state_is_out_of_reach(
     api: SignedClient, bai_server: RunningServer, attacker: str, neighbour: str
 ) -> None:
@@ -251,6 +253,7 @@ print(json.dumps({"setuid": setuid, "nnp": status["NoNewPrivs"].strip(), "capeff
 """
 
 
+@pytest.mark.local_only(reason="/usr is a nosuid mount here, in a container part of the read-only root: a variant")
 def test_setuid_binaries_give_nothing(api: SignedClient, attacker: str, neighbour: str) -> None:
     report = run_json(api, attacker, SETUID)
     assert isinstance(report, dict)
@@ -353,4 +356,43 @@ def test_signals_to_the_runner_and_pid_1_change_nothing(api: SignedClient, attac
     # the session and its REPL state survived every signal
     assert stdout_of(api.run(attacker, "print(kept)")) == "42\n"
     assert api.get(f"/session/{attacker}").json()["status"] == "RUNNING"
+    assert_neighbour_fine(api, neighbour)
+
+
+# -- the docker variants of the local_only tests ---------------------------------
+
+
+@pytest.mark.docker_only(reason="the local test's probe on an image's root: /sys/fs/cgroup is an empty masked dir")
+def test_the_servers_state_and_the_hosts_are_out_of_reach(
+    api: SignedClient, bai_server: RunningServer, attacker: str, neighbour: str
+) -> None:
+    data = bai_server.data_dir
+    paths = [str(data / "bai.sqlite3"), str(data / "client.env"), str(data), str(data / "agent"),
+             "/var/lib/bai", "/root", "/root/.bash_history", "/work", "/etc/shadow", "/etc/ssh",
+             "/proc/1/environ", f"/proc/{os.getpid()}/environ", "/sys/fs/cgroup", "/home", "/proc/keys"]  # fmt: skip
+    code = f"PATHS = {json.dumps(json.dumps(paths))}\n" + PROBE_PATHS
+    found = run_json(api, attacker, code)
+    assert isinstance(found, dict)
+    expected = {"/proc/1/environ": "PermissionError", "/home": "LISTED:work", "/sys/fs/cgroup": "LISTED:"}
+    for path, outcome in found.items():
+        if path in expected:
+            assert outcome == expected[path], (path, outcome)
+        elif path == "/proc/keys":
+            assert outcome == "READ" or outcome.endswith("Error"), outcome  # masked: /dev/null
+        elif path == f"/proc/{os.getpid()}/environ" and os.getpid() < 100:
+            continue
+        else:
+            assert outcome in ("FileNotFoundError", "PermissionError"), (path, outcome)
+    assert_neighbour_fine(api, neighbour)
+
+
+@pytest.mark.docker_only(reason="the local test's, where /usr is part of the read-only root, not a nosuid mount")
+def test_setuid_binaries_give_nothing_in_a_container(api: SignedClient, attacker: str, neighbour: str) -> None:
+    report = run_json(api, attacker, SETUID)
+    assert isinstance(report, dict)
+    assert report["nnp"] == "1" and int(report["capeff"], 16) == 0 and report["euid"] >= 1_000_000  # its own uid
+    for program, outcome in report["tries"].items():
+        if outcome is not None:
+            returncode, out = outcome
+            assert returncode != 0 or out != "0", (program, outcome)
     assert_neighbour_fine(api, neighbour)

@@ -1,6 +1,7 @@
 """Output floods through the API: past the run's output limit (the agent's default,
 8 MiB) output is dropped with one marker line, the agent's buffer stays bounded,
-the runner is never blocked on it, and the session and its neighbours keep working."""
+the runner is never blocked on it, and the session and its neighbours keep working; on
+both backends (``[local]``, ``[docker]``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bai.agent.runs import OUTPUT_LIMIT
 from tests.apiclient import SignedClient, stderr_of, stdout_of
 from tests.conftest import RunningServer
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
 MARKER = "[bai] output truncated: this run wrote more than 8 MiB; the rest was discarded\n"
 BACKLOG_BOUND = OUTPUT_LIMIT + 2**20  # what the agent may hold for one run, at most (plus notes)
