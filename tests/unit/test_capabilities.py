@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from tests.capabilities import CAPABILITIES, required
 
 ROOT = Path(__file__).resolve().parents[2]
