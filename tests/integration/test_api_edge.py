@@ -14,6 +14,7 @@ import pytest
 from bai.manager.keypairs import Keypair
 from tests.apiclient import SignedClient
 from tests.conftest import RunningServer
+from tests.manual_clock import driving
 
 pytestmark = pytest.mark.sandbox
 
@@ -84,6 +85,21 @@ def test_clock_skew_is_invalid_auth_params(api: SignedClient) -> None:
     assert (r.status_code, slug(r)) == (400, "invalid-auth-params")
     assert "15 minutes" in r.json()["msg"]
     assert api.post("/auth/test", {"echo": "x"}, date=datetime.now(UTC) - timedelta(minutes=14)).status_code == 200
+
+
+def test_the_date_window_is_on_the_managers_clock(api: SignedClient, bai_server: RunningServer) -> None:
+    """A request's Date is judged against the manager's clock (driven here, not the
+    system's): within 900 s of its now either way, and the window moves with it."""
+    with driving(bai_server.server.manager.clock, utc=True) as clock:
+        now = clock.utc()
+        for offset_s, status in ((-901, 400), (-899, 200), (899, 200), (901, 400)):
+            r = api.post("/auth/test", {"echo": "x"}, date=now + timedelta(seconds=offset_s))
+            assert r.status_code == status, (offset_s, r.text)
+            if status == 400:
+                assert slug(r) == "invalid-auth-params" and "15 minutes" in r.json()["msg"]
+        clock.advance(3600)
+        assert api.post("/auth/test", {"echo": "x"}, date=now + timedelta(hours=1)).status_code == 200
+        assert slug(api.post("/auth/test", {"echo": "x"}, date=now)) == "invalid-auth-params"
 
 
 def test_versions(api: SignedClient) -> None:
@@ -217,18 +233,19 @@ def test_a_keypair_with_an_expiry_works_until_then(api: SignedClient) -> None:
 
 
 def test_an_expired_keypair_is_refused(api: SignedClient, bai_server: RunningServer) -> None:
-    """A keypair made yesterday, on the registry's clock set back a day, that expired an
+    """A keypair made yesterday, on the manager's clock set back a day, that expired an
     hour ago: the edge refuses it as auth-failed, with no wait."""
     keypairs = bai_server.server.manager.keypairs
     yesterday = datetime.now(UTC) - timedelta(days=1)
 
     async def made_yesterday() -> Keypair:
-        clock, keypairs.clock = keypairs.clock, lambda: yesterday
+        clock = keypairs.clock
+        utc, clock.utc = clock.utc, lambda: yesterday
         try:
             return await keypairs.create(user_id="expired", is_admin=False, concurrency_limit=1, rate_limit=10,
                                          expires_at=datetime.now(UTC) - timedelta(hours=1))
         finally:
-            keypairs.clock = clock
+            clock.utc = utc
 
     keypair: Keypair = bai_server.call(made_yesterday())
     user = client_for(api, keypair.access_key, keypair.secret_key)

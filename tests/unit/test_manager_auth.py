@@ -13,6 +13,7 @@ import pytest
 from bai.common.errors import AuthFailed, InvalidRequest
 from bai.common.signing import signed_headers
 from bai.manager.auth import SignedRequest, authenticate
+from bai.manager.clock import Clock as ManagerClock
 from bai.manager.keypairs import Keypair, KeypairRegistry
 from bai.manager.store.db import Database
 
@@ -50,7 +51,7 @@ def signed_at(keypair: Keypair, now: datetime) -> SignedRequest:
 
 async def test_a_keypair_works_until_its_expiry_and_is_refused_from_then_on(database: Database) -> None:
     clock = Clock()
-    keypairs = KeypairRegistry(database, clock=clock)
+    keypairs = KeypairRegistry(database, clock=ManagerClock(utc=clock))
     keypair = await keypairs.create(
         user_id="short-lived", is_admin=False, concurrency_limit=1, rate_limit=10,
         expires_at=clock() + timedelta(seconds=1.5),
@@ -69,7 +70,7 @@ async def test_a_keypair_works_until_its_expiry_and_is_refused_from_then_on(data
 
 async def test_an_expiry_must_lie_after_the_registrys_now(database: Database) -> None:
     clock = Clock()
-    keypairs = KeypairRegistry(database, clock=clock)
+    keypairs = KeypairRegistry(database, clock=ManagerClock(utc=clock))
     for expires_at in (clock(), clock() - timedelta(days=1)):
         with pytest.raises(InvalidRequest) as caught:
             await keypairs.create(user_id="u", is_admin=False, concurrency_limit=1, rate_limit=1,

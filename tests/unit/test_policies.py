@@ -19,7 +19,9 @@ from bai.manager.policies import (
     session_limits,
     session_slots,
 )
-from bai.manager.reaper import IDLE_TIMEOUT, MAX_LIFETIME, Activity, Reaper, verdict
+from bai.manager.reaper import IDLE_TIMEOUT, MAX_LIFETIME, RUN_GRACE_S, Activity, Reaper, verdict
+from tests.manual_clock import ManualClock
+from tests.waiting import HANG_S
 
 D = Decimal
 POLICY = ResourcePolicy(
@@ -150,30 +152,54 @@ def test_the_lifetime_ends_even_a_busy_session() -> None:
 
 def test_activity_marks() -> None:
     activity = Activity()
-    activity.enter()
-    activity.leave()
+    activity.enter(10.0)
+    assert (activity.in_flight, activity.last) == (1, 10.0)
+    activity.leave(12.0)
+    assert (activity.in_flight, activity.last) == (0, 12.0)
     activity.run_continues(exec_timeout_s=None)
     assert activity.run_until == float("inf")
-    activity.run_ended()
-    assert activity.run_until is None
+    activity.run_ended(13.0)
+    assert (activity.run_until, activity.last) == (None, 13.0)
     activity.run_continues(exec_timeout_s=30)
-    assert activity.run_until is not None and activity.run_until <= time.monotonic() + 36
+    assert activity.run_until == 13.0 + 30 + RUN_GRACE_S
+    activity.run_continues(exec_timeout_s=30)  # seen going on again: still counted from the first
+    assert activity.run_until == 13.0 + 30 + RUN_GRACE_S
 
 
-async def test_the_reaper_fires_once_for_an_idle_session_and_not_for_a_used_one() -> None:
+async def test_the_reaper_ends_an_idle_session_at_its_deadline_and_a_used_one_once_unused() -> None:
+    """On a clock the test moves: ``sweep`` looks as each timer would at its deadline."""
+    clock = ManualClock()
     fired: list[tuple[str, str]] = []
-    reaper = Reaper(lambda sid, reason: fired.append((sid, reason)))
-    idle, used = Activity(), Activity()
-    reaper.watch("idle", idle, _limits(idle=0.2))
-    reaper.watch("used", used, _limits(idle=0.2))
-    reaper.watch("free", Activity(), _limits())  # no limits: not watched at all
-    used.enter()
-    await asyncio.sleep(0.5)
+    reaper = Reaper(lambda sid, reason: fired.append((sid, reason)), clock.as_clock())
+    start = clock.monotonic()
+    idle, used = Activity(last=start), Activity(last=start)
+    reaper.watch("idle", idle, _limits(idle=10))
+    reaper.watch("used", used, _limits(idle=10))
+    reaper.watch("free", Activity(last=start), _limits())  # no limits: not watched at all
+    used.enter(start)
+    clock.advance(9)
+    assert reaper.sweep() == [] and fired == []
+    clock.advance(1)
+    assert reaper.sweep() == ["idle"]
     assert fired == [("idle", IDLE_TIMEOUT)]
     assert reaper.expired("idle") == IDLE_TIMEOUT and reaper.expired("used") is None
-    used.leave()
-    await asyncio.sleep(0.35)
+    assert reaper.sweep() == []  # handed over once; its owner ends it
+    used.leave(clock.monotonic())
+    clock.advance(9)
+    assert reaper.sweep() == []
+    clock.advance(1)
+    assert reaper.sweep() == ["used"]
     assert fired[-1] == ("used", IDLE_TIMEOUT)
+    reaper.close()
+
+
+async def test_the_reapers_timer_fires_by_itself() -> None:
+    """The path production takes, with no sweep: the timer armed at ``watch`` fires at the
+    deadline, on the system's clock (waited for as an event; the timeout bounds a hang)."""
+    fired: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    reaper = Reaper(lambda sid, reason: fired.put_nowait((sid, reason)))
+    reaper.watch("short", Activity(last=time.monotonic()), _limits(lifetime=0.05))
+    assert await asyncio.wait_for(fired.get(), HANG_S) == ("short", MAX_LIFETIME)
     reaper.close()
 
 

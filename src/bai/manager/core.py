@@ -14,6 +14,7 @@ from bai.common.agent_rpc import AgentInfo
 from bai.common.errors import BaiError, InvalidRequest
 from bai.manager.agent_http import HttpAgentClient
 from bai.manager.agents import AgentRegistry
+from bai.manager.clock import Clock
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus
 from bai.manager.keypairs import Keypair, KeypairRegistry
@@ -28,12 +29,14 @@ log = logging.getLogger(__name__)
 class Manager:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
+        #: the one clock of every part that asks the time (bai.manager.clock)
+        self.clock = Clock()
         self.db = Database(config.resolved_database_url())
-        self.keypairs = KeypairRegistry(self.db)
+        self.keypairs = KeypairRegistry(self.db, self.clock)
         self.policies = PolicyRegistry(self.db)
         self.agents = AgentRegistry(config.agent_lost_after_s)
         self.events = EventBus()
-        self.sessions = SessionRegistry(config, self.db, self.agents, self.events)
+        self.sessions = SessionRegistry(config, self.db, self.agents, self.events, self.clock)
         self.rate_limiter = RateLimiter(config.rate_limit_window_s)
         self._monitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()

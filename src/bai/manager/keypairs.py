@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
 
 from bai.common.errors import InvalidRequest, NotFound
+from bai.manager.clock import Clock
 from bai.manager.store.db import Database
 from bai.manager.store.tables import KeypairRow
 
@@ -65,17 +65,14 @@ def _from_row(row: KeypairRow) -> Keypair:
     )
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class KeypairRegistry:
-    """The keypairs, cached. ``clock`` (the wall clock, UTC, unless a test passes its
-    own) stamps ``created_at`` and is what a new keypair's ``expires_at`` must lie after."""
+    """The keypairs, cached. ``clock.utc`` (the manager's clock, bai.manager.clock; the
+    system's unless one is passed) stamps ``created_at`` and is what a new keypair's
+    ``expires_at`` must lie after."""
 
-    def __init__(self, db: Database, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self._db = db
-        self.clock = clock
+        self.clock = clock or Clock()
         self._cache: dict[str, Keypair] = {}
 
     async def load(self) -> None:
@@ -110,7 +107,7 @@ class KeypairRegistry:
         """A new keypair; the caller checks that ``resource_policy`` exists."""
         if concurrency_limit < 1 or rate_limit < 1:
             raise InvalidRequest("limits must be at least 1", field="concurrency_limit")
-        now = self.clock()
+        now = self.clock.utc()
         if expires_at is not None:
             expires_at = _aware(expires_at)
             if expires_at <= now:

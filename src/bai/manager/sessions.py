@@ -45,6 +45,7 @@ from bai.common.status import SessionStatus
 from bai.manager import lifecycle
 from bai.manager.agent_client import AgentClient
 from bai.manager.agents import AgentRegistry
+from bai.manager.clock import Clock
 from bai.manager.config import ManagerConfig
 from bai.manager.events import EventBus, SessionEvent
 from bai.manager.keypairs import Keypair
@@ -153,16 +154,21 @@ class _Held:
 
 
 class SessionRegistry:
-    def __init__(self, config: ManagerConfig, db: Database, agents: AgentRegistry, events: EventBus) -> None:
+    def __init__(
+        self, config: ManagerConfig, db: Database, agents: AgentRegistry, events: EventBus, clock: Clock | None = None
+    ) -> None:
+        """``clock``: the manager's (bai.manager.clock), read for the sessions' stamps, idle
+        time and lifetime."""
         self._config = config
+        self._clock = clock or Clock()
         self._db = db
         self._agents = agents
         self._events = events
         #: the state machine; read its queries, change it only through ``_feed``
-        self.state = SessionStates(agents, config.default_resources, config.exec_timeout_s)
+        self.state = SessionStates(agents, config.default_resources, config.exec_timeout_s, self._utc_now)
         self._held: dict[str, _Held] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reaper = Reaper(self._on_expired)
+        self._reaper = Reaper(self._on_expired, self._clock)
         self._recovered_at = time.monotonic()
         self._performers: dict[type[Any], Callable[[Any], Awaitable[list[Action]]]] = {
             Admitted: self._nothing,
@@ -177,6 +183,10 @@ class SessionRegistry:
             RestartSandbox: self._restart_sandbox,
             CheckSandbox: self._check_sandbox,
         }
+
+    def _utc_now(self) -> datetime:
+        """The state machine's clock: the manager's, read at each call (a test may replace it)."""
+        return self._clock.utc()
 
     # -- the state machine's events and actions ---------------------------------------------
 
@@ -228,8 +238,9 @@ class SessionRegistry:
     async def _watch(self, action: Watch) -> list[Action]:
         session = self.state.find_by_id(action.session_id)
         if session is not None:
-            session.activity.touch()  # idle time and lifetime count from the start
-            started = time.monotonic() - action.started_ago_s
+            now = self._clock.monotonic()
+            session.activity.touch(now)  # idle time and lifetime count from the start
+            started = now - action.started_ago_s
             self._reaper.watch(session.id, session.activity, session.limits, started=started)
         return []
 
@@ -385,13 +396,19 @@ class SessionRegistry:
         ends in ERROR) when the agent cannot."""
         async with self._held_for(session).lock:
             actions = self.state.handle(RestartRequested(session))
-            session.activity.run_ended()
+            session.activity.run_ended(self._clock.monotonic())
             await self._perform(actions)
 
     async def rename(self, session: LiveSession, new_name: str) -> None:
         await self._feed(RenameRequested(session, new_name))
 
     # -- idle timeout and lifetime ---------------------------------------------------
+
+    def reap(self) -> list[str]:
+        """Look at every session's idle time and lifetime now (``Reaper.sweep``): for a
+        clock moved by hand, whose timers were armed on the old time. Returns the ids of
+        those found past a limit, which are being ended."""
+        return self._reaper.sweep()
 
     def _on_expired(self, session_id: str, reason: str) -> None:
         self._spawn(self._expire(session_id))
@@ -412,11 +429,11 @@ class SessionRegistry:
     def in_use(self, session: LiveSession) -> Iterator[None]:
         """The session is not idle while this is open (a streaming WebSocket)."""
         activity = session.activity
-        activity.enter()
+        activity.enter(self._clock.monotonic())
         try:
             yield
         finally:
-            activity.leave()
+            activity.leave(self._clock.monotonic())
 
     # -- agents come and go -----------------------------------------------------------
 
@@ -455,15 +472,15 @@ class SessionRegistry:
         if request.mode in ("query", "batch"):
             session.num_queries += 1
         activity = session.activity  # the hot path: no context manager (about 2 µs)
-        activity.enter()
+        activity.enter(self._clock.monotonic())
         try:
             result = await self._agents.client(session.agent_id).execute(request)
         finally:
-            activity.leave()
+            activity.leave(self._clock.monotonic())
         if result.status.goes_on:
             activity.run_continues(session.limits.exec_timeout_s)
         else:
-            activity.run_ended()
+            activity.run_ended(self._clock.monotonic())
             if result.stats is not None and result.stats.oom_kills:
                 self._publish_oom(session, result)
         return result
@@ -484,7 +501,7 @@ class SessionRegistry:
         self.state.require_running(session)
         with self.in_use(session):
             await self._agents.client(session.agent_id).interrupt(session.id)
-        session.activity.run_ended()
+        session.activity.run_ended(self._clock.monotonic())
 
     async def complete(self, session: LiveSession, request: CompleteRequest) -> list[str]:
         self.state.require_running(session)

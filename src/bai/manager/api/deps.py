@@ -4,8 +4,6 @@ rate-counted), the API version, a validated body."""
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -33,7 +31,8 @@ def api_version(conn: HTTPConnection) -> ApiVersion:
 
 
 async def caller(conn: HTTPConnection) -> Keypair:
-    """Authenticate the request and count it against the keypair's rate limit."""
+    """Authenticate the request (its Date against the manager's clock) and count it
+    against the keypair's rate limit (its window on the same clock)."""
     manager = manager_of(conn)
     # a multipart body is signed as empty (bai.manager.auth): left unread, so an
     # upload handler can stream it
@@ -45,8 +44,9 @@ async def caller(conn: HTTPConnection) -> Keypair:
         headers=conn.headers,
         body=body,
     )
-    keypair = authenticate(signed, manager.keypairs, datetime.now(UTC), manager.config.max_clock_skew_s)
-    decision = manager.rate_limiter.hit(keypair.access_key, keypair.rate_limit, time.monotonic())
+    clock = manager.clock
+    keypair = authenticate(signed, manager.keypairs, clock.utc(), manager.config.max_clock_skew_s)
+    decision = manager.rate_limiter.hit(keypair.access_key, keypair.rate_limit, clock.monotonic())
     conn.scope["state"]["rate"] = decision
     if not decision.allowed:
         raise RateLimitExceeded(

@@ -131,7 +131,6 @@ class _Relay:
 
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
-        self.session.activity.touch()
         if kind == "stdin":
             await self.terminal.write(_chars(data.get("chars")))
         elif kind == "resize":
