@@ -312,5 +312,7 @@ class WarmPool:
         session.closing = True
         session.detach()
         session.unwatch_oom()
-        with contextlib.suppress(BaiError):
+        try:
             await session.sandbox.destroy(grace_s=0)
+        except BaiError as exc:  # what it could not release (a cgroup, a mount) is left behind
+            log.error("pool: the sandbox %s was not destroyed: %s", session.session_id, exc)
