@@ -16,7 +16,8 @@ OFFICIAL = Path(os.environ.get("BAI_OFFICIAL_CLIENT", ROOT / ".venv-official" / 
 pytestmark = [
     pytest.mark.official_client,
     pytest.mark.sandbox,
-    needs("official_client", None if OFFICIAL.exists() else f"not installed at {OFFICIAL} (./dev test installs it)"),
+    needs("official_client",
+          None if OFFICIAL.exists() else f"the official client is not at {OFFICIAL} (./dev test installs it)"),
 ]
 
 
