@@ -23,7 +23,8 @@ from bai.agent.backends.local.backend import LocalBackend
 from bai.agent.backends.local.sandbox import LocalSandbox
 from bai.agent.cgroups import CgroupError, check_writable, detect_driver
 from bai.agent.config import AgentConfig
-from bai.common.agent_rpc import ExecRequest, ExecResult, SandboxSpec
+from bai.common.agent_rpc import ExecRequest, SandboxSpec
+from bai.common.wire import RunResult
 
 BWRAP = "/usr/bin/bwrap"
 RUNNER_PYTHON = "/usr/bin/python3"
@@ -91,7 +92,7 @@ async def new_session(agent: Agent, **fields: Any) -> str:
     return session.session_id
 
 
-async def run(agent: Agent, session_id: str, code: str, flush_timeout_s: float = 10.0) -> ExecResult:
+async def run(agent: Agent, session_id: str, code: str, flush_timeout_s: float = 10.0) -> RunResult:
     """Run ``code`` and follow it with ``continue`` until it stops being "continued";
     returns the last response with the console of all of them merged."""
     result = await agent.execute(
@@ -108,15 +109,15 @@ async def run(agent: Agent, session_id: str, code: str, flush_timeout_s: float =
     return result.model_copy(update={"console": console})
 
 
-def text_of(result: ExecResult, stream: str) -> str:
+def text_of(result: RunResult, stream: str) -> str:
     return "".join(data for kind, data in result.console if kind == stream and isinstance(data, str))
 
 
-def stdout_of(result: ExecResult) -> str:
+def stdout_of(result: RunResult) -> str:
     return text_of(result, "stdout")
 
 
-def stderr_of(result: ExecResult) -> str:
+def stderr_of(result: RunResult) -> str:
     return text_of(result, "stderr")
 
 

@@ -41,7 +41,7 @@ async def run_to_end(sess: AsyncComputeSession, code: str) -> tuple[RunResult, s
     result = await sess.execute(None, code)
     stdout = "".join(data for kind, data in result.console if kind == "stdout")
     while result.status == "continued":
-        result = await sess.execute(result.runId, "", mode="continue")
+        result = await sess.execute(result.run_id, "", mode="continue")
         stdout += "".join(data for kind, data in result.console if kind == "stdout")
     return result, stdout
 
@@ -64,7 +64,7 @@ async def test_a_session_from_create_to_destroy(api: AsyncSession) -> None:
         assert exists.value.existing_session_id == sess.id
 
         result, _ = await run_to_end(sess, "x = 41")
-        assert (result.status, result.exitCode) == ("finished", 0)
+        assert (result.status, result.exit_code) == ("finished", 0)
         result, stdout = await run_to_end(sess, "print(x + 1)")
         assert stdout == "42\n"
 
@@ -107,7 +107,7 @@ async def test_an_execute_answer_carries_the_users_error(api: AsyncSession) -> N
     sess = await api.ComputeSession.get_or_create("python", name=new_name())
     try:
         result, _ = await run_to_end(sess, "raise KeyError('k')")
-        assert result.exitCode == 1
+        assert result.exit_code == 1
         assert any(kind == "stderr" and "KeyError" in data for kind, data in result.console)
     finally:
         await sess.destroy()
@@ -133,8 +133,8 @@ def test_the_blocking_api(config: APIConfig) -> None:
         try:
             result = sess.execute(None, "print(6 * 7)")
             while result.status == "continued":
-                result = sess.execute(result.runId, "", mode="continue")
-            assert result.exitCode == 0
+                result = sess.execute(result.run_id, "", mode="continue")
+            assert result.exit_code == 0
             with sess.stream_execute("print('streamed')") as stream:
                 frames = list(stream)
             assert frames[-1].status == "finished"

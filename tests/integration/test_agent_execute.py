@@ -27,8 +27,9 @@ from agent_sandbox import (
 
 from bai.agent.agent import Agent
 from bai.agent.backends.local.backend import LocalBackend
-from bai.common.agent_rpc import CompleteRequest, ExecRequest, ExecResult, FileUpload
+from bai.common.agent_rpc import CompleteRequest, ExecRequest, FileUpload
 from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotFound
+from bai.common.wire import RunResult
 from tests.capabilities import needs
 
 REASON = sandbox_unavailable()
@@ -76,7 +77,7 @@ async def test_exit_codes(agent: Agent, session: str) -> None:
     assert exited.exit_code == 3
 
 
-async def until_output(agent: Agent, session: str, first: ExecResult, needle: str) -> list[ExecResult]:
+async def until_output(agent: Agent, session: str, first: RunResult, needle: str) -> list[RunResult]:
     """``first`` and the answers that follow it (each still "continued", short flush
     timeouts) until the run has printed ``needle``: evidence that the user's code runs."""
     results = [first]

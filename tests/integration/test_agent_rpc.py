@@ -25,7 +25,8 @@ from bai.agent.heartbeat import Heartbeat, ManagerClient
 from bai.agent.main import serve
 from bai.agent.rpc import AgentRpcServer
 from bai.common.agent_calls import CALLS, INFO, SECRET_HEADER, Kind
-from bai.common.agent_rpc import AgentInfo, ExecResult, RpcError, SessionGone, SessionStats
+from bai.common.agent_rpc import AgentInfo, RpcError, SessionGone, SessionStats
+from bai.common.wire import RunResult
 from tests.capabilities import needs
 
 SECRET = "s3cret-for-tests"
@@ -109,7 +110,7 @@ async def test_a_session_over_rpc() -> None:
         response = await client.post(
             "/rpc/execute", json={"session_id": one.session_id, "mode": "query", "code": "print(1+1)"}
         )
-        result = ExecResult.model_validate(response.json())
+        result = RunResult.model_validate(response.json())
         assert (result.status, result.console) == ("finished", [("stdout", "2\n")])
         completions = await client.post("/rpc/complete", json={"session_id": one.session_id, "code": "pri"})
         assert "print" in "".join(completions.json())

@@ -7,9 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bai.agent.cgroups import RunUsage
-from bai.agent.runs import Response, RunBook, format_size, new_run_id
+from bai.agent.runs import RunBook, format_size, new_run_id
 from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
+from bai.common.wire import RunResult
 
 
 def test_query_assigns_a_run_id_when_none_given() -> None:
@@ -231,7 +232,7 @@ def test_after_an_interrupt_excess_output_is_dropped_not_paused() -> None:
 MARKER = "[bai] output truncated: this run wrote more than {}; the rest was discarded\n"
 
 
-def drain(book: RunBook) -> tuple[list[tuple[str, str]], Response]:
+def drain(book: RunBook) -> tuple[list[tuple[str, str]], RunResult]:
     """Every response until the run's end: the console merged, and the last response."""
     console: list[tuple[str, str]] = []
     for _ in range(10_000):

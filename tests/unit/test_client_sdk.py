@@ -164,7 +164,7 @@ async def test_session_calls_use_the_id_and_read_the_answers(manager: FakeManage
     async with AsyncSession(CONFIG, transport=manager.transport()) as api:
         sess = await api.ComputeSession.get_or_create("python", name="demo")
         result = await sess.execute(None, "print(42)")
-        assert (result.runId, result.status, result.exitCode) == ("r1", "finished", 0)
+        assert (result.run_id, result.status, result.exit_code) == ("r1", "finished", 0)
         assert result.console == [("stdout", "42\n")]
         info = await sess.info()
         assert (info.sessionName, info.numQueriesExecuted) == ("demo", 2)

@@ -35,7 +35,6 @@ from bai.common.agent_rpc import (
     ByteStream,
     CompleteRequest,
     ExecRequest,
-    ExecResult,
     FileDownload,
     FileListing,
     FileListRequest,
@@ -54,6 +53,7 @@ from bai.common.errors import (
 )
 from bai.common.resources import format_slots
 from bai.common.terminal import Terminal
+from bai.common.wire import RunResult
 from bai.runner.protocol import Shutdown
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class Agent:
 
     # -- work ------------------------------------------------------------------
 
-    async def execute(self, request: ExecRequest) -> ExecResult:
+    async def execute(self, request: ExecRequest) -> RunResult:
         return await self._session(request.session_id).execute(request)
 
     async def interrupt(self, session_id: str) -> None:

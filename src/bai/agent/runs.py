@@ -10,7 +10,8 @@ the manager's requests and acts on what it returns:
   ``on_finished`` record what
   the runner said; ``on_exec_timeout`` and ``add_notice`` record the agent's own;
 - ``deliverable`` says whether a waiting ``execute`` should answer now;
-- ``take_response`` cuts the next response: consecutive chunks of one stream are
+- ``take_response`` cuts the next answer, a RunResult (bai.common.wire: the shape the
+  manager writes and the client reads, made here once): consecutive chunks of one stream are
   merged into one ``[type, data]`` pair and each stream is capped at
   ``stream_cap`` UTF-8 bytes per response (the rest waits for the next ``continue``);
 - ``backlog_bytes`` is what is buffered and not yet delivered, for backpressure;
@@ -38,6 +39,7 @@ from bai.agent.cgroups import RunUsage
 from bai.common.agent_rpc import ConsoleEntry, RunStats
 from bai.common.errors import InvalidRequest
 from bai.common.status import RunStatus
+from bai.common.wire import RunOptions, RunResult
 
 STREAM_CAP = 512 * 1024
 OUTPUT_LIMIT = 8 * 2**20  # the default of AgentConfig.output_limit
@@ -50,16 +52,6 @@ class RunPhase(Enum):
     RUNNING = "running"
     WAITING_INPUT = "waiting-input"
     FINISHED = "finished"
-
-
-@dataclass
-class Response:
-    run_id: str
-    status: RunStatus
-    exit_code: int | None
-    console: list[ConsoleEntry]
-    is_password: bool = False
-    stats: RunStats | None = None  # with "finished" and "exec-timeout" only
 
 
 @dataclass
@@ -315,7 +307,7 @@ class RunBook:
             return True
         return any(size >= self.stream_cap for size in run.pending_bytes.values())
 
-    def take_response(self) -> Response:
+    def take_response(self) -> RunResult:
         """Cut the next response for the current run. Raises InvalidRequest when there is none."""
         run = self.current
         if run is None:
@@ -323,14 +315,17 @@ class RunBook:
         console, complete = self._cut(run)
         if run.pending and run.pending[0].kind == "step":
             step = run.pending.popleft()
-            return Response(run.run_id, STEP_STATUSES[step.text], step.exit_code, console)
+            return RunResult(run_id=run.run_id, status=STEP_STATUSES[step.text], exit_code=step.exit_code,
+                             console=console)
         if complete and run.phase is RunPhase.FINISHED:
             status = RunStatus.EXEC_TIMEOUT if run.timed_out else RunStatus.FINISHED
-            return Response(run.run_id, status, run.exit_code, console, stats=run.stats)
+            return RunResult(run_id=run.run_id, status=status, exit_code=run.exit_code, console=console,
+                             options=RunOptions(stats=run.stats))
         if complete and run.phase is RunPhase.WAITING_INPUT:
             run.input_reported = True
-            return Response(run.run_id, RunStatus.WAITING_INPUT, None, console, is_password=run.is_password)
-        return Response(run.run_id, RunStatus.CONTINUED, None, console)
+            return RunResult(run_id=run.run_id, status=RunStatus.WAITING_INPUT, console=console,
+                             options=RunOptions(is_password=run.is_password))
+        return RunResult(run_id=run.run_id, status=RunStatus.CONTINUED, console=console)
 
     def _cut(self, run: Run) -> tuple[list[ConsoleEntry], bool]:
         """Take chunks in order until a stream's cap is reached; True when nothing is left."""

@@ -41,8 +41,9 @@ from typing import Any
 from bai.agent.backends.base import Sandbox
 from bai.agent.runs import RunBook
 from bai.agent.terminals import SessionTerminal, check_size
-from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult, SandboxSpec
+from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, SandboxSpec
 from bai.common.errors import ExecutionFailed, SessionCreationFailed
+from bai.common.wire import RunResult
 from bai.runner import protocol as p
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class Session:
 
     # -- requests --------------------------------------------------------------
 
-    async def execute(self, request: ExecRequest) -> ExecResult:
+    async def execute(self, request: ExecRequest) -> RunResult:
         """Start / continue / feed a run and answer within ``request.flush_timeout_s``."""
         async with self._lock:
             self._check_alive(request.mode)
@@ -352,17 +353,10 @@ class Session:
                 connection.send(p.Input(run_id=run.run_id, text=request.code))
             if not self.runs.deliverable:
                 await self._wait(request.flush_timeout_s)
-            response = self.runs.take_response()
+            result = self.runs.take_response()
             if connection.paused and self.runs.backlog_bytes <= self.max_backlog // 2:
                 connection.resume()
-        return ExecResult(
-            run_id=response.run_id,
-            status=response.status,
-            exit_code=response.exit_code,
-            console=response.console,
-            is_password=response.is_password,
-            stats=response.stats,
-        )
+        return result
 
     def _start_run(self, connection: RunnerConnection, request: ExecRequest) -> None:
         """A query or a batch run: the runner is sent the commands the sandbox renders."""

@@ -12,7 +12,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bai.common.agent_rpc import RunStats
 from bai.common.errors import InvalidRequest
 from bai.common.status import RunStatus
 from bai.common.wire import (
@@ -22,7 +21,6 @@ from bai.common.wire import (
     SessionEventData,
     SessionInfo,
     StatMetric,
-    run_stats_of,
 )
 
 
@@ -125,28 +123,18 @@ class CompleteAnswer(_Answer):
 StreamStatus = RunStatus | Literal["error"]
 
 
-class StreamFrame(_Answer):
-    """One server frame of the streaming execute WebSocket (API.md section 6).
+class StreamFrame(RunResult):
+    """One server frame of the streaming execute WebSocket (API.md section 6): a run's
+    answer without ``runId``, or ``status: "error"`` with ``msg``.
 
     ``console`` holds ``[type, data]`` pairs: ``stdout``/``stderr``/``log``/``html``
     carry text, ``media`` carries ``[mime, content]``.
     """
 
-    status: StreamStatus
-    console: list[tuple[str, Any]] = Field(default_factory=list)
-    exitCode: int | None = None
-    options: dict[str, Any] | None = None
-    files: list[Any] = Field(default_factory=list)
+    model_config = ConfigDict(extra="ignore")
+
+    status: StreamStatus  # type: ignore[assignment]  # a run's statuses, and "error"
     msg: str | None = None
-
-    @property
-    def is_password(self) -> bool:
-        return bool(self.options and self.options.get("is_password"))
-
-    @property
-    def stats(self) -> RunStats | None:
-        """What the run used; on the last frame (``finished`` / ``exec-timeout``) only."""
-        return run_stats_of(self.options)
 
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -109,17 +109,17 @@ async def collect(
             if result.status == "waiting-input":
                 prompt = "".join(str(data) for kind, data in console[prompt_from:] if kind == "stdout")
                 prompt_from = len(console)
-                result = await execute(result.runId, feed.answer(prompt), "input")
+                result = await execute(result.run_id, feed.answer(prompt), "input")
             else:
-                result = await execute(result.runId, "", "continue")
+                result = await execute(result.run_id, "", "continue")
     except asyncio.CancelledError:
         with contextlib.suppress(BaiError, TimeoutError):
             await asyncio.wait_for(interrupt(), INTERRUPT_GRACE_SECONDS)
         raise
     return RunOutput(
-        run_id=result.runId,
+        run_id=result.run_id,
         status=result.status,
-        exit_code=result.exitCode,
+        exit_code=result.exit_code,
         console=console,
         stats=result.stats,
         files=result.files,

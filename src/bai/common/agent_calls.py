@@ -6,7 +6,7 @@ request model, its answer, the errors it may raise and how it travels (its kind)
     create_session   call       SandboxSpec       None
     destroy_session  call       SessionRef        SessionStats
     restart_session  call       SessionRef        None
-    execute          call       ExecRequest       ExecResult
+    execute          call       ExecRequest       RunResult (bai.common.wire: the API's own shape)
     interrupt        call       SessionRef        None
     complete         call       CompleteRequest   list[str]
     session_stats    call       SessionRef        SessionStats
@@ -58,7 +58,6 @@ from bai.common.agent_rpc import (
     AgentInfo,
     CompleteRequest,
     ExecRequest,
-    ExecResult,
     FileDownload,
     FileListing,
     FileListRequest,
@@ -87,6 +86,7 @@ from bai.common.errors import (
     SessionRestartFailed,
     StorageFull,
 )
+from bai.common.wire import RunResult
 
 Req_co = TypeVar("Req_co", bound=BaseModel, covariant=True)
 Ans = TypeVar("Ans")
@@ -207,7 +207,7 @@ DESTROY_SESSION = Call(name="destroy_session", request=SessionRef, answer=TypeAd
                        raises=(*_SESSION, SessionDestructionFailed))
 RESTART_SESSION = Call(name="restart_session", request=SessionRef, answer=NO_ANSWER,
                        raises=(*_SESSION, SessionRestartFailed))
-EXECUTE = Call(name="execute", request=ExecRequest, answer=TypeAdapter(ExecResult),
+EXECUTE = Call(name="execute", request=ExecRequest, answer=TypeAdapter(RunResult),
                raises=(*_SESSION, InvalidRequest, ExecutionFailed))
 INTERRUPT = Call(name="interrupt", request=SessionRef, answer=NO_ANSWER, raises=_SESSION)
 COMPLETE = Call(name="complete", request=CompleteRequest, answer=TypeAdapter(list[str]),

@@ -10,8 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bai.common.status import RunStatus
-
 # [type, data]: data is text, or [mime, content] for "media" (API.md section 6)
 ConsoleEntry = tuple[str, str | list[str]]
 
@@ -86,15 +84,6 @@ class RunStats(BaseModel):
     output_bytes: int = 0  # stdout + stderr the run wrote, dropped output included
     output_truncated: bool = False
     oom_kills: int = 0  # processes of the run the OOM killer ended (the session lived on)
-
-
-class ExecResult(BaseModel):
-    run_id: str
-    status: RunStatus
-    exit_code: int | None = None
-    console: list[ConsoleEntry] = Field(default_factory=list)
-    is_password: bool = False
-    stats: RunStats | None = None  # with status "finished" (and "exec-timeout") only
 
 
 class CompleteRequest(BaseModel):

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_serializer,
+)
 
 from bai.common.agent_rpc import RunStats
 from bai.common.limits import SessionLimits
@@ -143,33 +155,65 @@ class CompleteOptions(_Lenient):
 ConsoleItem = tuple[str, Any]
 
 
-class RunResult(BaseModel):
-    """The ``result`` object of an execute answer."""
+def _stats_or_none(value: Any, handler: ValidatorFunctionWrapHandler) -> RunStats | None:
+    """``options.stats`` as RunStats; None when absent or malformed (an older or foreign server)."""
+    try:
+        stats: RunStats | None = handler(value)
+    except ValidationError:
+        return None
+    return stats
 
-    runId: str | None = None
+
+class RunOptions(BaseModel):
+    """``result.options``: ``is_password`` with a ``waiting-input`` answer, ``stats`` (what
+    the run used, our extension) with an ended run's answer. Keys a foreign server adds are
+    kept; absent ones are not written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    is_password: bool | None = None
+    stats: Annotated[RunStats | None, WrapValidator(_stats_or_none)] = None
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class RunResult(BaseModel):
+    """One answer about a run, in one shape from where it is made to where it is read: the
+    agent's run book cuts it (bai.agent.runs), the agent RPC's ``execute`` carries it, the
+    manager writes it as the execute answer's ``result`` (and, without ``runId``, as a
+    streaming execute frame), and the SDK reads it back (API.md section 6). Python names
+    are snake_case; it is written with the wire's names (``runId``, ``exitCode``)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    run_id: str | None = Field(default=None, validation_alias=AliasChoices("runId", "run_id"),
+                               serialization_alias="runId")
     status: RunStatus
-    exitCode: int | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    exit_code: int | None = Field(default=None, validation_alias=AliasChoices("exitCode", "exit_code"),
+                                  serialization_alias="exitCode")
+    options: RunOptions = Field(default_factory=RunOptions)
     files: list[Any] = Field(default_factory=list)
     console: list[ConsoleItem] = Field(default_factory=list)
 
+    @field_validator("options", "files", "console", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        """Servers of other versions write ``null`` for an empty one."""
+        if value is None:
+            return {} if info.field_name == "options" else []
+        return value
+
     @property
     def stats(self) -> RunStats | None:
-        """What the run used (``options.stats``, with its ``finished`` or ``exec-timeout``
-        answer only); None when absent or not understood."""
-        return run_stats_of(self.options)
+        """What the run used, with its ``finished`` or ``exec-timeout`` answer only."""
+        return self.options.stats
 
-
-def run_stats_of(options: dict[str, Any] | None) -> RunStats | None:
-    """``options.stats`` of an execute answer or stream frame, as RunStats; None when
-    absent or malformed (an older or foreign server)."""
-    raw = options.get("stats") if options else None
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return RunStats.model_validate(raw)
-    except ValidationError:
-        return None
+    @property
+    def is_password(self) -> bool:
+        """With ``waiting-input``: whether the prompt asks for a password (no echo)."""
+        return bool(self.options.is_password)
 
 
 class StatMetric(BaseModel):

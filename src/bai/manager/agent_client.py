@@ -28,7 +28,6 @@ from bai.common.agent_rpc import (
     ByteStream,
     CompleteRequest,
     ExecRequest,
-    ExecResult,
     FileDownload,
     FileListing,
     FileListRequest,
@@ -40,6 +39,7 @@ from bai.common.agent_rpc import (
     TerminalRequest,
 )
 from bai.common.terminal import Terminal
+from bai.common.wire import RunResult
 
 Req = TypeVar("Req", bound=BaseModel)
 Ans = TypeVar("Ans")
@@ -88,7 +88,7 @@ class AgentClient(ABC):
         """Replace the sandbox with a fresh one on the same scratch dir."""
         await self.send_call(calls.RESTART_SESSION, SessionRef(session_id=session_id))
 
-    async def execute(self, request: ExecRequest) -> ExecResult:
+    async def execute(self, request: ExecRequest) -> RunResult:
         """Start, continue or feed input to a run; answers within the request's flush timeout."""
         return await self.send_call(calls.EXECUTE, request)
 

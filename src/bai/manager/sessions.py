@@ -34,7 +34,6 @@ from sqlalchemy import select
 from bai.common.agent_rpc import (
     CompleteRequest,
     ExecRequest,
-    ExecResult,
     SessionGone,
     SessionStats,
 )
@@ -42,6 +41,7 @@ from bai.common.errors import BaiError, SessionNotFound, SessionRestartFailed
 from bai.common.limits import SessionLimits
 from bai.common.resources import Slots, format_bytes, format_slots
 from bai.common.status import SessionStatus
+from bai.common.wire import RunResult
 from bai.manager import lifecycle
 from bai.manager.agent_client import AgentClient
 from bai.manager.agents import AgentRegistry
@@ -467,7 +467,7 @@ class SessionRegistry:
         self.state.require_running(session)
         return self._agents.client(session.agent_id)
 
-    async def execute(self, session: LiveSession, request: ExecRequest) -> ExecResult:
+    async def execute(self, session: LiveSession, request: ExecRequest) -> RunResult:
         self.state.require_running(session)
         if request.mode in ("query", "batch"):
             session.num_queries += 1
@@ -485,7 +485,7 @@ class SessionRegistry:
                 self._publish_oom(session, result)
         return result
 
-    def _publish_oom(self, session: LiveSession, result: ExecResult) -> None:
+    def _publish_oom(self, session: LiveSession, result: RunResult) -> None:
         """``session_oom`` (bai's own event; ``kernel_oom`` its twin): a run's process was
         killed for the memory limit and the session lives on. A session whose runner was
         killed ends instead, with ``session_failure``."""

@@ -210,16 +210,16 @@ async def stream_run(
             async for frame in stream:
                 terminal.show(frame)
                 terminal.run_stats = frame.stats or terminal.run_stats
-                if frame.status in ("clean-finished", "build-finished") and frame.exitCode:
+                if frame.status in ("clean-finished", "build-finished") and frame.exit_code:
                     step = frame.status.split("-", 1)[0]
-                    print_note(f"the {step} step exited with {frame.exitCode}")
+                    print_note(f"the {step} step exited with {frame.exit_code}")
                 elif frame.status == "waiting-input":
                     await stream.send_input(await terminal.read_line(password=frame.is_password))
                 elif frame.status == "exec-timeout":
                     print_error("the run hit its time limit")
                     return EXIT_TIMED_OUT  # whatever the interrupted code exited with, as timeout(1) does
                 elif frame.status == "finished":
-                    return frame.exitCode or 0
+                    return frame.exit_code or 0
     except asyncio.CancelledError:
         # Ctrl-C: asyncio.run cancelled us. Closing the socket interrupts the run on the
         # server; say so explicitly too, in case the close is slow to be noticed.

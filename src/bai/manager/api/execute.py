@@ -8,28 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest, ExecResult
+from bai.common.agent_rpc import BatchSteps, CompleteRequest, ExecRequest
 from bai.common.errors import InvalidRequest
-from bai.common.status import RunStatus
-from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, QueryOptions, RunResult
+from bai.common.wire import BatchOptions, CompleteOptions, ExecuteRequest, QueryOptions
 from bai.manager.api.deps import body_as, live_session, manager_of, validate
 from bai.manager.sessions import LiveSession
-
-
-def run_result(result: ExecResult, *, with_run_id: bool = True) -> dict[str, Any]:
-    options: dict[str, Any] = {"is_password": result.is_password} if result.status == RunStatus.WAITING_INPUT else {}
-    if result.stats is not None:  # an ended run's usage (an extension of ours; API.md section 6)
-        options["stats"] = result.stats.model_dump()
-    body = RunResult(
-        runId=result.run_id if with_run_id else None,
-        status=result.status,
-        exitCode=result.exit_code,
-        options=options,
-        console=list(result.console),
-    ).model_dump()
-    if not with_run_id:
-        del body["runId"]
-    return body
 
 
 def exec_request(session: LiveSession, req: ExecuteRequest, flush_timeout_s: float) -> ExecRequest:
@@ -90,7 +73,7 @@ async def execute(request: Request) -> Response:
     result = await manager.sessions.execute(
         session, exec_request(session, req, manager.config.flush_timeout_s)
     )
-    return JSONResponse({"result": run_result(result)})
+    return JSONResponse({"result": result.model_dump(mode="json")})
 
 
 async def interrupt(request: Request) -> Response:

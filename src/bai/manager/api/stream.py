@@ -11,12 +11,12 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from bai.common.agent_rpc import ExecRequest, ExecResult
+from bai.common.agent_rpc import ExecRequest
 from bai.common.errors import BaiError, InvalidRequest
 from bai.common.status import RunStatus
-from bai.common.wire import ExecuteRequest
+from bai.common.wire import ExecuteRequest, RunResult
 from bai.manager.api.deps import live_session, manager_of, validate
-from bai.manager.api.execute import exec_request, run_result
+from bai.manager.api.execute import exec_request
 from bai.manager.api.problems import problem_for
 from bai.manager.core import Manager
 from bai.manager.sessions import LiveSession
@@ -77,11 +77,11 @@ async def _relay(ws: WebSocket, inbox: _Inbox, manager: Manager, session: LiveSe
                  first: ExecRequest) -> None:
     request = first
     while True:
-        result: ExecResult = await manager.sessions.execute(session, request)
+        result: RunResult = await manager.sessions.execute(session, request)
         if inbox.gone:
             raise WebSocketDisconnect(1001)
         if result.console or result.status != RunStatus.CONTINUED:
-            await ws.send_text(json.dumps(run_result(result, with_run_id=False)))
+            await ws.send_text(result.model_dump_json(exclude={"run_id"}))
         if result.status == RunStatus.WAITING_INPUT:
             text = await inbox.next_text()
             request = ExecRequest(session_id=session.id, mode="input", run_id=result.run_id, code=text,
