@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import ExecRequest
 from tests.apiclient import SignedClient
 from tests.capabilities import needs
-from tests.integration.test_cluster import Cluster, cluster, start_agent, wait_for
+from tests.integration.test_cluster import Cluster, cluster, start_agent
+from tests.waiting import HANG_S, until, wait_for
 
 REASON = docker_unavailable()
 pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
@@ -105,10 +105,7 @@ async def test_a_kept_session_is_taken_back_with_its_state_files_and_limits() ->
 async def test_a_claimed_pooled_session_and_one_with_a_gpu_are_taken_back() -> None:
     async with data_dir_of_agents(keep_sessions=True, pool_size=1, fake_gpus=2) as config:
         first = await started(config)
-        for _ in range(200):
-            if first.pool is not None and first.pool.counts().get("python"):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: first.pool is not None and first.pool.counts().get("python"), what="a pooled sandbox")
         pooled = await new_session(first)
         assert container_of(first, pooled).container_spec.session_id != pooled  # it came from the pool
         gpu = await new_session(first, resources={"cuda.device": "1"})
@@ -163,9 +160,10 @@ async def test_what_cannot_be_taken_back_leaves_nothing() -> None:
         docker = aiodocker.Docker()
         try:
             await docker.containers.container(gone_sandbox.container_id).delete(force=True)
+            # past the window the runner exits, and its container stops
+            await asyncio.wait_for(docker.containers.container(late_sandbox.container_id).wait(), HANG_S)
         finally:
             await docker.close()
-        await asyncio.sleep(2.5)  # past the window: the runner exits, its container stops
 
         second = await started(config, keep_sessions=False)
         try:
@@ -209,10 +207,8 @@ def _server(data_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[by
             [str(bai), "server", "--backend", "docker", "--port", "0", "--data-dir", str(data_dir), *extra],
             env={**os.environ, "BAI_AGENT_POOL_SIZE": "0"}, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not env_file.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.1)
+    wait_for(lambda: env_file.exists() or proc.poll() is not None, what="the server's client.env")
+    assert proc.poll() is None, log.read_text()[-2000:]
     values = {}
     for line in env_file.read_text().splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
@@ -268,10 +264,12 @@ def test_a_docker_agent_restarted_in_place_keeps_its_sessions(cluster: Cluster, 
     if cluster.agent.stderr is not None:
         cluster.agent.stderr.close()
     cluster.agent = start_agent(cluster, tmp_path, "--backend", "docker")
-    state = cluster.manager.manager.agents.get("node-1")
+    agents = cluster.manager.manager.agents
+    state = agents.get("node-1")
     assert state is not None
     old_boot = state.info.boot_id
-    assert wait_for(lambda: state.info.boot_id != old_boot)
+    # the new agent listens on a port of its own: the registry holds a new record for it
+    assert wait_for(lambda: (now := agents.get("node-1")) is not None and now.info.boot_id != old_boot)
     result = api.run("upgraded", "print(x, 'and after')")
     assert result["console"] == [["stdout", "before and after\n"]], result
     assert api.get("/session/upgraded").json()["status"] == "RUNNING"
@@ -314,8 +312,10 @@ async def test_a_process_of_the_session_cannot_pose_as_its_runner_on_reattach() 
         await run(first, session, "x = 'real runner'")
         assert stdout_of(await run(first, session, IMPOSTOR)) == "planted\n"
         runner_pid = container_of(first, session).runner_pid
+        impostor_log = container_of(first, session).scratch_disk.path / "impostor.log"
         await first.stop()
-        await asyncio.sleep(0.3)  # the impostor knocks on the old socket's name meanwhile
+        # the impostor runs, knocking on the old socket's name, before the agent is back
+        await until(lambda: impostor_log.exists() and impostor_log.read_text().startswith("started"))
         second = await started(config, keep_sessions=False)
         try:
             sandbox = container_of(second, session)

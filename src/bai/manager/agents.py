@@ -9,6 +9,7 @@ when it has a cluster secret (bai.manager.agent_http).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class AgentRegistry:
         self.lost_after_s = lost_after_s
         self._agents: dict[str, AgentState] = {}
         self._factories: dict[str, ClientFactory] = {}
+        self._retired: list[AgentClient] = []  # clients of addresses agents left, to close
+        self._closing: set[asyncio.Task[None]] = set()
 
     def register_client_factory(self, scheme: str, factory: ClientFactory) -> None:
         self._factories[scheme] = factory
@@ -59,9 +62,22 @@ class AgentRegistry:
         factory = self._factories.get(scheme)
         if factory is None:
             raise ServiceUnavailable(f"agent {info.agent_id}: no client for {scheme}:// addresses")
+        if state is not None:
+            self._retire(state.client)
         state = AgentState(info=info, client=factory(info), last_seen=now)
         self._agents[info.agent_id] = state
         return state, True, restarted
+
+    def _retire(self, client: AgentClient) -> None:
+        """Close the client of an address its agent left (it came back on another port):
+        at once where an event loop runs, else at ``close``."""
+        try:
+            task = asyncio.get_running_loop().create_task(client.close())
+        except RuntimeError:
+            self._retired.append(client)
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def find_lost(self, now: float | None = None) -> list[AgentState]:
         """Mark agents silent for too long as lost and return the newly lost ones."""
@@ -109,5 +125,6 @@ class AgentRegistry:
         return EnvironmentOffers.of(agent.info for agent in self.alive())
 
     async def close(self) -> None:
-        for agent in self._agents.values():
-            await agent.client.close()
+        await asyncio.gather(*self._closing)
+        for client in [*self._retired, *(agent.client for agent in self._agents.values())]:
+            await client.close()
