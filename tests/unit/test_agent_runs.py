@@ -355,7 +355,11 @@ def test_truncated_output_is_the_longest_fitting_prefix(chunks: list[tuple[str, 
     written = "".join(text for _, text in chunks)
     size = len(written.encode())
     marker = MARKER.format(format_size(limit))
-    kept = "".join(data for _, data in console).replace("\n" + marker, "").replace(marker, "")
+    kept = "".join(data for _, data in console).replace(marker, "")
+    # the marker starts a line of its own: a newline before it is the book's when the kept
+    # output left a line open (then it is not the output's, or it would not have fitted)
+    if kept.endswith("\n") and (not written.startswith(kept) or len(kept.encode()) > limit):
+        kept = kept[:-1]
     assert response.stats is not None
     assert response.stats.output_bytes == size
     assert response.stats.output_truncated == (size > limit)
