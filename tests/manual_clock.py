@@ -69,3 +69,11 @@ def reap(running: RunningServer) -> list[str]:
 
     reaped: list[str] = running.call(sweep())
     return reaped
+
+
+def nothing_in_flight(running: RunningServer, session_id: str) -> bool:
+    """Whether the manager has seen every request and stream on the session end (the end
+    of a stream reaches it after the client has closed): wait for it before moving the
+    clock past an idle timeout that counts from then."""
+    session = running.server.manager.sessions.state.find_by_id(session_id)
+    return session is not None and session.activity.in_flight == 0

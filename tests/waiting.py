@@ -18,7 +18,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: how long a wait may take before the test is taken to hang
-HANG_S = 30.0
+HANG_S = 60.0
 _POLL_S = 0.02
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from bai.manager.serve import ApiServer
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.capabilities import require_or_skip
 from tests.conftest import sandbox_unavailable
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -111,15 +111,6 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         if agent.stderr:
             agent.stderr.close()
         cluster.manager.stop()
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_sessions_run_on_a_remote_agent_and_its_death_is_noticed(cluster: Cluster) -> None:

@@ -20,7 +20,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.apiclient import SignedClient
-from tests.integration.test_cluster import Cluster, cluster, wait_for
+from tests.conftest import RunningServer
+from tests.integration.test_cluster import Cluster, cluster
+from tests.manual_clock import driving, nothing_in_flight, reap
+from tests.waiting import wait_for
 
 __all__ = ["cluster"]  # a fixture, from test_cluster
 
@@ -211,20 +214,28 @@ def test_another_keypairs_session_is_404(api: SignedClient, session: str) -> Non
 
 
 @pytest.mark.local_only(reason="the manager's idle clock (kept going by an open terminal): no part of the backend's")
-def test_an_open_terminal_keeps_its_session_from_idling_out(api: SignedClient) -> None:
-    name = _create(api, limits={"idleTimeout": 1})
-    try:
-        with open_pty(api, name) as ws:
-            time.sleep(2.5)  # no keys typed, but the terminal is open
-            assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
-            type_in(ws, "echo still-$((3*3))\n")
-            read_until(ws, b"still-9")
-        deadline = time.monotonic() + 15
-        while api.get(f"/session/{name}").json()["status"] != "TERMINATED":
-            assert time.monotonic() < deadline, "closed, the session should idle out"
-            time.sleep(0.3)
-    finally:
-        api.delete(f"/session/{name}")
+def test_an_open_terminal_keeps_its_session_from_idling_out(api: SignedClient, bai_server: RunningServer) -> None:
+    """On the manager's clock, moved by the test: the terminal's open time does not count
+    as idle, its end starts the idle time."""
+    with driving(bai_server.server.manager.clock) as clock:
+        name = _create(api, limits={"idleTimeout": 60})
+        session_id = api.get(f"/session/{name}").json()["sessionId"]
+        try:
+            with open_pty(api, name) as ws:
+                type_in(ws, "echo open-$((2*3))\n")
+                read_until(ws, b"open-6")  # the relay runs: the manager counts the terminal in use
+                clock.advance(600)  # no keys typed, but the terminal is open
+                assert session_id not in reap(bai_server)
+                type_in(ws, "echo still-$((3*3))\n")
+                read_until(ws, b"still-9")
+            wait_for(lambda: nothing_in_flight(bai_server, session_id), what="the terminal's end at the manager")
+            clock.advance(59)
+            assert session_id not in reap(bai_server)
+            clock.advance(1)
+            assert session_id in reap(bai_server), "closed, the session idles out"
+            wait_for(lambda: api.get(f"/session/{name}").json()["status"] == "TERMINATED")
+        finally:
+            api.delete(f"/session/{name}")
 
 
 def test_a_terminal_on_a_remote_agent(cluster: Cluster) -> None:

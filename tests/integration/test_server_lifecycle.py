@@ -11,19 +11,11 @@ import pytest
 from tests.apiclient import SignedClient, stdout_of
 from tests.capabilities import require_or_skip
 from tests.conftest import RunningServer, ServerThread, sandbox_unavailable
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 
 FAST_LOSS = {"heartbeat_interval_s": 0.1, "agent_lost_after_s": 0.5}
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("fresh_server", [FAST_LOSS], indirect=True)

@@ -5,17 +5,18 @@ the admin routes, and the idle timeout and lifetime the manager enforces. On bot
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.apiclient import SignedClient, stdout_of
+from tests.apiclient import SignedClient, following, stdout_of, upload
 from tests.conftest import RunningServer
 from tests.integration.test_events import Listener
 from tests.integration.test_stream import open_ws
+from tests.manual_clock import driving, nothing_in_flight, reap
+from tests.waiting import HANG_S, wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
@@ -161,81 +162,115 @@ def test_the_total_of_a_keypairs_sessions_is_a_quota(user: SignedClient) -> None
     assert "config.resources.cpu" in msg and "allows 2" in msg
 
 
-def _wait_status(client: SignedClient, name: str, wanted: str, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info: dict[str, Any] = client.get(f"/session/{name}").json()
-        if info.get("status") == wanted or time.monotonic() > deadline:
-            return info
-        time.sleep(0.2)
+def _terminated(client: SignedClient, name: str) -> dict[str, Any]:
+    """The session's info once it is TERMINATED (its end is under way when this is asked)."""
+
+    def info() -> dict[str, Any] | None:
+        got: dict[str, Any] = client.get(f"/session/{name}").json()
+        return got if got.get("status") == "TERMINATED" else None
+
+    return wait_for(info, what=f"session {name} to be TERMINATED")
 
 
-def test_an_idle_session_ends_with_the_reason_in_events_and_info(api: SignedClient) -> None:
+def _id_of(client: SignedClient, name: str) -> str:
+    session_id: str = client.get(f"/session/{name}").json()["sessionId"]
+    return session_id
+
+
+# The limits below run on the manager's clock, which the tests move (tests/manual_clock.py):
+# ``reap`` then says which sessions are past a limit at that moment, and the tests wait for
+# the end of those only.
+
+
+def test_an_idle_session_ends_with_the_reason_in_events_and_info(api: SignedClient,
+                                                                  bai_server: RunningServer) -> None:
     name = _name("idle")
     listener = Listener(api, f"/events/session?sessionName={name}")
-    started = time.monotonic()
-    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
-    listener.thread.join(15)
-    listener.client.close()
-    took = time.monotonic() - started
+    with driving(bai_server.server.manager.clock) as clock:
+        assert _create(api, name, limits={"idleTimeout": 60}).status_code == 201
+        session_id = _id_of(api, name)
+        clock.advance(59)
+        assert session_id not in reap(bai_server)
+        clock.advance(1)
+        assert session_id in reap(bai_server)
+        listener.thread.join(HANG_S)
+        listener.client.close()
     terminated = dict(listener.records)["session_terminated"]
     assert terminated["reason"] == "idle-timeout"
     assert "session_success" in listener.names()
     info = api.get(f"/session/{name}").json()
     assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
     assert info["lastStat"]["status"] == "terminated"  # the stats at destroy were kept
-    assert info["limits"]["idleTimeout"] == 1.0
-    assert 1.0 <= took < 10
+    assert info["limits"]["idleTimeout"] == 60.0
 
 
 @pytest.mark.local_only(reason="the manager's idle clock; the backend's part is the idle test's destroy")
-def test_a_running_session_is_not_idle(api: SignedClient) -> None:
+def test_a_running_session_is_not_idle(api: SignedClient, bai_server: RunningServer) -> None:
+    """A run that goes on with no request in flight (its client does not poll) keeps its
+    session; the idle time counts from the run's end."""
     name = _name("busy")
-    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
-    # polled through "continued" answers: a request is nearly always in flight
-    assert api.run(name, "import time; time.sleep(3); print('slept')")["console"] == [["stdout", "slept\n"]]
-    # not polled: the run goes on with no request in flight, and the session with it
-    first = api.post(f"/session/{name}", {"mode": "query", "code": "time.sleep(4); print('again')"}).json()
-    assert first["result"]["status"] == "continued"
-    time.sleep(1.5)
-    assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
-    result = api.post(f"/session/{name}", {"mode": "continue", "runId": first["result"]["runId"]}).json()
-    assert result["result"]["status"] == "finished"
-    info = _wait_status(api, name, "TERMINATED")
+    code = "import os, time\nprint('busy', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\n"
+    with driving(bai_server.server.manager.clock) as clock:
+        assert _create(api, name, limits={"idleTimeout": 60}).status_code == 201
+        session_id = _id_of(api, name)
+        first = api.post(f"/session/{name}", {"mode": "query", "code": code}).json()["result"]
+        assert first["status"] == "continued"
+        clock.advance(600)
+        assert session_id not in reap(bai_server)
+        assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
+        assert upload(api, name, [("go", b"")]).status_code == 204
+        assert following(api, name, first)[-1]["status"] == "finished"
+        clock.advance(59)
+        assert session_id not in reap(bai_server)
+        clock.advance(1)
+        assert session_id in reap(bai_server)
+    info = _terminated(api, name)
     assert (info["status"], info["statusInfo"]) == ("TERMINATED", "idle-timeout")
 
 
 @pytest.mark.local_only(reason="the manager's idle clock")
-def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedClient) -> None:
+def test_an_open_stream_keeps_its_session_and_input_waits_are_idle(api: SignedClient,
+                                                                   bai_server: RunningServer) -> None:
     name = _name("ws")
-    assert _create(api, name, limits={"idleTimeout": 1}).status_code == 201
-    with open_ws(api, name) as ws:
-        ws.send(json.dumps({"code": "print('got', input('> '))", "mode": "query", "options": {}}))
-        assert json.loads(ws.recv(timeout=20))["status"] == "waiting-input"
-        time.sleep(2)  # blocked on the user, but the stream is open
-        assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
-        ws.send("me")
-        while json.loads(ws.recv(timeout=20))["status"] != "finished":
-            pass
-    # over REST, a run waiting for input is the user's to answer: the session idles out
-    first = api.post(f"/session/{name}", {"mode": "query", "code": "input()"}).json()["result"]
-    assert first["status"] == "waiting-input"
-    info = _wait_status(api, name, "TERMINATED")
-    assert info["statusInfo"] == "idle-timeout"
+    with driving(bai_server.server.manager.clock) as clock:
+        assert _create(api, name, limits={"idleTimeout": 60}).status_code == 201
+        session_id = _id_of(api, name)
+        with open_ws(api, name) as ws:
+            ws.send(json.dumps({"code": "print('got', input('> '))", "mode": "query", "options": {}}))
+            assert json.loads(ws.recv(timeout=HANG_S))["status"] == "waiting-input"
+            clock.advance(600)  # blocked on the user, but the stream is open
+            assert session_id not in reap(bai_server)
+            ws.send("me")
+            while json.loads(ws.recv(timeout=HANG_S))["status"] != "finished":
+                pass
+        wait_for(lambda: nothing_in_flight(bai_server, session_id), what="the stream's end at the manager")
+        # over REST, a run waiting for input is the user's to answer: the session idles out
+        first = api.post(f"/session/{name}", {"mode": "query", "code": "input()"}).json()["result"]
+        assert first["status"] == "waiting-input"
+        clock.advance(59)
+        assert session_id not in reap(bai_server)
+        clock.advance(1)
+        assert session_id in reap(bai_server)
+    assert _terminated(api, name)["statusInfo"] == "idle-timeout"
 
 
 @pytest.mark.local_only(reason="the manager's lifetime clock")
-def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient) -> None:
+def test_the_lifetime_limit_ends_even_a_busy_session(api: SignedClient, bai_server: RunningServer) -> None:
     name = _name("life")
     listener = Listener(api, f"/events/session?sessionName={name}")
-    assert _create(api, name, limits={"maxLifetime": 4, "idleTimeout": 60}).status_code == 201
-    first = api.post(f"/session/{name}", {"mode": "query", "code": "import time; time.sleep(30)"}).json()
-    assert first["result"]["status"] == "continued"
-    api.post(f"/session/{name}", {"mode": "continue", "runId": first["result"]["runId"]})
-    info = _wait_status(api, name, "TERMINATED")
+    with driving(bai_server.server.manager.clock) as clock:
+        assert _create(api, name, limits={"maxLifetime": 120, "idleTimeout": 60}).status_code == 201
+        session_id = _id_of(api, name)
+        first = api.post(f"/session/{name}", {"mode": "query", "code": "import time; time.sleep(600)"}).json()
+        assert first["result"]["status"] == "continued"
+        clock.advance(119)  # busy: not idle, and short of its lifetime
+        assert session_id not in reap(bai_server)
+        clock.advance(1)
+        assert session_id in reap(bai_server)
+        info = _terminated(api, name)
+        listener.thread.join(HANG_S)
+        listener.client.close()
     assert (info["status"], info["statusInfo"]) == ("TERMINATED", "max-lifetime-reached")
-    listener.thread.join(10)
-    listener.client.close()
     assert dict(listener.records)["session_terminated"]["reason"] == "max-lifetime-reached"
 
 

@@ -15,7 +15,8 @@ import pytest
 from tests.apiclient import SignedClient
 from tests.capabilities import require_or_skip
 from tests.conftest import ServerThread, sandbox_unavailable
-from tests.integration.test_cluster import Cluster, ManagerThread, cluster, start_agent, wait_for
+from tests.integration.test_cluster import Cluster, ManagerThread, cluster, start_agent
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 __all__ = ["cluster"]  # the fixture, from test_cluster
