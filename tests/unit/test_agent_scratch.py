@@ -11,7 +11,6 @@ import logging
 import os
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bai.agent.backends.local import backend as local
 from bai.agent.scratch import Scratch, ScratchDisks, ScratchError, ScratchType, open_disks, reconcile
 from bai.common.agent_rpc import SandboxSpec
 from tests.capabilities import needs
+from tests.waiting import HANG_S, until
 
 MiB = 2**20
 HOSTFILE_REASON = scratch.hostfile_unavailable()
@@ -248,25 +248,25 @@ def test_open_disks_auto_picks_hostfile_and_probes_it(layout: tuple[Path, Path])
 
 
 async def test_a_cancelled_create_removes_the_disk_it_made(layout: tuple[Path, Path]) -> None:
-    made = threading.Event()
+    entered, cancelled, made = threading.Event(), threading.Event(), threading.Event()
 
-    class Slow(ScratchDisks):
+    class Held(ScratchDisks):
+        """Makes its disk only once the caller has been cancelled."""
+
         def create(self, name: str, cap: int | None, uid: int, gid: int) -> Scratch:
-            time.sleep(0.2)  # the caller is cancelled meanwhile
+            entered.set()
+            assert cancelled.wait(HANG_S)
             disk = super().create(name, cap, uid, gid)
             made.set()
             return disk
 
-    disks = Slow("hostdir", *layout, default_cap=32 * MiB)
+    disks = Held("hostdir", *layout, default_cap=32 * MiB)
     spec = SandboxSpec(session_id="s1", session_name="s1", environment="python", resources={})
     task = asyncio.create_task(local._make_scratch(disks, spec, os.geteuid()))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(entered.wait, HANG_S)  # the create runs in its thread
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.to_thread(made.wait, 5)
-    for _ in range(100):
-        if not (layout[0] / "s1").exists():
-            break
-        await asyncio.sleep(0.01)
-    assert not (layout[0] / "s1").exists()
+    cancelled.set()
+    assert await asyncio.to_thread(made.wait, HANG_S)
+    await until(lambda: not (layout[0] / "s1").exists(), what="the cancelled session's disk to be removed")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bai.agent.backends.local.spawner import Spawner
+from tests.waiting import until
 
 PY = "/usr/bin/python3"
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -105,13 +106,20 @@ async def test_a_dead_helper_is_replaced(spawner: Spawner) -> None:
 
 async def test_close_ends_what_still_runs() -> None:
     spawner = Spawner()
-    child = await spawner.spawn(["/bin/sleep", "60"], env=ENV, uid=None, fds=[], join=[])
+    child = await spawner.spawn(["/bin/sleep", "3600"], env=ENV, uid=None, fds=[], join=[])
     pidfd = os.pidfd_open(child.pid)
+
+    def reaped() -> bool:
+        try:
+            signal.pidfd_send_signal(pidfd, 0)  # a zombie still takes a signal: only a reaped one is gone
+        except ProcessLookupError:
+            return True
+        return False
+
     try:
+        assert not reaped()
         spawner.close()
-        await asyncio.sleep(0.2)
-        with pytest.raises(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, 0)  # killed and reaped by the helper
+        await until(reaped, what="the child killed and reaped by the helper")
     finally:
         os.close(pidfd)
     assert await child.wait() == -signal.SIGKILL
