@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import pytest
 
 from tests.apiclient import SignedClient
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -30,10 +30,8 @@ def test_events_of_one_session_in_order(bai_server) -> None:  # type: ignore[no-
     listeners = bus.subscriber_count
     try:
         with SignedClient(bai_server.endpoint, bai_server.access_key, bai_server.secret_key) as api:
-            deadline = time.monotonic() + 20
-            while bus.subscriber_count <= listeners:  # until the CLI's stream is open
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-                time.sleep(0.05)
+            wait_for(lambda: bus.subscriber_count > listeners or proc.poll() is not None, what="the CLI's stream")
+            assert proc.poll() is None, proc.stderr
             assert api.post("/session", {"image": "python", "name": name}).status_code == 201
             api.delete(f"/session/{name}")
             for event in [f"session_{s}" for s in ("terminated", "success")]:

@@ -103,18 +103,18 @@ def test_bai_shell_types_resizes_interrupts_and_restores_the_terminal(server: An
         term.type("echo hi-$((4*5)); stty size\n")
         term.read_until(b"30 90")
         assert b"hi-20" in term.seen
+        # the remote shell waits for its own terminal to take the new size, then says so
+        term.type('until [ "$(stty size)" = "40 100" ]; do sleep 0.05; done; echo resized-$((5*8))\n')
         term.set_size(40, 100)
         term.proc.send_signal(signal.SIGWINCH)  # the kernel sends it to a terminal's foreground job
-        time.sleep(0.3)
-        term.type("stty size\n")
-        term.read_until(b"40 100")
-        term.type("sleep 30\n")
-        time.sleep(0.8)
-        started = time.monotonic()
+        term.read_until(b"resized-40")
+        # the foreground job says it runs (the process that then becomes the sleep)
+        term.type("sh -c 'echo sleeping-$((2+2)); exec sleep 3600'\n")
+        term.read_until(b"sleeping-4")
         term.type("\x03")  # raw mode: a byte for the remote shell, no SIGINT here
         term.type("echo back-$((3+4))\n")
-        term.read_until(b"back-7")
-        assert time.monotonic() - started < 5 and term.proc.poll() is None
+        term.read_until(b"back-7")  # only once the hour's sleep was interrupted
+        assert term.proc.poll() is None
         term.type("exit 7\n")
         assert term.proc.wait(timeout=20) == 7
         assert termios.tcgetattr(term.slave) == term.before
