@@ -46,10 +46,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.proctree import machine_busy_ms, proc_times, subtree_ms
 from bench.run import Api, admin_api, free_port
 
 PR_SET_CHILD_SUBREAPER = 36
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 SERVER_BOOT = "import sys; sys.path.insert(0, %r); from bai.client.cli.main import main; main()"
 PARTS = ("server_user", "server_sys", "children", "in_cgroups", "orphans", "clients", "machine")
@@ -67,41 +67,6 @@ class Snapshot:
     in_cgroups: float = 0.0
     clients: float = 0.0
     machine: float = 0.0
-
-
-def proc_times(pid: int) -> tuple[float, float, float]:
-    """(user, system, reaped children's user + system) of ``pid``, ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return utime * TICK_MS, stime * TICK_MS, (cutime + cstime) * TICK_MS
-
-
-def child_pids(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out += [int(p) for p in (task / "children").read_text().split()]
-    except FileNotFoundError:  # it ended meanwhile
-        pass
-    return out
-
-
-def subtree_ms(pid: int) -> float:
-    """The CPU of ``pid``'s living descendants and what they reaped, ms."""
-    total = 0.0
-    for child in child_pids(pid):
-        try:
-            user, system, reaped = proc_times(child)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += user + system + reaped + subtree_ms(child)
-    return total
-
-
-def machine_busy_ms() -> float:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) * TICK_MS
 
 
 def sessions_cgroup_ms() -> float:

@@ -13,7 +13,15 @@ request slower), and cold, by a second server started with ``BAI_AGENT_POOL_SIZE
 Two more measure the pool under load, against the same server:
 
 - sustained create + destroy: WORKERS clients, each on its own connection, create a
-  session and destroy it in a loop for SECONDS; the rate is cycles per second;
+  session and destroy it in a loop for SECONDS; the rate is cycles per second. With it,
+  the CPU each cycle took (``sustained_cpu_ms_per_cycle``: the server and every process
+  below it, bench.proctree; ``_all``: with the clients), which other work on a shared
+  machine changes far less than the rate, and the rate that CPU allows on this machine
+  when nothing else runs (``sustained_cycles_per_s_cpu_bound``: CPUs × 1000 ms / the
+  ``_all`` figure; an upper bound, as the kernel's deferred work is in no process), and
+  every CPU's busy time per cycle (``sustained_machine_ms_per_cycle``: all of it, others'
+  work included). The pool's refills in flight at the two ends of the run are a few
+  sandboxes of error over hundreds of cycles;
 - idle sessions per GiB: N sessions created and left idle, then the sum of their
   cgroup memory (``lastStat.mem.current`` of each, the same figure the API reports)
   and the fall of the host's MemAvailable; a Jupyter kernel's memory (PSS of the
@@ -34,6 +42,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -46,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bai.common.signing import signed_headers
+from bench.proctree import machine_busy_ms, tree_ms
 
 VERSION = "v8.20240915"
 POOL_REFILL_WAIT_S = 0.25  # a refill takes ~40 ms on 2 idle cores; leave it room
@@ -219,8 +229,8 @@ def admin_api(env: dict[str, str]) -> Api:
     return Api(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"])
 
 
-def bench_sustained(env: dict[str, str], seconds: float, workers: int) -> dict[str, dict[str, float]]:
-    """Create + destroy cycles per second, WORKERS clients in parallel."""
+def bench_sustained(env: dict[str, str], seconds: float, workers: int, server_pid: int) -> dict[str, dict[str, float]]:
+    """Create + destroy cycles per second, WORKERS clients in parallel, and the CPU per cycle."""
     create_ms: list[float] = []
     destroy_ms: list[float] = []
     failures: list[object] = []
@@ -247,19 +257,36 @@ def bench_sustained(env: dict[str, str], seconds: float, workers: int) -> dict[s
             i += 1
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    cpu_before, clients_before, machine_before = tree_ms(server_pid), own_cpu_ms(), machine_busy_ms()
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
+    cpu = (tree_ms(server_pid) - cpu_before, own_cpu_ms() - clients_before, machine_busy_ms() - machine_before)
     assert not failures, failures[0]
     cycles = len(create_ms)
+    server_ms, all_ms, machine_ms = cpu[0] / cycles, (cpu[0] + cpu[1]) / cycles, cpu[2] / cycles
     return {
-        "sustained_cycles_per_s": {"n": cycles, "p50": cycles / elapsed, "p99": cycles / elapsed, "min": 0.0},
+        "sustained_cycles_per_s": single(cycles, cycles / elapsed),
         "sustained_create": percentiles(create_ms),
         "sustained_destroy": percentiles(destroy_ms),
+        "sustained_cpu_ms_per_cycle": single(cycles, server_ms),
+        "sustained_cpu_ms_per_cycle_all": single(cycles, all_ms),
+        "sustained_cycles_per_s_cpu_bound": single(cycles, (os.cpu_count() or 1) * 1000 / all_ms),
+        "sustained_machine_ms_per_cycle": single(cycles, machine_ms),
     }
+
+
+def single(n: int, value: float) -> dict[str, float]:
+    """A figure that is one value, in the shape of ``percentiles``."""
+    return {"n": n, "p50": value, "p99": value, "min": 0.0}
+
+
+def own_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def mem_available() -> int:
@@ -313,7 +340,7 @@ def bench_load(seconds: float, workers: int, idle: int, pooled: bool = True) -> 
             warm.call("DELETE", "/session/bench-warm")
             results: dict[str, dict[str, float]] = {}
             if seconds > 0:
-                results.update(bench_sustained(env, seconds, workers))
+                results.update(bench_sustained(env, seconds, workers, proc.pid))
             if idle > 0:
                 time.sleep(1.0)
                 results.update(bench_idle(env, idle))
@@ -365,6 +392,11 @@ def process_pss(pid: int) -> int:
 LOAD_FIGURES = {  # name → (unit, whether the figure is a single value rather than a distribution)
     "sustained_cycles_per_s": ("cycles/s", True),
     "sustained_cycles_per_s_cold": ("cycles/s", True),
+    "sustained_cpu_ms_per_cycle": ("ms of CPU (server and below)", True),
+    "sustained_cpu_ms_per_cycle_all": ("ms of CPU (with the clients)", True),
+    "sustained_cycles_per_s_cpu_bound": ("cycles/s (CPUs / CPU per cycle)", True),
+    "sustained_machine_ms_per_cycle": ("ms of every CPU's busy time", True),
+    "sustained_cpu_ms_per_cycle_cold": ("ms of CPU (server and below)", True),
     "idle_sessions_per_gib_cgroup": ("sessions/GiB", True),
     "idle_sessions_per_gib_host": ("sessions/GiB", True),
     "idle_session_cgroup_mib": ("MiB", False),
@@ -449,6 +481,7 @@ def main() -> None:
     if args.seconds > 0:
         cold = bench_load(args.seconds, args.workers, 0, pooled=False)
         results["sustained_cycles_per_s_cold"] = cold["sustained_cycles_per_s"]
+        results["sustained_cpu_ms_per_cycle_cold"] = cold["sustained_cpu_ms_per_cycle"]
     print(f"# bai benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs\n")
     print(report(results))
     if args.json:

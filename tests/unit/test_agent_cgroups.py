@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -94,13 +95,13 @@ def test_v1_raising_the_memory_limit_raises_memsw_first(tmp_path: Path, monkeypa
     memory_dir.mkdir(parents=True)
     (memory_dir / "memory.memsw.limit_in_bytes").write_text("1000")  # below the new limit
     writes: list[str] = []
-    original = Path.write_text
+    original = cgroups._write
 
-    def spy(self: Path, data: str, *args: object, **kwargs: object) -> int:
-        writes.append(self.name)
-        return original(self, data)
+    def spy(path: Path, text: str) -> None:
+        writes.append(path.name)
+        original(path, text)
 
-    monkeypatch.setattr(Path, "write_text", spy)
+    monkeypatch.setattr(cgroups, "_write", spy)
     driver.create("s1", LIMITS)
     assert writes.index("memory.memsw.limit_in_bytes") < writes.index("memory.limit_in_bytes")
 
@@ -282,3 +283,13 @@ def test_meter_fails_with_oserror_once_the_files_are_gone(tmp_path: Path) -> Non
     (tmp_path / "cpu" / "bai" / "agent1" / "s1" / "cpuacct.usage").write_text("0\n")
     with pytest.raises(OSError):
         driver.open_meter(cgroup)  # no memory.max_usage_in_bytes in this fake
+
+
+def test_the_parents_are_made_again_when_they_went_away(tmp_path: Path) -> None:
+    driver = v1_tree(tmp_path)
+    driver.create("s1", LIMITS)
+    for root in driver.roots():
+        shutil.rmtree(root / "bai" / "agent1")  # an operator's cleanup, between two sessions
+    cgroup = driver.create("s2", LIMITS)
+    assert all(path.is_dir() for path in cgroup.dirs)
+    assert (tmp_path / "pids" / "bai" / "agent1" / "s2" / "pids.max").read_text() == "64"

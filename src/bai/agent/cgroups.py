@@ -77,7 +77,7 @@ class SessionCgroup:
 
     name: str  # relative path, "bai/<agent_id>/<session_id>"
     dirs: list[Path]
-    limits: Limits
+    limits: Limits  # as last applied (CgroupDriver.create and apply_limits set it)
     join_file: str = "cgroup.procs"
     procs_fds: list[int] = field(default_factory=list)
 
@@ -196,6 +196,7 @@ class CgroupDriver(ABC):
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
+        self._prepared: set[Path] = set()  # roots whose bai/<agent_id> parent is set up
 
     def _name(self, session_id: str) -> str:
         return f"bai/{self.agent_id}/{session_id}"
@@ -210,9 +211,18 @@ class CgroupDriver(ABC):
         dirs = []
         try:
             for root in self.roots():
-                self._prepare_parents(root)
                 path = root / name
-                path.mkdir(exist_ok=True)
+                if root not in self._prepared:  # once per agent, not per session: syscalls
+                    self._prepare_parents(root)
+                    self._prepared.add(root)
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:  # the parent went away since (an operator, a stop)
+                    self._prepare_parents(root)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(path)
                 dirs.append(path)
             cgroup = SessionCgroup(name=name, dirs=dirs, limits=limits, join_file=self.join_file)
             self.apply_limits(cgroup, limits)
@@ -282,7 +292,7 @@ class CgroupDriver(ABC):
     def pids(self, cgroup: SessionCgroup) -> list[int]:
         """Host pids of the processes in the cgroup."""
         try:
-            text = (cgroup.dirs[0] / "cgroup.procs").read_text()
+            text = _read(cgroup.dirs[0] / "cgroup.procs")
         except FileNotFoundError:
             return []
         return [int(line) for line in text.split()]
@@ -349,14 +359,38 @@ class CgroupDriver(ABC):
 
     def remove_agent_dirs(self) -> None:
         """Remove ``bai/<agent_id>`` when no session is left. Called by backend stop."""
+        self._prepared.clear()
         for root in self.roots():
             with contextlib.suppress(OSError):
                 (root / "bai" / self.agent_id).rmdir()
 
 
+def _read(path: Path) -> str:
+    """A cgroup file's text: an open, reads to the end, a close (no buffered text layer:
+    the agent reads a dozen of these per session)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to a cgroup file in one write(2), as the kernel wants a control
+    value (opened as ``Path.write_text`` opens it, without its buffered text layer)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def _read_int(path: Path, default: int = 0) -> int:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (FileNotFoundError, IndexError, ValueError):
         return default
 
@@ -365,7 +399,7 @@ def _read_keyed(path: Path) -> dict[str, int]:
     """``key value`` lines (memory.events, cpu.stat, memory.oom_control)."""
     out: dict[str, int] = {}
     try:
-        text = path.read_text()
+        text = _read(path)
     except FileNotFoundError:
         return out
     for line in text.splitlines():
@@ -461,36 +495,38 @@ class CgroupV1(CgroupDriver):
     def apply_limits(self, cgroup: SessionCgroup, limits: Limits) -> None:
         memory = self._dir(cgroup, "memory")
         memsw = memory / "memory.memsw.limit_in_bytes"
-        current_memsw = _read_int(memsw, default=-1)
-        if memsw.exists() and 0 <= current_memsw < limits.mem:
-            memsw.write_text(str(limits.mem))  # memsw must stay >= the plain limit
-            (memory / "memory.limit_in_bytes").write_text(str(limits.mem))
+        current_memsw = _read_int(memsw, default=-1)  # -1: no swap accounting (no such file)
+        mem = str(limits.mem)
+        if 0 <= current_memsw < limits.mem:
+            _write(memsw, mem)  # memsw must stay >= the plain limit
+            _write(memory / "memory.limit_in_bytes", mem)
         else:
-            (memory / "memory.limit_in_bytes").write_text(str(limits.mem))
-            if memsw.exists():
-                memsw.write_text(str(limits.mem))
+            _write(memory / "memory.limit_in_bytes", mem)
+            if current_memsw >= 0:
+                _write(memsw, mem)
         cpu = self._dir(cgroup, "cpu")
-        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu > 0 else -1
-        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
-        (self._dir(cgroup, "pids") / "pids.max").write_text(str(limits.pids))
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+        _write(self._dir(cgroup, "pids") / "pids.max", str(limits.pids))
         blkio = self._dir(cgroup, "blkio")
         for disk in self.disks:
             for name in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
                 with contextlib.suppress(OSError):
-                    (blkio / name).write_text(f"{disk} {UNREACHABLE_BPS}")
+                    _write(blkio / name, f"{disk} {UNREACHABLE_BPS}")
         cgroup.limits = limits
 
     def stats(self, cgroup: SessionCgroup) -> CgroupStats:
         memory = self._dir(cgroup, "memory")
         blkio = self._dir(cgroup, "blkio")
-        io_path = blkio / "blkio.throttle.io_service_bytes_recursive"
-        if not io_path.exists():
-            io_path = blkio / "blkio.throttle.io_service_bytes"
         try:
-            io_read, io_write = parse_blkio(io_path.read_text())
-        except FileNotFoundError:
-            io_read = io_write = 0
+            text = _read(blkio / "blkio.throttle.io_service_bytes_recursive")
+        except FileNotFoundError:  # kernels without the recursive figures
+            try:
+                text = _read(blkio / "blkio.throttle.io_service_bytes")
+            except FileNotFoundError:
+                text = ""
+        io_read, io_write = parse_blkio(text)
         return CgroupStats(
             cpu_used_ms=_read_int(self._dir(cgroup, "cpuacct") / "cpuacct.usage") // 1_000_000,
             mem_current=_read_int(memory / "memory.usage_in_bytes"),
@@ -507,7 +543,7 @@ class CgroupV1(CgroupDriver):
         return _read_keyed(self._dir(cgroup, "memory") / "memory.oom_control").get("oom_kill", 0)
 
     def reset_peak(self, cgroup: SessionCgroup) -> None:
-        (self._dir(cgroup, "memory") / "memory.max_usage_in_bytes").write_text("0")
+        _write(self._dir(cgroup, "memory") / "memory.max_usage_in_bytes", "0")
 
     def open_meter(self, cgroup: SessionCgroup) -> RunMeter:
         # The RAM peak, as v2's memory.peak (memory.memsw.* would add swap; its limit
@@ -525,7 +561,7 @@ class CgroupV1(CgroupDriver):
         try:
             control = os.open(memory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                (memory / "cgroup.event_control").write_text(f"{efd} {control}")
+                _write(memory / "cgroup.event_control", f"{efd} {control}")
             finally:
                 os.close(control)
         except OSError:
@@ -564,19 +600,19 @@ class CgroupV2(CgroupDriver):
 
     def apply_limits(self, cgroup: SessionCgroup, limits: Limits) -> None:
         path = cgroup.dirs[0]
-        (path / "memory.max").write_text(str(limits.mem))
+        _write(path / "memory.max", str(limits.mem))
         swap = path / "memory.swap.max"
-        if swap.exists():
-            swap.write_text("0")
+        if swap.exists():  # the swap controller
+            _write(swap, "0")
         quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu > 0 else None
-        (path / "cpu.max").write_text(f"{quota if quota else 'max'} {CPU_PERIOD_US}")
-        (path / "pids.max").write_text(str(limits.pids))
+        _write(path / "cpu.max", f"{quota if quota else 'max'} {CPU_PERIOD_US}")
+        _write(path / "pids.max", str(limits.pids))
         cgroup.limits = limits
 
     def stats(self, cgroup: SessionCgroup) -> CgroupStats:
         path = cgroup.dirs[0]
         try:
-            io_read, io_write = parse_io_stat((path / "io.stat").read_text())
+            io_read, io_write = parse_io_stat(_read(path / "io.stat"))
         except FileNotFoundError:
             io_read = io_write = 0
         return CgroupStats(
@@ -597,7 +633,7 @@ class CgroupV2(CgroupDriver):
     def reset_peak(self, cgroup: SessionCgroup) -> None:
         # Linux >= 6.12: any write resets the peak as seen through later reads
         with contextlib.suppress(OSError):
-            (cgroup.dirs[0] / "memory.peak").write_text("reset")
+            _write(cgroup.dirs[0] / "memory.peak", "reset")
 
     def oom_watch(self, cgroup: SessionCgroup) -> int | None:
         return inotify_modify_watch(cgroup.dirs[0] / "memory.events")
@@ -610,8 +646,8 @@ class CgroupV2(CgroupDriver):
         if not self.pids(cgroup):
             return True
         kill = cgroup.dirs[0] / "cgroup.kill"
-        if kill.exists():
-            kill.write_text("1")
+        if kill.exists():  # Linux >= 5.14
+            _write(kill, "1")
             return False
         return super().kill_round(cgroup)
 

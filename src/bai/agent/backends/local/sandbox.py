@@ -282,7 +282,8 @@ class LocalSandbox(MeteredSandbox):
                 in_use = driver.memory_current(self.cgroup)
                 if in_use >= limits.mem:
                     raise SessionCreationFailed(f"the pooled sandbox already uses {in_use} bytes, over {limits.mem}")
-                driver.apply_limits(self.cgroup, limits)
+                if limits != self.cgroup.limits:  # the pool's (as applied at its start) are often the session's
+                    driver.apply_limits(self.cgroup, limits)
                 driver.reset_peak(self.cgroup)
                 if self._meter is not None:
                     self._meter.session_peak = 0
