@@ -3,7 +3,6 @@ capacity, its load and its warm pool."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.apiclient import SignedClient
+from tests.waiting import until
 
 pytestmark = pytest.mark.sandbox
 
@@ -53,10 +53,7 @@ def test_agents_show_load_and_pool(api: SignedClient, bai_server: Any) -> None:
 
 async def _heartbeat(bai_server: Any) -> None:
     server = bai_server.server
-    for _ in range(50):  # wait for the refill the create started
-        if server.agent.info().pool.get("python"):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: server.agent.info().pool.get("python"), what="the refill the create started")
     server.manager.agent_heartbeat(server.agent.info())
 
 

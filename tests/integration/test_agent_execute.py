@@ -31,6 +31,7 @@ from bai.common.agent_rpc import CompleteRequest, ExecRequest, FileUpload
 from bai.common.errors import InvalidRequest, SessionCreationFailed, SessionNotFound
 from bai.common.wire import RunResult
 from tests.capabilities import needs
+from tests.waiting import until
 
 REASON = sandbox_unavailable()
 pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
@@ -309,11 +310,7 @@ async def test_interrupt_reaches_a_runner_blocked_by_backpressure(agent: Agent, 
     # nobody continues: the agent stops reading, the runner blocks on its socket
     connection = agent.sessions[session].runner
     assert connection is not None
-    for _ in range(1000):
-        if connection.paused:
-            break
-        await asyncio.sleep(0.01)
-    assert connection.paused
+    await until(lambda: connection.paused, what="the agent to stop reading the runner")
     await agent.interrupt(session)
     result = first
     for _ in range(200):

@@ -28,6 +28,7 @@ from bai.common.agent_calls import CALLS, INFO, SECRET_HEADER, Kind
 from bai.common.agent_rpc import AgentInfo, RpcError, SessionGone, SessionStats
 from bai.common.wire import RunResult
 from tests.capabilities import needs
+from tests.waiting import until
 
 SECRET = "s3cret-for-tests"
 REASON = sandbox_unavailable()
@@ -157,8 +158,7 @@ async def manager() -> AsyncIterator[tuple[FakeManager, str]]:
 
     server = Quiet(uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
     task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.005)
+    await until(lambda: server.started, what="the fake manager to listen")
     port = server.servers[0].sockets[0].getsockname()[1]
     yield fake, f"http://127.0.0.1:{port}"
     server.should_exit = True

@@ -3,13 +3,13 @@ backends (``[local]``, ``[docker]``)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.apiclient import SignedClient, following, stderr_of, stdout_of, upload
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
@@ -135,11 +135,7 @@ def test_enqueue_only_returns_pending(api: SignedClient) -> None:
     assert r.status_code == 201
     # the answer does not wait; with a warm pool the session may already be up when it is sent
     assert r.json()["status"] in ("PENDING", "SCHEDULED", "PREPARING", "RUNNING")
-    for _ in range(100):
-        if api.get(f"/session/{name}").json()["status"] == "RUNNING":
-            break
-        time.sleep(0.05)
-    assert api.get(f"/session/{name}").json()["status"] == "RUNNING"
+    wait_for(lambda: api.get(f"/session/{name}").json()["status"] == "RUNNING", what=f"{name} RUNNING")
     api.delete(f"/session/{name}")
 
 

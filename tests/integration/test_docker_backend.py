@@ -25,6 +25,7 @@ from bai.common.agent_rpc import ExecRequest
 from bai.common.errors import InvalidRequest, SessionCreationFailed
 from tests.apiclient import SignedClient
 from tests.capabilities import needs
+from tests.waiting import until
 
 REASON = docker_unavailable()
 pytestmark = [pytest.mark.sandbox, needs("docker", REASON)]
@@ -316,17 +317,9 @@ async def test_a_pooled_container_takes_the_sessions_limits_and_name() -> None:
 
 
 async def _pool_ready(agent: Agent) -> None:
-    assert agent.pool is not None
-    for _ in range(200):
-        if agent.pool.counts().get("python", 0):
-            return
-        await _sleep(0.05)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+    pool = agent.pool
+    assert pool is not None
+    await until(lambda: pool.counts().get("python", 0), what="a pooled sandbox")
 
 
 @pytest.mark.parametrize("fresh_server", [{"backend": "docker"}], indirect=True)
@@ -377,11 +370,8 @@ async def test_a_run_whose_container_dies_is_reported(agent: Agent, session: str
         ExecRequest(session_id=session, mode="continue", run_id=first.run_id, flush_timeout_s=10)
     )
     assert result.status == "finished" and result.exit_code == 137
-    for _ in range(100):
-        if gone:
-            break
-        await _sleep(0.05)
-    assert gone and "exit" in gone[0].lower(), gone
+    await until(lambda: gone, what="the session reported gone")
+    assert "exit" in gone[0].lower(), gone
     if agent.backend.session_cgroups:  # type: ignore[attr-defined]  # the figures outlive the container
         assert result.stats is not None and result.stats.cpu_ms >= 200
 

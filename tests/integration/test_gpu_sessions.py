@@ -4,7 +4,6 @@ and the scheduler keeps a session waiting while every device is taken."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.apiclient import SignedClient, stderr_of, stdout_of
 from tests.conftest import RunningServer, _serve
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -54,13 +54,12 @@ def test_each_session_sees_only_its_own_gpu(gpu_server: RunningServer) -> None:
 
     # both taken: a third waits, and gets the device the first gives back
     third = _create(api, 1, enqueueOnly=True)
-    time.sleep(0.5)
-    assert api.get(f"/session/{third}").json()["status"] == "PENDING"
+    info = api.get(f"/session/{third}").json()
+    assert info["status"] == "PENDING"
+    # placed, or left waiting, within the create request: no agent means it waits for a device
+    assert gpu_server.server.manager.sessions.state.find_by_id(info["sessionId"]).agent_id is None
     api.delete(f"/session/{first}")
-    for _ in range(100):
-        if api.get(f"/session/{third}").json()["status"] == "RUNNING":
-            break
-        time.sleep(0.05)
+    wait_for(lambda: api.get(f"/session/{third}").json()["status"] == "RUNNING", what="the third one RUNNING")
     assert _view(api, third) == "['nvidia0', 'nvidiactl'] ['GPU-fake-0000'] GPU-fake-0000"
 
     too_many = api.post("/session", {"image": "python", "config": {"resources": {"cuda.device": 3}}})

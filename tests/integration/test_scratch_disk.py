@@ -9,7 +9,6 @@ fallback share root has no docker counterpart."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from bai.agent.backends.local.backend import SCRATCH_IMAGES, LocalBackend
 from bai.agent.scratch import ScratchDisks
 from bai.common.errors import InvalidRequest
 from tests.capabilities import needs
+from tests.waiting import until
 
 REASON = sandbox_unavailable()
 HOSTFILE_REASON = scratch.hostfile_unavailable()
@@ -130,11 +130,9 @@ async def test_bad_scratch_sizes_are_refused_by_field(agent: Agent) -> None:
 @needs_hostfile
 async def test_a_session_of_another_size_starts_cold_and_the_pool_keeps_its_sandbox(backend: str) -> None:
     async with running_agent(backend=backend, scratch_type="hostfile", scratch_size=CAP, pool_size=1) as agent:
-        assert agent.pool is not None
-        for _ in range(200):
-            if agent.pool.counts()["python"] == 1:
-                break
-            await asyncio.sleep(0.05)
+        pool = agent.pool
+        assert pool is not None
+        await until(lambda: pool.counts()["python"] == 1, what="the pooled sandbox")
         assert isinstance(agent.backend, (LocalBackend, DockerBackend))
         [pooled_name] = agent.backend.sandboxes
         other = await new_session(agent, scratch_bytes=32 * MiB)

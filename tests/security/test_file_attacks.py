@@ -27,6 +27,7 @@ import pytest
 from bai.agent import files
 from tests.apiclient import SignedClient, download, stdout_of, tars_of, upload
 from tests.conftest import RunningServer
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.backends]
 
@@ -256,9 +257,8 @@ def test_swapping_a_directory_for_a_link_during_uploads(
         name,
         f"import subprocess, sys\nos.mkdir('/home/work/d')\nsubprocess.Popen([sys.executable, '-c', {flipper!r}])\n",
     )
+    wait_for(lambda: "flipping" in api.get(f"/session/{name}/files").text, what="the flipper to run")
     deadline = time.monotonic() + 10
-    while "flipping" not in api.get(f"/session/{name}/files").text and time.monotonic() < deadline:
-        time.sleep(0.05)
     statuses: set[int] = set()
     tries = 0
     while time.monotonic() < deadline and not (tries >= 50 and {204, 400} <= statuses):

@@ -48,7 +48,7 @@ async def test_a_reader_waits_for_output() -> None:
     runner = Runner()
     terminal = _terminal(runner)
     reader = asyncio.ensure_future(terminal.read())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the reader runs until it blocks
     assert not reader.done()
     terminal.on_output(_output(b"x"))
     assert await asyncio.wait_for(reader, 1) == b"x"

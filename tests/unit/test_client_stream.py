@@ -10,7 +10,7 @@ import asyncio
 import io
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -25,6 +25,7 @@ from bai.client.cli.run import EXIT_INTERRUPTED, Terminal, stream_run
 from bai.client.errors import PROBLEM_TYPE_PREFIX
 from bai.common import errors as domain
 from bai.common import signing
+from tests.waiting import until
 
 ACCESS = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -209,12 +210,6 @@ async def test_cancelling_a_run_interrupts_it(server: ScriptedServer) -> None:
         assert await run == EXIT_INTERRUPTED
     await asyncio.wait_for(server.disconnected.wait(), 5)
     assert calls == ["POST /session/demo/interrupt"]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_the_blocking_api_streams_too(server: ScriptedServer) -> None:

@@ -20,6 +20,7 @@ from bai.runner.protocol import (
     Output,
     WaitingInput,
 )
+from tests.waiting import wait_for
 
 __all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
@@ -222,10 +223,7 @@ def test_output_between_runs_opens_the_next_run(runner: RunnerClient, tmp_path: 
         "threading.Thread(target=late).start()"
     )
     (tmp_path / "go").touch()
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "printed").exists():
-        assert time.monotonic() < deadline, "the thread did not print"
-        time.sleep(0.01)
+    wait_for((tmp_path / "printed").exists, what="the thread's print")
     assert runner.run("'now'").stdout == "late\n'now'\n"
 
 

@@ -30,6 +30,7 @@ from bai.runner.protocol import (
     encode,
 )
 from tests.capabilities import require_or_skip
+from tests.waiting import wait_for
 
 __all__ = ["python", "runner"]  # fixtures, from runner_fixtures
 
@@ -213,37 +214,27 @@ def test_a_restarted_repl_gets_the_runners_first_oom_score(runner: RunnerClient)
     assert runner.run("open('/proc/self/oom_score_adj').read()").stdout == "'0\\n'\n"
 
 
-def _reaped(pid: int, timeout: float = 10.0) -> bool:
-    """Whether ``pid`` left the process table (a zombie is not enough: its parent, the
-    runner, has to have collected it) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
-            return True
-        time.sleep(0.01)
-    return False
+def _reaped(pid: int) -> bool:
+    """Once ``pid`` has left the process table (a zombie is not enough: its parent, the
+    runner, has to have collected it); fails the test if it does not."""
+    return wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what=f"pid {pid} reaped")
 
 
-def _appeared(path: Path, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        time.sleep(0.01)
-    return False
+def _appeared(path: Path) -> bool:
+    return wait_for(path.exists, what=f"{path} to appear")
 
 
-def _gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+def _dead(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _gone(pid: int) -> bool:
+    return wait_for(lambda: _dead(pid), what=f"pid {pid} to end")
 
 
 def test_interpreter_list_includes_this_one() -> None:
