@@ -7,7 +7,6 @@ parts (bwrap's child pid, the agent's runner python) are ``local_only``, with
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
@@ -31,16 +30,15 @@ from bai.agent.pool import NAME_PREFIX
 from bai.common.agent_rpc import SandboxSpec
 from bai.common.errors import SessionCreationFailed
 from tests.capabilities import needs, require_or_skip
+from tests.waiting import until
 
 REASON = sandbox_unavailable()
 pytestmark = [pytest.mark.sandbox, needs("sandbox", REASON), pytest.mark.backends]
 
 
-async def pool_count(agent: Agent, at_least: int, timeout_s: float = 15.0) -> int:
+async def pool_count(agent: Agent, at_least: int) -> int:
     """Wait until the python pool holds at least ``at_least`` ready sandboxes."""
-    async with asyncio.timeout(timeout_s):
-        while agent.info().pool.get("python", 0) < at_least:
-            await asyncio.sleep(0.02)
+    await until(lambda: agent.info().pool.get("python", 0) >= at_least, what=f"{at_least} pooled sandboxes")
     return agent.info().pool["python"]
 
 
@@ -115,9 +113,8 @@ async def test_an_idle_pooled_sandbox_that_dies_is_replaced(agent: Agent) -> Non
     victim = next(iter(agent.backend.sandboxes.values()))
     assert victim.child_pid is not None
     os.kill(victim.child_pid, signal.SIGKILL)
-    async with asyncio.timeout(15):
-        while victim.name in {s.name for s in agent.backend.sandboxes.values()}:
-            await asyncio.sleep(0.02)
+    sandboxes = agent.backend.sandboxes
+    await until(lambda: victim.name not in {s.name for s in sandboxes.values()}, what="the dead sandbox dropped")
     assert await pool_count(agent, 2) == 2
     session = await new_session(agent)
     assert stdout_of(await run(agent, session, "print(1 + 1)")) == "2\n"
@@ -203,9 +200,8 @@ async def test_the_pool_empties_under_memory_pressure_and_refills_after(backend:
         pool.check_memory()
         assert agent.info().pool == {"python": 0}
         assert isinstance(agent.backend, (LocalBackend, DockerBackend))
-        async with asyncio.timeout(15):
-            while agent.backend.sandboxes:
-                await asyncio.sleep(0.02)
+        sandboxes = agent.backend.sandboxes
+        await until(lambda: not sandboxes, what="the pool emptied under pressure")
         session = await new_session(agent)  # cold
         assert agent.backend.sandboxes[session].name == session
         pool.min_available_mem = 1
@@ -237,9 +233,8 @@ async def test_an_idle_pooled_container_that_dies_is_replaced(agent: Agent) -> N
     victim = next(iter(agent.backend.sandboxes.values()))
     assert victim.runner_pid is not None
     os.kill(victim.runner_pid, signal.SIGKILL)
-    async with asyncio.timeout(15):
-        while victim.name in {s.name for s in agent.backend.sandboxes.values()}:
-            await asyncio.sleep(0.02)
+    sandboxes = agent.backend.sandboxes
+    await until(lambda: victim.name not in {s.name for s in sandboxes.values()}, what="the dead sandbox dropped")
     assert await pool_count(agent, 2) == 2
     session = await new_session(agent)
     assert stdout_of(await run(agent, session, "print(1 + 1)")) == "2\n"
