@@ -68,11 +68,11 @@ async def test_a_venv_environment_runs_on_its_venv_bound_read_only(tmp_path: Pat
     assert built.venv_dir is not None
     async with running_agent(data_dir=data_dir, environments_base=data_dir, environment_catalog=catalog_file) as agent:
         assert agent.info().environments == ["shell", "shell:bash", "tiny", "tiny:1"]
-        session = await new_session(agent, environment="tiny")
         # what it knows but cannot start, keyed alike, with why not (the manager lists it)
         unavailable = agent.info().unavailable
         assert set(unavailable) == {"ghost", "ghost:0"} and unavailable["ghost"] == unavailable["ghost:0"]
         assert unavailable["ghost"].startswith("no /nonexistent/ghostc on PATH")
+        session = await new_session(agent, environment="tiny")
         code = (
             "import sys\nprint(sys.prefix)\n"
             "try:\n    open(sys.prefix + '/x', 'w')\nexcept OSError as e:\n    print(e.strerror)\n"
