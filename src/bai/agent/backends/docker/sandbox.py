@@ -73,7 +73,7 @@ class DockerHost:
     scratch: ScratchDisks
     released: Callable[[DockerSandbox], None]
     renamed: Callable[[DockerSandbox, str], None]
-    records: Path  # each session's SandboxRecord (docker_parts), for a restarted agent
+    records: Path  # each session's SandboxRecord (record.py), for a restarted agent
 
 
 class DockerSandbox(MeteredSandbox):
@@ -363,7 +363,7 @@ class DockerSandbox(MeteredSandbox):
     def work_dir(self) -> WorkDir:
         """The scratch dir bound at the image's work dir: the agent made every part of its
         host path; files it creates there go to the container's user (its own host uid, else
-        the image's; uid = gid, docker_parts)."""
+        the image's; uid = gid, container.passwd_files)."""
         uid = self.container_spec.uid
         return WorkDir(self.scratch_disk.path, uid if uid is not None else self.container_spec.image.uid)
 
