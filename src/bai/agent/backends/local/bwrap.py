@@ -141,7 +141,7 @@ class SandboxCommand:
     engine: str
     environ: Mapping[str, str]
     tmp_size: int
-    seccomp: bool = True  # the program is on SECCOMP_FD
+    seccomp: bool = True  # the program comes on an fd (data_fds["seccomp"])
     preload: tuple[str, ...] = ()  # modules the runner imports before forking the REPL
     devices: tuple[str, ...] = ()  # host device nodes (its GPUs'), each bound at /dev/<its name>
     config: str = ""  # the engine's settings, JSON (the runner's --config)
