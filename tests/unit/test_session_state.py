@@ -11,7 +11,13 @@ from decimal import Decimal
 import pytest
 
 from bai.common.agent_rpc import SessionStats
-from bai.common.errors import InvalidRequest, QuotaExceeded, SessionAlreadyExists, SessionNotFound
+from bai.common.errors import (
+    InvalidRequest,
+    QuotaExceeded,
+    ServiceUnavailable,
+    SessionAlreadyExists,
+    SessionNotFound,
+)
 from bai.common.limits import SessionLimits
 from bai.common.resources import Slots
 from bai.common.status import SessionStatus as S
@@ -19,11 +25,14 @@ from bai.manager.environments import EnvironmentOffers
 from bai.manager.policies import ResourcePolicy
 from bai.manager.scheduler import AgentCapacity
 from bai.manager.session_state import (
+    CLIENT_GONE,
+    SERVER_STOPPING,
     Action,
     Admitted,
     AgentLost,
     AgentReported,
     CheckSandbox,
+    CreateAbandoned,
     CreateFailed,
     CreateParams,
     CreateRequested,
@@ -49,6 +58,7 @@ from bai.manager.session_state import (
     Settle,
     StartBegun,
     StartSandbox,
+    StopBegun,
     Watch,
 )
 
@@ -351,3 +361,66 @@ def test_every_terminal_transition_settles_and_forgets() -> None:
     actions = states.handle(SandboxDied("s1", "x"))
     assert Settle("s1") in actions and Forget("s1") in actions and Persist(session) in actions
     assert actions.index(Persist(session)) < actions.index(Forget("s1"))  # written before it is let go
+
+
+# -- a request whose client went away; the stop ---------------------------------------------
+
+
+def test_an_abandoned_create_is_cancelled_while_it_waits_for_a_place() -> None:
+    states, _ = machine(cpu=1)
+    running(states, "s1")
+    waiting = states.handle(request("s2"))[0]
+    assert isinstance(waiting, Admitted) and states.pending == ["s2"]
+    actions = states.handle(CreateAbandoned("s2"))
+    assert published(actions) == ["session_cancelled"]
+    assert {"Settle", "Persist", "Forget"} <= set(kinds(actions))
+    assert not any(isinstance(a, DestroySandbox) for a in actions)
+    assert (waiting.session.status, waiting.session.status_info) == (S.CANCELLED, CLIENT_GONE)
+    assert states.pending == [] and [s.id for s in states.live()] == ["s1"]
+
+
+def test_an_abandoned_create_that_was_placed_goes_on_as_an_ordinary_session() -> None:
+    states, _ = machine()
+    states.handle(request("s1", "mine"))  # placed at once
+    assert states.handle(CreateAbandoned("s1")) == []
+    states.handle(StartBegun("s1"))
+    assert states.handle(CreateAbandoned("s1")) == []  # starting: it goes on
+    states.handle(SandboxReady("s1"))
+    assert states.find_live("AK", "mine").status == S.RUNNING
+    assert states.handle(CreateAbandoned("gone")) == []
+
+
+def test_a_stop_cancels_what_waits_for_a_place_and_answers_every_waiter() -> None:
+    states, _ = machine(cpu=2)
+    running(states, "run")
+    states.handle(request("prep"))
+    states.handle(StartBegun("prep"))
+    queued = states.handle(request("queued", cpu=2))[0]
+    assert isinstance(queued, Admitted) and states.pending == ["queued"]
+    actions = states.handle(StopBegun())
+    assert published(actions) == ["session_cancelled"]
+    assert (queued.session.status, queued.session.status_info) == (S.CANCELLED, SERVER_STOPPING)
+    # the placed ones stay for the stop to destroy, and whoever waits on them is answered now
+    assert {a.session_id for a in actions if isinstance(a, Settle)} == {"queued", "run", "prep"}
+    assert sorted(s.id for s in states.live()) == ["prep", "run"]
+
+
+def test_after_the_stop_began_nothing_is_created_or_placed() -> None:
+    states, _ = machine(cpu=1)
+    first = running(states, "s1")
+    states.handle(StopBegun())
+    with pytest.raises(ServiceUnavailable, match="stopping"):
+        states.handle(request("s2"))
+    actions = states.handle(DestroyRequested(first, SERVER_STOPPING))
+    actions += states.handle(SandboxDestroyed("s1", SERVER_STOPPING, SessionStats()))
+    assert not any(isinstance(a, StartSandbox) for a in actions)
+    assert states.live() == []
+
+
+def test_a_destroy_whose_first_try_was_cancelled_asks_the_agent_again() -> None:
+    states, _ = machine()
+    session = running(states, "s1")
+    states.handle(DestroyRequested(session))  # its agent call was cancelled: still TERMINATING
+    assert states.handle(DestroyRequested(session, SERVER_STOPPING)) == [DestroySandbox("s1", "a1", SERVER_STOPPING)]
+    actions = states.handle(SandboxDestroyed("s1", SERVER_STOPPING, SessionStats()))
+    assert session.status == S.TERMINATED and published(actions)[-1] == "session_success"

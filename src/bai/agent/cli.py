@@ -18,6 +18,7 @@ from bai.agent.config import AgentConfig
 from bai.agent.main import serve
 from bai.agent.seccomp import Policy, PolicyError, Rule, policy_for
 from bai.agent.seccomp.docker import docker_profile
+from bai.common.stopping import DEFAULT_STOP_TIMEOUT_S, StopBudget, run_bounded
 
 
 @click.command("agent")
@@ -36,11 +37,13 @@ from bai.agent.seccomp.docker import docker_profile
 @click.option("--keep-sessions", is_flag=True, default=None,
               help="On stop, leave docker sessions running for the next start to re-attach "
                    "(default: BAI_AGENT_KEEP_SESSIONS, else destroy them).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.5), default=DEFAULT_STOP_TIMEOUT_S, show_default=True,
+              envvar="BAI_STOP_TIMEOUT", help="Seconds a stop may take; a step past them is logged and abandoned.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: str | None, agent_id: str | None,
           data_dir: Path | None, rpc_host: str, rpc_port: int, heartbeat: float, backend: str | None,
-          keep_sessions: bool | None, log_level: str) -> None:
+          keep_sessions: bool | None, stop_timeout: float, log_level: str) -> None:
     """Run an agent: sandboxes on this machine, scheduled by the manager."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,14 +64,16 @@ def agent(manager_url: str, cluster_secret_file: Path | None, cluster_secret: st
         options["data_dir"] = data_dir.expanduser().resolve()
     config = AgentConfig.model_validate(options)
 
+    budget = StopBudget(stop_timeout)
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await serve(config, stop)
+        await serve(config, stop, budget)
 
-    asyncio.run(run())
+    run_bounded(run(), budget)
 
 
 @click.group("seccomp")

@@ -11,12 +11,15 @@ from bai.agent.agent import Agent
 from bai.agent.config import AgentConfig
 from bai.agent.heartbeat import Heartbeat, ManagerClient
 from bai.agent.rpc import AgentRpcServer
+from bai.common.stopping import StopBudget
 
 log = logging.getLogger(__name__)
 
 
-async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set; then destroy every session and leave."""
+async def serve(config: AgentConfig, stop: asyncio.Event, budget: StopBudget | None = None) -> None:
+    """Run until ``stop`` is set; then destroy every session and leave, within ``budget``
+    (a step past it is logged and abandoned: bai.common.stopping)."""
+    budget = budget or StopBudget()
     if config.cluster_secret is None or not config.manager_url:
         raise ValueError("a cluster agent needs BAI_AGENT_MANAGER_URL and BAI_AGENT_CLUSTER_SECRET")
     secret = config.cluster_secret.get_secret_value()
@@ -34,7 +37,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         log.info("agent %s serving on %s:%d", config.agent_id, config.rpc_host, server.port)
         await stop.wait()
     finally:
-        await heartbeat.stop()
-        await server.stop()
-        await agent.stop()
-        await manager.close()
+        await budget.step("stopping the heartbeats", heartbeat.stop())
+        await budget.step("stopping the RPC server", server.stop())
+        await budget.step("stopping the agent", agent.stop())
+        await budget.step("closing the manager's client", manager.close())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from bai.common.stopping import DEFAULT_STOP_TIMEOUT_S, StopBudget, run_bounded
 from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer, write_private
@@ -30,7 +31,7 @@ def _cluster_secret(data_dir: Path, given: str | None) -> str:
     return secret
 
 
-async def _run(config: ManagerConfig, log_level: str) -> None:
+async def _run(config: ManagerConfig, log_level: str, budget: StopBudget) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,9 +47,10 @@ async def _run(config: ManagerConfig, log_level: str) -> None:
         click.echo(f"bai manager listening on {creds.endpoint}; agents join with --manager {creds.endpoint} "
                    f"--cluster-secret-file {config.data_dir / 'cluster.secret'}", err=True)
         await stop.wait()
-    finally:
-        await api.stop()
-        await manager.stop()
+    finally:  # the steps of EmbeddedServer.stop, less the agent
+        await budget.step("ending the waits on sessions", manager.begin_stop())
+        await budget.step("draining the HTTP server", api.stop())
+        await budget.step("stopping the manager", manager.stop())
 
 
 @click.command("manager")
@@ -61,10 +63,12 @@ async def _run(config: ManagerConfig, log_level: str) -> None:
               help="Seconds without a heartbeat before an agent and its sessions are lost.")
 @click.option("--keep-sessions/--destroy-sessions", default=True, show_default=True,
               help="On stop, leave sessions running on their agents for the next start to take back.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.5), default=DEFAULT_STOP_TIMEOUT_S, show_default=True,
+              envvar="BAI_STOP_TIMEOUT", help="Seconds a stop may take; a step past them is logged and abandoned.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def manager(data_dir: Path, host: str, port: int, cluster_secret: str | None, agent_lost_after: float,
-            keep_sessions: bool, log_level: str) -> None:
+            keep_sessions: bool, stop_timeout: float, log_level: str) -> None:
     """Run the manager alone; agents register with it over HTTP."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +78,7 @@ def manager(data_dir: Path, host: str, port: int, cluster_secret: str | None, ag
                            cluster_secret=_cluster_secret(data_dir, cluster_secret),
                            agent_lost_after_s=agent_lost_after, keep_sessions=keep_sessions)
     try:
-        asyncio.run(_run(config, log_level))
+        budget = StopBudget(stop_timeout)
+        run_bounded(_run(config, log_level, budget), budget)
     except OSError as exc:
         raise click.ClickException(f"cannot start the manager: {exc}") from None

@@ -52,11 +52,21 @@ class Manager:
         await self.sessions.recover()
         self._monitor = asyncio.get_running_loop().create_task(self._watch_agents())
 
-    async def stop(self) -> None:
+    async def begin_stop(self) -> None:
+        """The stop's first step, before the HTTP server drains its requests: the agents
+        are no longer watched (none is lost while the stop runs) and the sessions stop
+        (``SessionRegistry.begin_stop``: nothing waits on them any more). Idempotent."""
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+            self._monitor = None
+        await self.sessions.begin_stop()
+
+    async def stop(self) -> None:
+        """Destroy (or, with ``keep_sessions``, leave) the sessions and close the agents'
+        clients and the store; begins the stop if ``begin_stop`` has not."""
+        await self.begin_stop()
         for task in list(self._tasks):
             task.cancel()
         await self.sessions.shutdown(keep_sessions=self.config.keep_sessions)

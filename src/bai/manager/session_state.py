@@ -10,10 +10,15 @@ async shell: it turns requests and what agents report into events, performs the 
 as another event.
 
 Events a request makes (``CreateRequested``, ``DestroyRequested``, ``RestartRequested``,
-``RenameRequested``) are refused with the domain error the API edge maps
+``RenameRequested``, ``CreateAbandoned``) are refused with the domain error the API edge maps
 (SessionNotFound, InvalidRequest, QuotaExceeded, SessionAlreadyExists); events the world
 makes (an agent's report, a sandbox that died) about a session that has ended meanwhile
 change nothing and return no action.
+
+A stop begins with ``StopBegun``: from then on nothing is created or placed, the sessions
+still waiting for a place are cancelled, and whoever waits for a session to settle is
+answered at once (a create request then replies with the status the session has): the
+stop never waits on a request that waits on a session the stop has yet to end.
 
 The per-run counters (``num_queries``, ``activity``) are the request path's: the shell
 writes them without an event, as they decide no transition.
@@ -32,6 +37,7 @@ from bai.common.agent_rpc import SandboxSpec, SessionStats
 from bai.common.errors import (
     InvalidRequest,
     QuotaExceeded,
+    ServiceUnavailable,
     SessionAlreadyExists,
     SessionNotFound,
     TooManySessionsMatched,
@@ -62,6 +68,8 @@ _EVENT_OF_STATUS = {
 }
 SANDBOX_LOST = "sandbox-lost: its agent restarted without it"
 AGENT_LOST = "agent-lost"
+SERVER_STOPPING = "server-shutdown"
+CLIENT_GONE = "client-gone: its create request's client went away before it was placed"
 #: a ``match`` finding more is refused
 MAX_MATCHES = 30
 
@@ -230,10 +238,24 @@ class RecoveryWindowClosed:
     """The agents had their time to confirm the sessions taken back at start."""
 
 
+@dataclass(frozen=True)
+class CreateAbandoned:
+    """The client of the request that created the session went away while it waited for
+    the session to start: a session still waiting for a place is cancelled (nobody is
+    left to use it); one already placed goes on starting and is an ordinary session."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class StopBegun:
+    """The manager stops: see the module docstring."""
+
+
 Event = (
     CreateRequested | StartBegun | SandboxReady | CreateFailed | DestroyRequested | SandboxDestroyed
     | RestartRequested | SandboxRestarted | RestartFailed | RenameRequested | SandboxDied | SandboxMissing
-    | AgentJoined | AgentLost | AgentReported | Recovered | RecoveryWindowClosed
+    | AgentJoined | AgentLost | AgentReported | Recovered | RecoveryWindowClosed | CreateAbandoned | StopBegun
 )
 
 
@@ -262,7 +284,7 @@ class Persist:
 
 @dataclass(frozen=True)
 class Settle:
-    """The session runs or ended: wake whoever waits for it to."""
+    """The session runs or ended, or the manager stops: wake whoever waits for it to."""
 
     session_id: str
 
@@ -371,6 +393,8 @@ class SessionStates:
         self._pending: list[str] = []
         #: sessions taken back at start that their agent has not listed yet → agent id
         self._unconfirmed: dict[str, str] = {}
+        #: ``StopBegun`` came: nothing is created or placed any more
+        self.stopping = False
         self._handlers: dict[type[Any], Callable[[Any], list[Action]]] = {
             CreateRequested: self._create,
             StartBegun: self._start,
@@ -389,6 +413,8 @@ class SessionStates:
             AgentReported: self._agent_reported,
             Recovered: self._recovered,
             RecoveryWindowClosed: self._window_closed,
+            CreateAbandoned: self._abandoned,
+            StopBegun: self._stop_begun,
         }
 
     def handle(self, event: Event) -> list[Action]:
@@ -467,6 +493,8 @@ class SessionStates:
 
     def _create(self, event: CreateRequested) -> list[Action]:
         params, access_key = event.params, event.access_key
+        if self.stopping:
+            raise ServiceUnavailable("the server is stopping: it creates no sessions")
         if params.name is not None and (existing := self._named(access_key, params.name)) is not None:
             if params.reuse and existing.image == params.image:
                 return [Admitted(existing, created=False)]
@@ -515,7 +543,7 @@ class SessionStates:
 
     def _schedule(self) -> list[Action]:
         """Place what is pending; each placement starts in a task of its own."""
-        if not self._pending:
+        if not self._pending or self.stopping:
             return []
         pending = [PendingSession(sid, self._live[sid].image, self._live[sid].requested) for sid in self._pending]
         actions: list[Action] = []
@@ -539,6 +567,19 @@ class SessionStates:
             return []  # ended while the agent started it
         return [Watch(session.id), *self._transition(session, S.RUNNING)]
 
+    def _abandoned(self, event: CreateAbandoned) -> list[Action]:
+        session = self._live.get(event.session_id)
+        if session is None or session.id not in self._pending:
+            return []  # placed (it goes on starting), or ended
+        return self._end(session, S.CANCELLED, CLIENT_GONE)
+
+    def _stop_begun(self, event: StopBegun) -> list[Action]:
+        self.stopping = True
+        actions: list[Action] = []
+        for session_id in list(self._pending):
+            actions += self._end(self._live[session_id], S.CANCELLED, SERVER_STOPPING)
+        return actions + [Settle(session_id) for session_id in self._live]
+
     def _create_failed(self, event: CreateFailed) -> list[Action]:
         session = self._live.get(event.session_id)
         if session is None:
@@ -553,8 +594,10 @@ class SessionStates:
             raise SessionNotFound(f"no such session: {session.name} (it has ended)")
         if session.status in (S.PENDING, S.SCHEDULED):
             return self._end(session, S.CANCELLED, event.reason)
-        actions = self._transition(session, S.TERMINATING, event.reason)
         assert session.agent_id is not None  # placed: past PENDING
+        if session.status == S.TERMINATING:  # the destroy that began it was cancelled: ask again
+            return [DestroySandbox(session.id, session.agent_id, event.reason)]
+        actions = self._transition(session, S.TERMINATING, event.reason)
         return [*actions, DestroySandbox(session.id, session.agent_id, event.reason)]
 
     def _destroyed(self, event: SandboxDestroyed) -> list[Action]:

@@ -58,6 +58,7 @@ from bai.manager.session_state import (
     AgentLost,
     AgentReported,
     CheckSandbox,
+    CreateAbandoned,
     CreateFailed,
     CreateParams,
     CreateRequested,
@@ -84,6 +85,7 @@ from bai.manager.session_state import (
     Settle,
     StartBegun,
     StartSandbox,
+    StopBegun,
     Watch,
 )
 from bai.manager.store.db import Database
@@ -311,19 +313,36 @@ class SessionRegistry:
         await self._feed(Recovered(tuple(_row_to_session(row) for row in rows)))
         self._recovered_at = time.monotonic()
 
-    async def shutdown(self, keep_sessions: bool = False) -> None:
-        """Destroy every live session (embedded mode stops its agent next); with
-        ``keep_sessions``, leave them to their agents and the next start's ``recover``."""
+    async def begin_stop(self) -> None:
+        """The stop's first step (``StopBegun``), before the HTTP server drains its
+        requests: no session is created or placed any more, those waiting for a place are
+        cancelled, and every ``wait_settled`` returns, so no request waits on a session
+        that only the rest of the stop would end. Idempotent."""
+        if self.state.stopping:
+            return
         self._reaper.close()
+        await self._feed(StopBegun())
+
+    async def shutdown(self, keep_sessions: bool = False) -> None:
+        """Destroy every live session, all at once (embedded mode stops its agent next);
+        with ``keep_sessions``, leave the placed ones to their agents and the next start's
+        ``recover``. Starts in flight are cancelled (the agent removes what it had made)
+        and their sessions destroyed as the others. Begins the stop if
+        ``begin_stop`` has not."""
+        await self.begin_stop()
         for task in list(self._tasks):
             task.cancel()
         if keep_sessions:
             return
-        for session in self.state.live():
-            try:
-                await self.destroy(session, reason="server-shutdown")
-            except BaiError as exc:
-                log.warning("session %s: %s", session.name, exc)
+        await asyncio.gather(*(self._destroy_at_stop(session) for session in self.state.live()))
+
+    async def _destroy_at_stop(self, session: LiveSession) -> None:
+        try:
+            await self.destroy(session, reason="server-shutdown")
+        except SessionNotFound:
+            pass  # it ended meanwhile
+        except BaiError as exc:
+            log.warning("session %s: %s", session.name, exc)
 
     # -- lookups -------------------------------------------------------------
 
@@ -376,14 +395,20 @@ class SessionRegistry:
         return admitted.session, admitted.created
 
     async def wait_settled(self, session: LiveSession, timeout_s: float | None) -> bool:
-        """Wait until the session runs or ended; False when the timeout passed first."""
-        if session.status in lifecycle.SETTLED or not self.state.is_live(session):
+        """Wait until the session runs or ended, or the manager stops; False when the
+        timeout passed first."""
+        if session.status in lifecycle.SETTLED or not self.state.is_live(session) or self.state.stopping:
             return True
         try:
             await asyncio.wait_for(self._held_for(session).settled.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
+
+    async def abandon(self, session: LiveSession) -> None:
+        """The client that asked for the session went away while it waited for it to
+        start (``CreateAbandoned``): cancelled if it still waits for a place."""
+        await self._feed(CreateAbandoned(session.id))
 
     async def destroy(self, session: LiveSession, reason: str = "user-requested") -> None:
         """End the session (cancel it while it waits for a place); its usage lands in

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from bai.agent.backends import BACKENDS
+from bai.common.stopping import DEFAULT_STOP_TIMEOUT_S, run_bounded
 from bai.server.embedded import EmbeddedServer, default_data_dir
 
 
@@ -43,16 +44,18 @@ async def _main(server: EmbeddedServer) -> None:
               help="What runs sessions: local (bubblewrap) or docker. Default: BAI_AGENT_BACKEND, else local.")
 @click.option("--keep-sessions", is_flag=True, default=False,
               help="On stop, leave docker sessions running; the next start takes them back.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.5), default=DEFAULT_STOP_TIMEOUT_S, show_default=True,
+              envvar="BAI_STOP_TIMEOUT", help="Seconds a stop may take; a step past them is logged and abandoned.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def server(data_dir: Path | None, host: str, port: int, backend: str | None, keep_sessions: bool,
-           log_level: str) -> None:
+           stop_timeout: float, log_level: str) -> None:
     """Run the embedded server: one manager and one local agent in this process."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     embedded = EmbeddedServer((data_dir or default_data_dir()).expanduser().resolve(), host, port, log_level,
-                              backend=backend, keep_sessions=keep_sessions)
+                              backend=backend, keep_sessions=keep_sessions, stop_timeout_s=stop_timeout)
     try:
-        asyncio.run(_main(embedded))
+        run_bounded(_main(embedded), embedded.stop_budget)
     except OSError as exc:
         raise click.ClickException(f"cannot start the server: {exc}") from None

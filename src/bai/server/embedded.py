@@ -2,7 +2,8 @@
 
 On first start in a data dir it creates the admin keypair; on every start it
 writes ``<data dir>/client.env`` (mode 0600) with the ``export BACKEND_...``
-lines for the current endpoint.
+lines for the current endpoint. Its stop keeps to a time budget
+(bai.common.stopping).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from bai.agent.agent import Agent
 from bai.agent.config import AgentConfig
 from bai.common.agent_rpc import AgentInfo, SessionGone
+from bai.common.stopping import DEFAULT_STOP_TIMEOUT_S, StopBudget
 from bai.manager.config import ManagerConfig
 from bai.manager.core import Manager
 from bai.manager.serve import ApiServer, Credentials
@@ -30,8 +32,10 @@ class EmbeddedServer:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 8091,
                  log_level: str = "warning", *, heartbeat_interval_s: float = 1.0,
                  agent_lost_after_s: float = 10.0, backend: str | None = None,
-                 keep_sessions: bool = False) -> None:
+                 keep_sessions: bool = False, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         self.data_dir = data_dir
+        #: what ``stop`` may take (``bai server`` ends its event loop within the same budget)
+        self.stop_budget = StopBudget(stop_timeout_s)
         self.heartbeat_interval_s = heartbeat_interval_s
         agent_config = AgentConfig(data_dir=data_dir / "agent", agent_id="embedded", rpc_url="inproc://embedded")
         if backend:  # else BAI_AGENT_BACKEND, or local
@@ -60,10 +64,18 @@ class EmbeddedServer:
         return await self.api.publish_credentials(self.data_dir)
 
     async def stop(self) -> None:
+        """Stop within ``stop_budget``: first no request waits on a session any more
+        (``Manager.begin_stop``), then the HTTP server drains, the manager destroys the
+        sessions (or leaves them, ``keep_sessions``) and the agent stops. A step that
+        overruns the budget is logged with what it waited on and abandoned; the rows of
+        sessions it left live are reconciled by the next start (``SessionRegistry.recover``)."""
+        budget = self.stop_budget
+        budget.begin()
         self.pause_heartbeats()
-        await self.api.stop()
-        await self.manager.stop()
-        await self.agent.stop()
+        await budget.step("ending the waits on sessions", self.manager.begin_stop())
+        await budget.step("draining the HTTP server", self.api.stop())
+        await budget.step("destroying the sessions", self.manager.stop())
+        await budget.step("stopping the agent", self.agent.stop())
 
     def _client_for(self, info: AgentInfo) -> InProcessAgentClient:
         return InProcessAgentClient(self.agent)

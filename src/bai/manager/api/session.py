@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from bai.common.status import SessionStatus
 from bai.common.wire import CreateSessionRequest, CreateSessionResponse, SessionConfig, SessionInfo
 from bai.manager import lifecycle as st
 from bai.manager.api.deps import api_version, body_as, caller, json_body, live_session, manager_of, owner_key
-from bai.manager.sessions import CreateParams, LiveSession
+from bai.manager.sessions import CreateParams, LiveSession, SessionRegistry
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -83,7 +84,11 @@ async def create(request: Request) -> Response:
     status: str = session.status
     if not req.enqueue_only:
         timeout = float(req.max_wait_seconds) if req.max_wait_seconds else None
-        settled = await manager.sessions.wait_settled(session, timeout)
+        settled = await _wait_settled(request, manager.sessions, session, timeout)
+        if settled is None:  # the client went away: nobody reads what follows
+            if created:
+                await manager.sessions.abandon(session)
+            settled = True
         status = session.status if settled else "TIMEOUT"
         if session.status == SessionStatus.ERROR:
             raise SessionCreationFailed(f"session {session.name} could not start: {session.status_info}")
@@ -97,6 +102,29 @@ async def create(request: Request) -> Response:
         created=created,
     )
     return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+
+
+async def _wait_settled(request: Request, sessions: SessionRegistry, session: LiveSession,
+                        timeout_s: float | None) -> bool | None:
+    """``SessionRegistry.wait_settled``, or None when the client disconnects first: a
+    request whose client is gone does not wait on (nor keep) the session it asked for."""
+    waiting = asyncio.ensure_future(sessions.wait_settled(session, timeout_s))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        gone.cancel()
+    if waiting.done() and not waiting.cancelled():
+        return waiting.result()
+    return None
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read, so the next ASGI
+    message is the disconnect (uvicorn sends it when the connection is lost)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _iso(value: datetime | None) -> str | None:
