@@ -109,6 +109,15 @@ def test_an_interrupt_stops_the_query_or_the_repl_is_replaced(bash_repl: RunnerC
     assert bash_repl.run("echo alive").stdout == "alive\n"
 
 
+def test_an_interrupt_ends_a_query_that_waits_for_the_repl_to_warm_up(tmp_path: Path) -> None:
+    # the REPL is not warm before its init's sleep ends: the query waits for it, queued
+    with start(tmp_path, "repl", {**BASH_REPL, "init": "sleep 30"}) as client:
+        run_id = client.start_run("echo never")
+        client.send(Interrupt())  # read after the Execute: the query is queued by then
+        result = client.collect(run_id, timeout=10)  # long before the sleep could end
+        assert result.exit_code == 130 and result.stdout == ""
+
+
 def test_a_repl_that_cannot_start_fails_its_query(tmp_path: Path) -> None:
     config = {**BASH_REPL, "command": ["/nonexistent/repl"]}
     with start(tmp_path, "repl", config) as client:

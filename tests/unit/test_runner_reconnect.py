@@ -15,7 +15,8 @@ import pytest
 from runner_client import BOOT, SRC, RunnerClient
 from runner_fixtures import GRACE, python
 
-from bai.runner.protocol import Output, Ready, Shutdown
+from bai.runner.protocol import Message, Output, Ready, Shutdown
+from tests.waiting import wait_for
 
 __all__ = ["python"]  # the fixture, from runner_fixtures
 
@@ -105,18 +106,65 @@ def test_a_run_in_progress_when_the_agent_goes_is_interrupted(python: str, agent
     proc = spawn(python, agent.path, tmp_path / "log", "--reconnect", "10")
     try:
         client = agent.accept(proc)
-        client.start_run("import time\nprint('started', flush=True)\nwhile True: time.sleep(0.05)")
-        client.wait_output("started")
+        ended = tmp_path / "ended"
+        client.start_run(
+            "import os, time\ntry:\n    print('pid %d started' % os.getpid(), flush=True)\n"
+            f"    while True: time.sleep(0.05)\nfinally:\n    open({str(ended)!r}, 'w').close()"
+        )
+        repl_pid = int(_output_after(client.wait_output(" started"), "pid"))
         agent.crash(client)
-        time.sleep(GRACE + 0.5)
+        # the run saw its interrupt (its finally ran) or, past the grace, its REPL was killed
+        wait_for(lambda: ended.exists() or not _alive(repl_pid), timeout=10, what="the run's end")
         agent.restart()
         again = agent.accept(proc)
         result = again.run("print('free')")  # the REPL is not busy: the old run was interrupted
-        assert result.stdout == "free\n"
+        assert result.stdout == "free\n", (result, (tmp_path / "log").read_text())
         assert not [m for m in result.messages if isinstance(m, Output) and "started" in m.data]
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_new_agent_finds_the_interrupted_run_over(python: str, agent: Agent, tmp_path: Path) -> None:
+    """A run that outlives its interrupt (its ``finally`` will not end) is killed at the
+    grace's end before the runner connects again: the new agent finds the REPL free, and
+    reads nothing of a run it never started (neither its output nor its Finished)."""
+    proc = spawn(python, agent.path, tmp_path / "log", "--reconnect", "10")
+    try:
+        client = agent.accept(proc)
+        client.start_run(
+            "import time\ntry:\n    print('started', flush=True)\n    while True: time.sleep(0.05)\n"
+            "finally:\n    print('cleaning up')\n    while True:\n        try: time.sleep(0.05)\n"
+            "        except KeyboardInterrupt: pass",
+            run_id="old",
+        )
+        client.wait_output("started")
+        agent.crash(client)
+        agent.restart()  # at once: the old run cannot have ended, only its REPL's death ends it
+        again = agent.accept(proc)
+        again.start_run("print('free')", run_id="new")
+        first = again.recv(timeout=10)  # not Failure('a run is in progress'), nor the old run's
+        assert isinstance(first, Output) and first.run_id == "new", first
+        result = again.collect("new", timeout=10)
+        assert first.data + result.stdout == "free\n", result
+        assert [m for m in result.messages if getattr(m, "run_id", "new") != "new"] == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _output_after(messages: list[Message], word: str) -> str:
+    text = "".join(m.data for m in messages if isinstance(m, Output))
+    return text.split(word, 1)[1].split()[0]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs still (a zombie counts as gone: it ran its last)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_without_reconnect_or_after_shutdown_the_runner_exits(python: str, agent: Agent, tmp_path: Path) -> None:

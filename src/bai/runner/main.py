@@ -240,6 +240,17 @@ class Runner:
         self.loop.call_later(RECONNECT_INTERVAL_S, self._try_reconnect)
 
     def _try_reconnect(self) -> None:
+        """Connect to a new agent, once the interrupted run is over: its last output and its
+        Finished belong to the agent that went away (they are dropped), and a new agent must
+        find the session free, not busy with a run it never started. The interrupt ends the
+        run within ``--interrupt-grace`` seconds (the engine kills what outlives it)."""
+        if self._run_in_progress():
+            if time.monotonic() >= self._reconnect_until:
+                sys.stderr.write("bai runner: the interrupted run outlived the window; exiting\n")
+                self.loop.stop()
+            else:
+                self.loop.call_later(RECONNECT_INTERVAL_S, self._try_reconnect)
+            return
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.options.connect)
@@ -254,6 +265,9 @@ class Runner:
         self.agent.reattach(sock)
         if self._ready is not None:
             self.agent.send(self._ready)
+
+    def _run_in_progress(self) -> bool:
+        return self.engine.busy or (self._steps is not None and self._steps.active)
 
     def _reset_in_child(self) -> None:
         """Undo in a forked child what the runner set up for itself alone."""

@@ -19,7 +19,8 @@ stdout and stderr; those marker lines are not forwarded. Before the first query 
 engine sends a sentinel of its own and drops what comes before its markers (banners).
 
     Interrupt  → SIGINT to the REPL's process group; ``interrupt_grace`` s later, if the
-                 run has not ended, SIGKILL and a fresh REPL (state lost)
+                 run has not ended, SIGKILL and a fresh REPL (state lost); a query
+                 queued for a REPL still warming up ends unrun (exit code 130)
     REPL gone  → Finished(engine_restarted=True) if a run was active; a fresh REPL
 
 A query's exit code is 0 (REPLs report errors, they do not exit on them); a REPL that
@@ -242,8 +243,16 @@ class ReplEngine(Engine):
         raise NotWaiting("the %s REPL does not take input" % (self.command[0] if self.command else "repl"))
 
     def interrupt(self, message: Interrupt) -> None:
+        """SIGINT to the REPL for a run in progress (SIGKILL after the grace); a query still
+        waiting for the REPL to warm up ends at once, unrun: an interrupt always ends the
+        run within the grace (what the runner waits for before it reconnects, main.py)."""
         run, repl = self._run, self._repl
-        if run is None or repl is None:
+        if run is None:
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                self.context.emit(Finished(run_id=queued.run_id, exit_code=128 + _signal.SIGINT))
+            return
+        if repl is None:
             return
         repl.process.signal_group(_signal.SIGINT)
         if run.interrupt_timer is None:
