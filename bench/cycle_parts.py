@@ -47,6 +47,7 @@ from bench.runner_start import one_start
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 TRUE = "/bin/true"
+AGENT_ID = "bench-parts"  # the cgroups' parent: bai/bench-parts
 
 
 def children_ms() -> float:
@@ -149,7 +150,7 @@ def parts(work: Path, src: str, python: str) -> dict[str, Callable[[int], float]
         "scratch hostfile": scratch("hostfile"),
         "scratch memory": scratch("memory"),
     }
-    driver = cgroups.detect_driver("bench-parts")
+    driver = cgroups.detect_driver(AGENT_ID)
     if driver is not None:
         limits = cgroups.Limits(Decimal(1), 2**30, 1024)
         counter = [0]
@@ -172,9 +173,14 @@ def main() -> None:
         if args.only:
             measures = {name: m for name, m in measures.items() if name.startswith(tuple(args.only))}
         results: dict[str, list[float]] = {name: [] for name in measures}
-        for _ in range(args.rounds):
-            for name, measure in measures.items():
-                results[name].append(measure(args.n))
+        try:
+            for _ in range(args.rounds):
+                for name, measure in measures.items():
+                    results[name].append(measure(args.n))
+        finally:
+            driver = cgroups.detect_driver(AGENT_ID)
+            if driver is not None:
+                driver.remove_agent_dirs()
     print(f"{args.n} runs x {args.rounds} rounds, {os.cpu_count()} CPUs, {args.python}; ms of CPU per run")
     print("| part | median | min |\n|---|---|---|")
     for name, values in results.items():
