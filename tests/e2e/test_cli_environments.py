@@ -19,6 +19,7 @@ from conftest import RunningServer, ServerThread
 from bai.client import APIConfig, Session
 from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
+from tests.integration.test_agent_environments import CATALOG  # a built one, one unbuildable, one REPL
 
 REASON = sandbox_unavailable()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -26,37 +27,6 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(REASON is not None, reason
 BAI = [sys.executable, "-m", "bai.client.cli.main"]
 NOT_BUILT = "not built: run `bai env build tiny:1`"
 
-CATALOG = """
-[[environment]]
-name = "tiny"
-tag = "1"
-runtime = "python"
-interpreter = "{venv}/bin/python"
-extension = "py"
-run = "{venv}/bin/python {src}"
-batch = { exec = "{venv}/bin/python main.py" }
-host = { binaries = ["/usr/bin/python3"], venv = { python = "/usr/bin/python3" } }
-
-[[environment]]
-name = "ghost"
-tag = "0"
-runtime = "compiled"
-extension = "g"
-compile = "ghostc {src}"
-run = "./{out}"
-batch = { exec = "./main" }
-host = { binaries = ["/nonexistent/ghostc"] }
-
-[[environment]]
-name = "shell"
-tag = "bash"
-runtime = "repl"
-extension = "sh"
-run = "bash {src}"
-batch = { exec = "bash main.sh" }
-host = { binaries = ["bash"] }
-repl = { command = ["bash", "--norc"], sentinel = "echo {marker}; echo {marker} >&2" }
-"""
 
 
 @pytest.fixture(scope="module")
