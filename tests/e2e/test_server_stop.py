@@ -1,29 +1,40 @@
-"""``bai server`` as an operator runs it: what its first start prints, and a stop that
-ends every stream. Real processes: the server and ``bai events`` are the installed
-commands, in subprocesses."""
+"""``bai server`` as an operator runs it: what its first start prints, a stop that ends
+every stream, answers every create that waits and ends within its bound, and a create
+whose client goes away. Real processes: the server and ``bai events`` are the installed
+commands, in subprocesses; the store is read from its SQLite file after the stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.agent_sandbox import sandbox_unavailable
 from tests.apiclient import SignedClient
 from tests.capabilities import require_or_skip
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.sandbox
 
 BAI = str(Path(sys.executable).with_name("bai"))
-#: how long a test waits for a process that must exit; the server's own bound is its
-#: stop grace (2 s): past that it cancels what is left, it does not wait on the client
+#: how long a test waits for a process that must exit (a hang's bound, not what is measured)
 EXIT_WAIT_S = 30
+#: what a stop may take by default (bai.common.stopping.DEFAULT_STOP_TIMEOUT_S): measured here
+STOP_BOUND_S = 5.0
+#: the statuses of a session that is not over
+LIVE = ("PENDING", "SCHEDULED", "PREPARING", "RUNNING", "RESTARTING", "TERMINATING")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -50,7 +61,9 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, st
         printed: list[str] = []
         try:
             line_matching(proc.stdout, r"listening on http://", printed)
-            yield proc, read_env(data / "client.env"), printed
+            env = read_env(data / "client.env")
+            env["BAI_TEST_DATA_DIR"] = str(data)  # where the test reads the store
+            yield proc, env, printed
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -86,3 +99,83 @@ def _follow_through_a_stop(proc: subprocess.Popen[str], env: dict[str, str],
     finally:
         if follower.poll() is None:
             follower.kill()
+
+
+def _signed(env: dict[str, str]) -> SignedClient:
+    return SignedClient(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"])
+
+
+def _fill_the_agent(api: SignedClient) -> None:
+    """A running session that takes every core, so that the next create waits for a place."""
+    cpus = api.get("/admin/agents").json()["items"][0]["capacity"]["cpu"]
+    created = api.post("/session", {"image": "python", "name": "all-cores", "config": {"resources": {"cpu": cpus}}})
+    assert created.status_code == 201 and created.json()["status"] == "RUNNING", created.text
+
+
+def _status_of(api: SignedClient, name: str) -> str | None:
+    answer = api.get(f"/session/{name}")
+    return answer.json()["status"] if answer.status_code == 200 else None
+
+
+def _live_rows(data_dir: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(Path(data_dir) / "bai.sqlite3") as db:
+        marks = ",".join("?" * len(LIVE))
+        return db.execute(f"SELECT name, status FROM sessions WHERE status IN ({marks})", LIVE).fetchall()
+
+
+def _rest_of(proc: subprocess.Popen[str], printed: list[str]) -> str:
+    assert proc.stdout is not None
+    return "".join(printed) + proc.stdout.read()
+
+
+def test_a_stop_answers_the_creates_waiting_for_a_place_and_ends_within_its_bound(server) -> None:  # type: ignore[no-untyped-def]
+    """The hang of issue 17: a create waiting for a place kept its request open, the HTTP
+    server's drain waited on that request, and the session would be ended only after the
+    drain. The stop now answers the waits first: nothing is cancelled by uvicorn's grace."""
+    proc, env, printed = server
+    answers: dict[str, tuple[int, str]] = {}
+
+    def create(name: str) -> None:
+        with _signed(env) as client:
+            answer = client.post("/session", {"image": "python", "name": name})
+            answers[name] = (answer.status_code, answer.json().get("status", answer.text))
+
+    with _signed(env) as api:
+        _fill_the_agent(api)
+        waiting = [threading.Thread(target=create, args=(f"queued-{i}",)) for i in range(3)]
+        for thread in waiting:
+            thread.start()
+        wait_for(lambda: all(_status_of(api, f"queued-{i}") == "PENDING" for i in range(3)), what="3 queued creates")
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(EXIT_WAIT_S) == 0
+    took = time.monotonic() - began
+    for thread in waiting:
+        thread.join(EXIT_WAIT_S)
+    output = _rest_of(proc, printed)
+    assert took <= STOP_BOUND_S, output
+    assert answers == {f"queued-{i}": (201, "CANCELLED") for i in range(3)}, output
+    assert "timeout graceful shutdown exceeded" not in output and "stop:" not in output, output
+    assert _live_rows(env["BAI_TEST_DATA_DIR"]) == []
+
+
+def test_a_create_whose_client_goes_away_while_it_waits_for_a_place_is_cancelled(server) -> None:  # type: ignore[no-untyped-def]
+    proc, env, printed = server
+    with _signed(env) as api:
+        _fill_the_agent(api)
+        body = json.dumps({"image": "python", "name": "abandoned"}).encode()
+        headers = api.headers("POST", "/session", body, "application/json")
+        endpoint = urlsplit(env["BACKEND_ENDPOINT"])
+        head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": endpoint.netloc,
+                                                     "Content-Length": str(len(body))}.items())
+        with socket.create_connection((endpoint.hostname, endpoint.port)) as client:
+            client.sendall(f"POST /session HTTP/1.1\r\n{head}\r\n".encode() + body)
+            wait_for(lambda: _status_of(api, "abandoned") == "PENDING", what="the create to wait for a place")
+        # the client went away: nobody is left to use the session, so it waits no more
+        wait_for(lambda: _status_of(api, "abandoned") == "CANCELLED", what="the abandoned create to be cancelled")
+        info = api.get("/session/abandoned").json()
+        assert info["statusInfo"].startswith("client-gone")
+        assert [s["sessionName"] for s in api.get("/session").json()["items"]] == ["all-cores"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(EXIT_WAIT_S) == 0, _rest_of(proc, printed)
+    assert _live_rows(env["BAI_TEST_DATA_DIR"]) == []
