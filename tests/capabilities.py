@@ -37,6 +37,8 @@ CAPABILITIES: Final[dict[str, str]] = {
     "environments": "the other built environments and kernel images (python-pytorch, python-tensorflow:2.15, "
     "bai/lua, bai/python-pytorch)",
     "interpreters": "the runner's other interpreters: Debian's /usr/bin/python3 and a Python 3.9 under pyenv",
+    "compat_suite": "Backend.AI's integration suite (../shared/compat/backendai-test.sh): Python 3.13, and PyPI "
+    "for its venv on first use",
     "platform": "facts of the host that no install changes: x86-64, Linux 6.12's memory-peak reset, dpkg, a "
     "Julia binary, what root may do here",
 }

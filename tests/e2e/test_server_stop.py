@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -106,8 +107,9 @@ def _signed(env: dict[str, str]) -> SignedClient:
 
 
 def _fill_the_agent(api: SignedClient) -> None:
-    """A running session that takes every core, so that the next create waits for a place."""
-    cpus = api.get("/admin/agents").json()["items"][0]["capacity"]["cpu"]
+    """A running session that takes every free core, so that the next create waits for a place."""
+    agent = api.get("/admin/agents").json()["items"][0]
+    cpus = str(Decimal(agent["capacity"]["cpu"]) - Decimal(agent["occupied"].get("cpu", "0")))
     created = api.post("/session", {"image": "python", "name": "all-cores", "config": {"resources": {"cpu": cpus}}})
     assert created.status_code == 201 and created.json()["status"] == "RUNNING", created.text
 
