@@ -57,6 +57,26 @@ def test_interrupt_raises_keyboard_interrupt_and_keeps_state(runner: RunnerClien
     assert runner.run("print(kept)").stdout == "1\n"
 
 
+def test_an_interrupt_right_after_execute_interrupts_the_run(runner: RunnerClient) -> None:
+    """The SIGINT reaches the REPL before the run's code runs (while it reads or compiles
+    the cell, or, just started, before it handles SIGINT at all): the run is interrupted
+    as it starts, not left to the grace's kill."""
+    runner.run("kept = 1")
+    for attempt in range(5):  # each time, the runner reads both frames and signals at once
+        _interrupt_at_once(runner, f"at-once-{attempt}")
+    assert runner.run("print(kept)").stdout == "1\n"
+    assert runner.run("import os\nos._exit(3)").finished.engine_restarted  # a fresh REPL starts now
+    _interrupt_at_once(runner, "at-once-fresh")
+
+
+def _interrupt_at_once(runner: RunnerClient, run_id: str) -> None:
+    runner.start_run("import time\nwhile True: time.sleep(0.05)", run_id=run_id)
+    runner.send(Interrupt())
+    result = runner.collect(run_id, timeout=10)
+    assert not result.finished.engine_restarted, result.stderr
+    assert result.exit_code == 1 and result.stderr.endswith("KeyboardInterrupt\n")
+
+
 def test_interrupt_reaches_the_users_subprocesses(runner: RunnerClient) -> None:
     finished = _interrupt_once_started(runner, "import subprocess\nsubprocess.run(['sleep', '100'])")
     assert finished.exit_code == 1 and not finished.engine_restarted

@@ -129,6 +129,22 @@ def test_a_run_in_progress_when_the_agent_goes_is_interrupted(python: str, agent
     assert not [m for m in result.messages if isinstance(m, Output) and "started" in m.data]
 
 
+def test_a_run_the_agent_sent_as_it_went_is_interrupted_with_the_state_kept(
+    python: str, agent: Agent, tmp_path: Path
+) -> None:
+    """The runner reads the Execute, then the end of the socket: the interrupt comes
+    before the run's code has started, and still interrupts it (no kill, no state lost)."""
+    proc = agent.spawn(python, tmp_path / "log", "--reconnect", "10")
+    client = agent.accept(proc)
+    client.run("kept = 1")
+    client.start_run("import time\nwhile True: time.sleep(0.05)")
+    agent.crash(client)
+    agent.restart()
+    again = agent.accept(proc)
+    result = again.run("print(kept)")
+    assert result.stdout == "1\n" and not result.finished.engine_restarted, result
+
+
 def test_a_new_agent_finds_the_interrupted_run_over(python: str, agent: Agent, tmp_path: Path) -> None:
     """A run that outlives its interrupt (its ``finally`` will not end) is killed at the
     grace's end before the runner connects again: the new agent finds the REPL free, and

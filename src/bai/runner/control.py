@@ -8,6 +8,11 @@ Two socketpairs connect them, so that no reader ever takes a reply meant for ano
   reads input: child → runner ``Fence`` / ``AskInput``; runner → child ``FenceDone`` /
   ``InputGiven``, each carrying the ``seq`` of the request it answers.
 
+Beside them, the **interrupt pipe** (runner → child): before each SIGINT the runner
+writes the number of the run it interrupts (the count of RunCode commands it sent the
+child), ``RUN_NUMBER_BYTES`` bytes little-endian; the child reads it as a run starts
+(ReplChild.interrupt, Repl._interrupt_came_early).
+
 Frames are those of protocol.py (length + JSON with a ``type``), in ASCII JSON so that
 any str the user's code makes (lone surrogates included) travels. The child runs the
 user's code, so the runner treats a control frame that does not decode as a broken
@@ -26,6 +31,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: millise
 if TYPE_CHECKING:
     from _socket import socket
     from typing import ClassVar, Deque, Dict, List, Optional, Type
+
+
+RUN_NUMBER_BYTES = 8
 
 
 class RunCode(Message):

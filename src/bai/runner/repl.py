@@ -14,8 +14,10 @@ A run: compile the cell; if its last statement is an expression, that statement 
 compiled in 'single' mode so a non-None value is displayed (not in a run marked
 ``script``: a file's code, run as a script). SIGINT raises
 KeyboardInterrupt only while the user's code runs, so the REPL itself never dies of
-it. Tracebacks leave out every frame of this package. Exit codes: 0 ok; 1 for an
-exception, a SyntaxError or an interrupt; ``n`` for ``SystemExit(n)``.
+it; the runner's interrupt of a run whose code had not started yet (its SIGINT came
+early, see ReplChild.interrupt) raises it as the code starts. Tracebacks leave out
+every frame of this package. Exit codes: 0 ok; 1 for an exception, a SyntaxError or
+an interrupt; ``n`` for ``SystemExit(n)``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import sys
 import traceback
 import types
 
-from bai.runner.control import Channel, CompleteCode, CompleteDone, RunCode, RunDone, SetEnviron
+from bai.runner.control import (
+    RUN_NUMBER_BYTES,
+    Channel,
+    CompleteCode,
+    CompleteDone,
+    RunCode,
+    RunDone,
+    SetEnviron,
+)
 from bai.runner.stdio import FdWriter, InputReader, Prompter, Requester, StreamSwitch
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: milliseconds per start
@@ -53,7 +63,7 @@ for _name in __future__.all_feature_names:
 COMPLETION_LIMIT = 500
 
 
-def main(commands: socket, requests: socket) -> NoReturn:
+def main(commands: socket, requests: socket, interrupts: int) -> NoReturn:
     requester = Requester(Channel(requests))
     switch = StreamSwitch(requester)
     stdout = FdWriter(1, "<stdout>", switch)
@@ -66,12 +76,13 @@ def main(commands: socket, requests: socket) -> NoReturn:
     builtins.input = prompter.input
     sys.displayhook = display
     getpass.getpass = prompter.getpass
-    repl = Repl(Channel(commands), switch, stderr)
+    repl = Repl(Channel(commands), switch, stderr, interrupts)
 
     def after_fork_in_child() -> None:
         repl.forked = True
         requester.after_fork()
         commands.close()
+        os.close(interrupts)
 
     os.register_at_fork(after_in_child=after_fork_in_child)
     _signal.signal(_signal.SIGINT, repl.on_sigint)
@@ -152,7 +163,7 @@ def completions(namespace: Dict[str, Any], text: str) -> List[str]:
 
 
 class Repl:
-    def __init__(self, commands: Channel, switch: StreamSwitch, stderr: FdWriter) -> None:
+    def __init__(self, commands: Channel, switch: StreamSwitch, stderr: FdWriter, interrupts: int) -> None:
         module = types.ModuleType("__main__")
         module.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = module
@@ -162,8 +173,11 @@ class Repl:
         self._switch = switch
         self._stderr = stderr
         self._running = False
-        self._runs = 0
+        self._runs = 0  # RunCode commands taken: the number of the current run
+        self._interrupts = interrupts  # read end of the runner's interrupt pipe, non-blocking
+        self._interrupted_run = 0  # the latest run number read from it
         self._future_flags = 0
+        os.set_blocking(interrupts, False)
 
     def on_sigint(self, signum: int, frame: Optional[types.FrameType]) -> None:
         if self._running:
@@ -211,6 +225,8 @@ class Repl:
             self._future_flags |= code.co_flags & FUTURE_FLAGS
         self._running = True
         try:
+            if self._interrupt_came_early():
+                raise KeyboardInterrupt
             for code in codes:
                 exec(code, self.namespace)
         except SystemExit as exc:
@@ -223,6 +239,19 @@ class Repl:
         finally:
             self._running = False
         return 0
+
+    def _interrupt_came_early(self) -> bool:
+        """Whether the runner interrupted this run before its code started: its number
+        is the latest in the interrupt pipe (earlier runs' numbers are stale)."""
+        try:
+            while True:
+                data = os.read(self._interrupts, 4096)
+                if not data:
+                    break
+                self._interrupted_run = int.from_bytes(data[-RUN_NUMBER_BYTES:], "little")
+        except BlockingIOError:
+            pass
+        return self._interrupted_run == self._runs
 
     def _exit_code(self, exc: SystemExit) -> int:
         code = exc.code

@@ -5,8 +5,9 @@ Run life cycle, all in the runner's one thread:
     Execute → RunCode to the child; output pipes stream as Output frames as read
     child Fence      → read both pipes empty, FenceDone  (keeps stdout/stderr order)
     child AskInput   → read both pipes empty, WaitingInput to the agent; Input → InputGiven
-    Interrupt        → SIGINT to the child's process group; if the run has not ended
-                       ``interrupt_grace`` s later, SIGKILL the group and restart
+    Interrupt        → SIGINT to the child's process group (ReplChild.interrupt: also
+                       when it comes before the run's code has started); if the run
+                       has not ended ``interrupt_grace`` s later, SIGKILL the group and restart
     child RunDone    → read both pipes empty, Finished
     child gone (control EOF, reaped, garbage on a control channel)
                      → Finished(engine_restarted=True) if a run was active; fresh child
@@ -184,7 +185,7 @@ class PythonEngine(Engine):
         run, child = self._run, self._child
         if run is None or child is None:
             return
-        child.signal_group(_signal.SIGINT)
+        child.interrupt()
         if run.interrupt_timer is None:
             run.interrupt_timer = self.context.loop.call_later(
                 self.context.interrupt_grace, lambda: self._interrupt_expired(run)
@@ -279,9 +280,13 @@ class PythonEngine(Engine):
         self.context.emit(WaitingInput(run_id=run.run_id, prompt=message.prompt, password=message.password))
 
     def _send_command(self, message: Message) -> None:
-        assert self._child is not None
+        child = self._child
+        assert child is not None
         try:
-            self._child.commands.send(message)
+            if isinstance(message, RunCode):
+                child.run(message)  # numbered, for its interrupts
+            else:
+                child.commands.send(message)
         except OSError:
             self._lost()
 

@@ -2,7 +2,8 @@
 
 The child is a fork of the runner (about 1 ms, against 20 ms for a new interpreter),
 leader of its own process group (its pgid is its pid), with fd 0 = /dev/null, fd 1
-and fd 2 = pipes read here, and two control socketpairs (control.py). Nothing of the
+and fd 2 = pipes read here, two control socketpairs (control.py) and the interrupt
+pipe (``ReplChild.interrupt``). Nothing of the
 runner survives in it but memory: ``after_fork`` first closes the runner's fds and
 resets what the runner set for itself alone (see EngineContext.after_fork). That
 memory is shared copy-on-write, which is why the runner imports all the REPL needs
@@ -17,7 +18,7 @@ import contextlib
 import os
 import sys
 
-from bai.runner.control import decode_control, encode_control
+from bai.runner.control import RUN_NUMBER_BYTES, decode_control, encode_control
 from bai.runner.frames import RECV_SIZE, FrameSplitter
 from bai.runner.protocol import ProtocolError
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from bai.runner.protocol import Message
 
-    ChildMain = Callable[[_socket.socket, _socket.socket], NoReturn]
+    ChildMain = Callable[[_socket.socket, _socket.socket, int], NoReturn]
 else:
     import _signal  # signal.py's C core, loaded at start-up anyway: signal.py adds enums (a ms)
 
@@ -92,7 +93,13 @@ class ControlEnd:
 
 class ReplChild:
     def __init__(
-        self, pid: int, stdout: OutputPipe, stderr: OutputPipe, commands: ControlEnd, requests: ControlEnd
+        self,
+        pid: int,
+        stdout: OutputPipe,
+        stderr: OutputPipe,
+        commands: ControlEnd,
+        requests: ControlEnd,
+        interrupts: int,
     ) -> None:
         self.pid = pid
         self.stdout = stdout
@@ -101,11 +108,14 @@ class ReplChild:
         self.requests = requests
         self.status: Optional[int] = None
         self.answered = False  # it has sent something on the command channel
+        self.runs = 0  # RunCode commands sent: the number of the latest run
+        self._interrupts = interrupts  # the interrupt pipe's write end (non-blocking)
 
     @classmethod
     def fork(cls, after_fork: Callable[[], None], child_main: ChildMain) -> ReplChild:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        int_r, int_w = os.pipe()
         commands, child_commands = _socket.socketpair()
         requests, child_requests = _socket.socketpair()
         for stream in (sys.stdout, sys.stderr):
@@ -120,22 +130,41 @@ class ReplChild:
                 child_main,
                 stdout=out_w,
                 stderr=err_w,
-                parent_fds=[out_r, err_r],
+                parent_fds=[out_r, err_r, int_w],
                 commands=child_commands,
                 requests=child_requests,
+                interrupts=int_r,
             )
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
         os.close(out_w)
         os.close(err_w)
+        os.close(int_r)
+        os.set_blocking(int_w, False)
         child_commands.close()
         child_requests.close()
         stdout, stderr = OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")
-        return cls(pid, stdout, stderr, ControlEnd(commands), ControlEnd(requests))
+        return cls(pid, stdout, stderr, ControlEnd(commands), ControlEnd(requests), int_w)
 
     @property
     def fds(self) -> List[int]:
         return [self.stdout.fd, self.stderr.fd, self.commands.sock.fileno(), self.requests.sock.fileno()]
+
+    def run(self, message: Message) -> None:
+        """Send a RunCode: the child's next run, numbered ``runs``."""
+        self.runs += 1
+        self.commands.send(message)
+
+    def interrupt(self) -> None:
+        """SIGINT to the group, for run number ``runs``, whose number goes first down the
+        interrupt pipe. The REPL raises KeyboardInterrupt at a SIGINT while a run's code
+        runs; one that comes before (the cell is still being read or compiled, or the REPL
+        is still starting and ignores SIGINT) is lost as a signal, so the REPL reads the
+        pipe as each run starts and interrupts it there if its number is in it. A number
+        it finds of an earlier run (a SIGINT sent as that run ended) is ignored."""
+        with contextlib.suppress(OSError):  # full (8192 unread interrupts) or closed: the grace still holds
+            os.write(self._interrupts, self.runs.to_bytes(RUN_NUMBER_BYTES, "little"))
+        self.signal_group(_signal.SIGINT)
 
     def signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -151,7 +180,7 @@ class ReplChild:
         return self.status
 
     def close(self) -> None:
-        for fd in (self.stdout.fd, self.stderr.fd):
+        for fd in (self.stdout.fd, self.stderr.fd, self._interrupts):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.commands.sock.close()
@@ -167,6 +196,7 @@ def _become_repl(
     parent_fds: List[int],
     commands: _socket.socket,
     requests: _socket.socket,
+    interrupts: int,
 ) -> NoReturn:
     try:
         os.setpgid(0, 0)
@@ -178,7 +208,7 @@ def _become_repl(
         for fd in {devnull, stdout, stderr, *parent_fds}:
             if fd > 2:
                 os.close(fd)
-        child_main(commands, requests)
+        child_main(commands, requests, interrupts)
     except BaseException:
         with contextlib.suppress(BaseException):
             import traceback  # noqa: PLC0415 (only when the REPL fails to start)
