@@ -175,7 +175,11 @@ def test_a_failing_build_ends_the_batch_with_its_output(runner: RunnerClient) ->
 
 
 def test_a_batch_is_interrupted_and_busy_meanwhile(runner: RunnerClient) -> None:
-    steps = [["exec", "echo started; sleep 30"], ["exec", "echo no"]]
+    # The shell starts its job before it says 'started': in 'echo started; sleep 30' the
+    # SIGINT could come while dash vforks sleep, whose child takes it before its exec,
+    # and dash waits out the sleep (the grace's kill then made it 137, one run in six on
+    # a loaded host). Interrupted in 'wait', the shell dies of the SIGINT.
+    steps = [["exec", "sleep 30 & echo started; wait"], ["exec", "echo no"]]
     runner.send(Execute(run_id="long", code="", mode="batch", steps=steps))
     runner.wait_output("started")
     runner.send(Execute(run_id="other", code="1"))
