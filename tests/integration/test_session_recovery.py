@@ -89,7 +89,8 @@ def test_an_agent_that_restarts_without_its_sessions_loses_them(cluster: Cluster
         cluster.agent.stderr.close()
     cluster.agent = start_agent(cluster, tmp_path)  # back before the manager counts it lost
     assert wait_for(lambda: api.get("/session/on-node").json()["status"] == "ERROR")
-    assert api.get("/session/on-node").json()["statusInfo"] == "sandbox-lost: its agent restarted without it"
+    info = api.get("/session/on-node").json()
+    assert info["statusInfo"] == "sandbox-lost: its agent restarted without it", info
     assert wait_for(lambda: api.post("/session", {"image": "python", "name": "after"}).status_code == 201)
     assert api.run("after", "print(2)")["status"] == "finished"
 
