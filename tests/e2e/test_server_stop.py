@@ -77,15 +77,16 @@ def test_the_first_start_says_where_the_credentials_are_not_what_they_are(server
     assert "client.env" in output and env["BACKEND_ACCESS_KEY"] in output
 
 
-def test_a_stop_ends_a_connected_event_stream_and_exits(server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_ends_a_connected_event_stream_and_exits(server, signum: signal.Signals) -> None:  # type: ignore[no-untyped-def]
     proc, env, _ = server
     with subprocess.Popen([BAI, "events"], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follower:
-        _follow_through_a_stop(proc, env, follower)
+        _follow_through_a_stop(proc, env, follower, signum)
 
 
 def _follow_through_a_stop(proc: subprocess.Popen[str], env: dict[str, str],
-                           follower: subprocess.Popen[str]) -> None:
+                           follower: subprocess.Popen[str], signum: signal.Signals) -> None:
     try:
         line_matching(follower.stderr, r"following the events", [])
         with SignedClient(env["BACKEND_ENDPOINT"], env["BACKEND_ACCESS_KEY"], env["BACKEND_SECRET_KEY"]) as api:
@@ -93,7 +94,7 @@ def _follow_through_a_stop(proc: subprocess.Popen[str], env: dict[str, str],
             # session stays live, so the stop has a sandbox to destroy too
             assert api.post("/session", {"image": "python", "name": "watched"}).status_code == 201
             line_matching(follower.stdout, r"session_started\s+watched", [])
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         assert proc.wait(EXIT_WAIT_S) == 0
         # the stream ended cleanly (the server closed it), so the follower ends too
         assert follower.wait(EXIT_WAIT_S) == 0, follower.stderr.read() if follower.stderr else ""
