@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT_S: Final = 5.0
 #: what the event loop's teardown keeps of a stop's budget (``run_bounded``)
 TEARDOWN_RESERVE_S: Final = 0.5
-#: the exit status of a process whose teardown had to be abandoned
 #: the name prefix of the default executor's threads under ``run_bounded``
 EXECUTOR_THREADS: Final = "asyncio"
+#: the exit status of a process whose teardown had to be abandoned
 ABANDONED_EXIT_STATUS: Final = 70  # EX_SOFTWARE
 
 
