@@ -162,16 +162,22 @@ async def test_hostdir_is_a_plain_uncapped_dir(backend: str) -> None:
 
 
 @needs_hostfile
-async def test_a_restarted_agent_releases_the_disks_a_killed_one_left() -> None:
-    config = make_config(scratch_type="hostfile")
-    root = config.data_dir / "sandbox" / "scratch"
-    root.mkdir(parents=True)
-    root.chmod(0o711)
-    (config.data_dir / "sandbox").chmod(0o711)
-    images = config.data_dir / SCRATCH_IMAGES
+async def test_a_restarted_agent_releases_the_disks_a_killed_one_left(backend: str) -> None:
+    """The disks a killed agent left, at its backend's layout (docker: ``docker/scratch``)."""
+    config = make_config(scratch_type="hostfile", backend=backend, **({"pool_size": 0} if backend == "docker" else {}))
+    if backend == "docker":
+        root, images, owner = (
+            config.data_dir / "docker" / "scratch", config.data_dir / "docker" / "scratch-images", 1000,
+        )
+        root.mkdir(parents=True)
+    else:
+        root, images, owner = config.data_dir / "sandbox" / "scratch", config.data_dir / SCRATCH_IMAGES, 0
+        root.mkdir(parents=True)
+        root.chmod(0o711)
+        (config.data_dir / "sandbox").chmod(0o711)
     makers = [ScratchDisks("hostfile", root, images, CAP), ScratchDisks("memory", root, images, CAP)]
     makers[0].prepare()
-    disks = [maker.create(uuid.uuid4().hex, None, 0, 0) for maker in makers]
+    disks = [maker.create(uuid.uuid4().hex, None, owner, owner) for maker in makers]
     (disks[0].path / "data").write_bytes(b"d" * 100_000)
     agent = Agent(config)
     try:
@@ -226,32 +232,3 @@ def test_default_cap_images_are_copies_of_one_mkfs_run(tmp_path: Path, monkeypat
         assert f"Block count:              {cap // 4096}" in header
     assert runs == [CAP, 2 * CAP]  # the template's, then the other cap's
     assert sorted(p.name for p in images.iterdir()) == ["a", "b", "c"]  # the template's file is gone
-
-
-# -- the docker variant of a local test ------------------------------------------
-
-
-@needs_hostfile
-@pytest.mark.docker_only(reason="the local test's leftovers, at the docker backend's layout (docker/scratch)")
-async def test_a_restarted_agent_releases_the_disks_a_killed_one_left_in_docker(backend: str) -> None:
-    config = make_config(scratch_type="hostfile", backend=backend, pool_size=0)
-    root = config.data_dir / "docker" / "scratch"
-    root.mkdir(parents=True)
-    images = config.data_dir / "docker" / "scratch-images"
-    makers = [ScratchDisks("hostfile", root, images, CAP), ScratchDisks("memory", root, images, CAP)]
-    makers[0].prepare()
-    disks = [maker.create(uuid.uuid4().hex, None, 1000, 1000) for maker in makers]
-    (disks[0].path / "data").write_bytes(b"d" * 100_000)
-    agent = Agent(config)
-    try:
-        await agent.start()
-        assert mounts.mounts_under(root) == []
-        assert not any(d.path.exists() for d in disks)
-        assert list(images.iterdir()) == []
-        assert str(disks[0].image) not in loop_backing_files()
-        session = await new_session(agent)
-        assert stdout_of(await run(agent, session, "print('works')")) == "works\n"
-    finally:
-        await agent.stop()
-        mounts.unmount_under(config.data_dir)
-        shutil.rmtree(config.data_dir, ignore_errors=True)
