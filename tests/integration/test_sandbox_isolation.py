@@ -74,6 +74,28 @@ async def test_no_network(agent: Agent) -> None:
     assert lines[1] == "['lo']"
 
 
+#: files the sandbox's code tries to create outside /home/work: every one must fail
+WRITE_PROBES = ["/usr/x", "/etc/x", "/x", "/opt/x", "/opt/bai/bai/runner/x", "/bin/x", "/proc/x", "/home/x", "/dev/x"]
+
+
+async def isolation_report(agent: Agent, session: str, probes: list[str], writes: list[str]) -> dict[str, Any]:
+    """From inside the sandbox: which of ``probes`` exist (``seen``), what creating each
+    of ``writes`` gave (``written`` or the errno), /home's entries and the root's."""
+    code = (
+        "import os, json\n"
+        f"probes = {json.dumps(probes)}\n"
+        "seen = {p: os.path.lexists(p) for p in probes}\n"
+        "writes = {}\n"
+        f"for p in {json.dumps(writes)}:\n"
+        "    try:\n        open(p, 'w').close(); writes[p] = 'written'\n"
+        "    except OSError as e:\n        writes[p] = e.errno\n"
+        "print(json.dumps({'seen': seen, 'writes': writes, 'home': os.listdir('/home'),"
+        " 'top': sorted(os.listdir('/'))}))\n"
+    )
+    report: dict[str, Any] = json.loads(await inside(agent, session, code))
+    return report
+
+
 @pytest.mark.local_only(reason="the host's trimmed root; a container shows its image's")
 async def test_host_file_system_is_read_only_and_trimmed(agent: Agent) -> None:
     session = await new_session(agent)
@@ -88,19 +110,7 @@ async def test_host_file_system_is_read_only_and_trimmed(agent: Agent) -> None:
         "/etc/shadow": "exists",
         "/etc/ssl/private": "exists",
     }
-    code = (
-        "import os, json\n"
-        f"probes = {json.dumps(list(probes))}\n"
-        "seen = {p: os.path.lexists(p) for p in probes}\n"
-        "writes = {}\n"
-        "for p in ['/usr/x', '/etc/x', '/x', '/opt/x', '/opt/bai/bai/runner/x', '/bin/x',\n"
-        "          '/proc/x', '/home/x', '/dev/x']:\n"
-        "    try:\n        open(p, 'w').close(); writes[p] = 'written'\n"
-        "    except OSError as e:\n        writes[p] = e.errno\n"
-        "print(json.dumps({'seen': seen, 'writes': writes, 'home': os.listdir('/home'),"
-        " 'top': sorted(os.listdir('/'))}))\n"
-    )
-    report = json.loads(await inside(agent, session, code))
+    report = await isolation_report(agent, session, list(probes), WRITE_PROBES)
     assert not any(report["seen"].values()), report["seen"]
     assert all(value != "written" for value in report["writes"].values()), report["writes"]
     assert report["home"] == ["work"]
@@ -231,18 +241,7 @@ async def test_host_file_system_is_out_of_reach_and_the_root_read_only_in_a_cont
         "/work", str(agent.config.data_dir), str(agent.backend.root), str(agent.backend.socket_root),
         "/var/lib/docker", "/run/docker.sock", "/var/run/docker.sock", "/etc/ssl/private/ssl-cert-snakeoil.key",
     ]  # fmt: skip
-    code = (
-        "import os, json\n"
-        f"probes = {json.dumps(probes)}\n"
-        "seen = {p: os.path.lexists(p) for p in probes}\n"
-        "writes = {}\n"
-        "for p in ['/usr/x', '/etc/x', '/x', '/opt/x', '/opt/bai/bai/runner/x', '/bin/x',\n"
-        "          '/proc/x', '/home/x', '/dev/x', '/root/x', '/var/x', '/run/bai/x']:\n"
-        "    try:\n        open(p, 'w').close(); writes[p] = 'written'\n"
-        "    except OSError as e:\n        writes[p] = e.errno\n"
-        "print(json.dumps({'seen': seen, 'writes': writes, 'home': os.listdir('/home')}))\n"
-    )
-    report = json.loads(await inside(agent, session, code))
+    report = await isolation_report(agent, session, probes, [*WRITE_PROBES, "/root/x", "/var/x", "/run/bai/x"])
     assert not any(report["seen"].values()), report["seen"]
     assert all(value != "written" for value in report["writes"].values()), report["writes"]
     assert report["home"] == ["work"]
