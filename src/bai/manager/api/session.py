@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -131,8 +131,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def session_info(session: LiveSession, last_stat: dict[str, Any] | None) -> SessionInfo:
-    end = session.terminated_at or datetime.now(UTC)
+def session_info(session: LiveSession, last_stat: dict[str, Any] | None, now: datetime) -> SessionInfo:
+    """``now`` (the manager's clock) ends a live session's age."""
+    end = session.terminated_at or now
     occupied = {} if session.status in st.TERMINAL or session.agent_id is None else session.requested
     return SessionInfo(
         sessionId=session.id,
@@ -161,7 +162,7 @@ async def info(request: Request) -> Response:
     keypair = await caller(request)
     session = await manager.sessions.find(owner_key(request, keypair), request.path_params["id"])
     stat = await manager.sessions.live_stats(session)
-    return JSONResponse(session_info(session, stat).model_dump())
+    return JSONResponse(session_info(session, stat, manager.clock.utc()).model_dump())
 
 
 async def list_sessions(request: Request) -> Response:
@@ -172,7 +173,8 @@ async def list_sessions(request: Request) -> Response:
         sessions = manager.sessions.live_sessions()
     else:
         sessions = manager.sessions.live_sessions(owner_key(request, keypair))
-    items = [session_info(s, s.last_stat).model_dump() for s in sessions]
+    now = manager.clock.utc()
+    items = [session_info(s, s.last_stat, now).model_dump() for s in sessions]
     return JSONResponse({"items": items})
 
 
